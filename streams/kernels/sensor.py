@@ -1,0 +1,254 @@
+"""Numba kernels for scalar sensor rules (SensorBatch rows, state indexed by series slot).
+
+Every kernel is a pure function of (batch arrays, state arrays, enabled mask, scalar
+parameters, output arrays): it walks the rows in arrival order, updates the state arrays in
+place and writes one output row per state transition, returning how many it wrote. A row whose
+slot is outside the state arrays or not enabled is skipped without touching any state. Each
+row causes at most one transition, so output arrays as long as the batch always suffice.
+
+Output arrays are, in order, the columns of :class:`~gridwatch.streams.processor.Events`:
+``out_row, out_slot, out_kind, out_ts, out_value, out_aux``; kernels leave ``out_aux`` as
+allocated (-1) unless said otherwise.
+
+Time is int64 epoch milliseconds; durations arrive already converted to milliseconds.
+``NO_TS`` marks "no timestamp yet" in state arrays.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+NO_TS = np.iinfo(np.int64).min
+RAISE = 1
+CLEAR = -1
+
+
+@njit(cache=True, nogil=True)
+def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, out_value):
+    out_row[n] = row
+    out_slot[n] = slot
+    out_kind[n] = kind
+    out_ts[n] = ts
+    out_value[n] = value
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
+def threshold(slot, ts, value, enabled,
+              active, since,
+              has_above, above, clear_above, has_below, below, clear_below, min_dur_ms,
+              out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """Level threshold with hysteresis and a minimum duration.
+
+    Raise when ``value >= above`` (or ``value <= below``) has held continuously for
+    ``min_dur_ms`` of event time; while raised, clear once ``value < clear_above`` (and
+    ``value > clear_below`` when a lower bound is set). State: ``active`` (int8) and ``since``
+    (int64, start of the current run of the raise condition, NO_TS when it is not holding).
+    Event value: the reading.
+    """
+    n = 0
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        v = value[i]
+        t = ts[i]
+        if active[s]:
+            if (not has_above or v < clear_above) and (not has_below or v > clear_below):
+                active[s] = 0
+                since[s] = NO_TS
+                n = _emit(n, i, s, CLEAR, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+        elif (has_above and v >= above) or (has_below and v <= below):
+            if since[s] == NO_TS:
+                since[s] = t
+            if t - since[s] >= min_dur_ms:
+                active[s] = 1
+                n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+        else:
+            since[s] = NO_TS
+    return n
+
+
+@njit(cache=True, nogil=True)
+def rate_of_change(slot, ts, value, enabled,
+                   last_ts, last_value, active,
+                   max_per_s, clear_per_s, direction,
+                   out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """Rate of change between successive readings of a series, in units per second.
+
+    ``direction``: 1 = rising only, -1 = falling only, 0 = both (absolute rate). Raise when
+    the (signed for one direction) rate exceeds ``max_per_s``; clear when it drops below
+    ``clear_per_s``. A reading not later than the previous one (Δt <= 0) is ignored entirely.
+    State: ``last_ts`` (NO_TS before the first reading), ``last_value``, ``active``.
+    Event value: the rate (units per second, signed).
+    """
+    n = 0
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        t = ts[i]
+        v = value[i]
+        if last_ts[s] == NO_TS:
+            last_ts[s] = t
+            last_value[s] = v
+            continue
+        dt = t - last_ts[s]
+        if dt <= 0:
+            continue
+        rate = (v - last_value[s]) * 1000.0 / dt
+        if direction > 0:
+            r = rate
+        elif direction < 0:
+            r = -rate
+        else:
+            r = abs(rate)
+        if active[s]:
+            if r < clear_per_s:
+                active[s] = 0
+                n = _emit(n, i, s, CLEAR, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
+        elif r > max_per_s:
+            active[s] = 1
+            n = _emit(n, i, s, RAISE, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
+        last_ts[s] = t
+        last_value[s] = v
+    return n
+
+
+@njit(cache=True, nogil=True)
+def zscore(slot, ts, value, enabled,
+           mean, var, count, active,
+           alpha, warmup, z_raise, z_clear, min_std, freeze,
+           out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """EWMA z-score.
+
+    The baseline is an exponentially weighted mean and variance (``mean += alpha*d``,
+    ``var = (1-alpha)*(var + alpha*d*d)`` with ``d = value - mean``), seeded by the first
+    reading. The first ``warmup`` readings only build the baseline; afterwards
+    ``z = (value - mean) / max(sqrt(var), min_std)`` is scored *before* the reading updates
+    the baseline. Raise when ``|z| >= z_raise``, clear when ``|z| < z_clear``.
+
+    Anomalous readings: with ``freeze`` set, a reading with ``|z| >= z_raise`` does *not*
+    update the baseline, so a sustained excursion stays visible instead of being absorbed
+    into the mean (the price: a permanent level shift stays raised until the level returns).
+    Without ``freeze`` every reading updates the baseline and a shift clears by itself.
+    State: ``mean``, ``var``, ``count`` (int32, capped at warmup), ``active``.
+    Event value: z.
+    """
+    n = 0
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        v = value[i]
+        c = count[s]
+        if c == 0:
+            mean[s] = v
+            var[s] = 0.0
+            count[s] = 1
+            continue
+        update = True
+        if c >= warmup:
+            z = (v - mean[s]) / max(math.sqrt(var[s]), min_std)
+            az = abs(z)
+            if active[s]:
+                if az < z_clear:
+                    active[s] = 0
+                    n = _emit(n, i, s, CLEAR, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
+            elif az >= z_raise:
+                active[s] = 1
+                n = _emit(n, i, s, RAISE, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
+            update = not (freeze and az >= z_raise)
+        else:
+            count[s] = c + 1
+        if update:
+            d = v - mean[s]
+            mean[s] = mean[s] + alpha * d
+            var[s] = (1.0 - alpha) * (var[s] + alpha * d * d)
+    return n
+
+
+@njit(cache=True, nogil=True)
+def flatline(slot, ts, value, enabled,
+             run_value, run_ts, active,
+             epsilon, dur_ms,
+             out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """Stuck sensor: the value stays within ``epsilon`` of the run's first value.
+
+    A run starts at a reading (``run_value``, ``run_ts``); each following reading within
+    ``epsilon`` of ``run_value`` extends it, and once ``ts - run_ts >= dur_ms`` it raises.
+    The first reading outside ``epsilon`` starts a new run and clears a raised series.
+    Event value: the reading (the stuck value on raise, the new value on clear).
+    """
+    n = 0
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        t = ts[i]
+        v = value[i]
+        if run_ts[s] == NO_TS:
+            run_ts[s] = t
+            run_value[s] = v
+        elif abs(v - run_value[s]) <= epsilon:
+            if not active[s] and t - run_ts[s] >= dur_ms:
+                active[s] = 1
+                n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+        else:
+            if active[s]:
+                active[s] = 0
+                n = _emit(n, i, s, CLEAR, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+            run_ts[s] = t
+            run_value[s] = v
+    return n
+
+
+@njit(cache=True, nogil=True)
+def offline_seen(device, ts, enabled,
+                 last_seen, offline,
+                 out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """Readings per *device* slot: record the latest ts; a reading from an offline device clears it.
+
+    Event value (clear): how long the device had been silent, in seconds (reading ts minus
+    last seen; negative for a reading older than the last one seen).
+    """
+    n = 0
+    cap = enabled.shape[0]
+    for i in range(device.shape[0]):
+        s = device[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        t = ts[i]
+        if offline[s]:
+            offline[s] = 0
+            n = _emit(n, i, s, CLEAR, t, (t - last_seen[s]) / 1000.0,
+                      out_row, out_slot, out_kind, out_ts, out_value)
+        if t > last_seen[s]:
+            last_seen[s] = t
+    return n
+
+
+@njit(cache=True, nogil=True)
+def offline_tick(now_ms, timeout_ms, enabled,
+                 last_seen, offline,
+                 out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """Timer scan: raise for every enabled, seen, online device silent for more than ``timeout_ms``.
+
+    Devices never seen (``last_seen == NO_TS``) are not offline. Event row -1, ts ``now_ms``,
+    value: seconds since last seen. At most one event per slot.
+    """
+    n = 0
+    for s in range(enabled.shape[0]):
+        if not enabled[s] or offline[s] or last_seen[s] == NO_TS:
+            continue
+        if now_ms - last_seen[s] > timeout_ms:
+            offline[s] = 1
+            n = _emit(n, -1, s, RAISE, now_ms, (now_ms - last_seen[s]) / 1000.0,
+                      out_row, out_slot, out_kind, out_ts, out_value)
+    return n
