@@ -1,0 +1,267 @@
+"""Configuration: one TOML file parsed into typed models.
+
+* Every field has a description (``gridwatch check-config --explain`` prints them).
+* ``${NAME}`` and ``${NAME:-default}`` in string values are replaced from the environment.
+* Errors name the offending key, the value and what was expected (:class:`ConfigError`).
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SiteConfig(_Model):
+    name: str = Field("gridwatch", description="Name of this gridwatch instance (used in client ids and status topics).")
+    data_dir: str = Field("var", description="Folder for the embedded store, spool and evidence, relative to the config file unless absolute.")
+
+
+class TlsConfig(_Model):
+    ca_file: str | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate; system CAs when omitted.")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) for certificate authentication.")
+    key_file: str | None = Field(None, description="Private key (PEM) of the client certificate.")
+    verify: bool = Field(True, description="Verify the broker's certificate and host name. Turning this off is for lab use only.")
+
+
+class MqttConfig(_Model):
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port (8883 is customary for TLS).")
+    username: str | None = Field(None, description="User name for password authentication.")
+    password: str | None = Field(None, description="Password; write it as ${MQTT_PASSWORD} to keep it out of the file. Never logged.")
+    tls: TlsConfig | None = Field(None, description="TLS settings; omit for plain TCP (loopback or lab only).")
+    protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    client_id: str | None = Field(None, description="Client id; a persistent session needs a stable one. Default: '<site.name>-ingest'.")
+    topics: list[str] = Field(["devices/#"], description="Subscriptions for readings. The topic scheme is devices/<vendor>/<device_kind>/<device_id>.")
+    shared_group: str | None = Field(None, description="MQTT 5 shared-subscription group: processes with the same group split the topics between them.")
+    qos: Literal[0, 1] = Field(1, description="Subscription QoS. 1 = at least once: a message is acknowledged only after its readings are committed.")
+    session_expiry_s: int = Field(86400, ge=0, description="MQTT 5 session expiry: how long the broker keeps queued messages while gridwatch is away.")
+    clean_start: bool = Field(False, description="Start a fresh session (drops what the broker queued while gridwatch was away).")
+    receive_maximum: int = Field(2000, ge=1, le=65535, description="MQTT 5 flow control: most unacknowledged QoS 1 messages in flight to gridwatch. Larger batches more per commit.")
+    keepalive_s: int = Field(30, ge=5, description="Keep-alive interval.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to reconnect_max_s.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+
+
+class IngestConfig(_Model):
+    max_payload_bytes: int = Field(256 * 1024, ge=64, description="Messages larger than this are rejected (dead letter 'oversized').")
+    max_future_skew_s: float = Field(300.0, ge=0, description="Readings stamped further than this in the future are rejected ('future_timestamp').")
+    max_age_s: float = Field(7 * 86400.0, ge=0, description="Readings older than this are rejected ('stale_timestamp'); 0 disables the check.")
+    unknown_devices: Literal["register", "reject"] = Field("register", description="A device not listed under [[devices]]: register it on first sight, or reject its readings.")
+    batch_max_messages: int = Field(2000, ge=1, description="Largest number of messages decoded as one batch.")
+    batch_interval_ms: float = Field(5.0, gt=0, description="Longest a message waits before its batch is processed.")
+    dead_letter_keep: int = Field(100_000, ge=0, description="Dead-letter records kept in the store (oldest removed first).")
+
+
+class DeviceConfig(_Model):
+    id: str = Field(description="Device id as it appears in the topic (or payload).")
+    vendor: str = Field(description="Vendor; selects the payload profile in hw/profiles.")
+    kind: str = Field(description="Device kind, e.g. sewer_level, gas, tracker, drone.")
+    region: str | None = Field(None, description="Static region path 'city/county/town/grid'. Overrides the GeoJSON lookup.")
+    lat: float | None = Field(None, ge=-90, le=90, description="Installed position (fixed sensors), used to find the grid cell.")
+    lon: float | None = Field(None, ge=-180, le=180, description="Installed position (fixed sensors), used to find the grid cell.")
+
+
+class RegionsConfig(_Model):
+    default: str = Field("", description="Region path for sources no other rule places, 'city/county/town/grid'.")
+    geojson: str | None = Field(None, description="GeoJSON FeatureCollection of grid cells; each feature's properties name city, county, town and grid.")
+    static: dict[str, str] = Field(default_factory=dict, description="Source id -> region path; checked before the GeoJSON cells.")
+
+
+class RuleConfig(_Model):
+    name: str = Field(description="Rule name; part of every warning's id and topic. Unique.")
+    kind: str = Field(description="Processor kind: threshold, rate_of_change, zscore, flatline, offline, speeding, geofence, dwell.")
+    metrics: list[str] = Field(default_factory=list, description="Canonical metrics the rule watches (sensor rules). Empty = every metric.")
+    device_kinds: list[str] = Field(default_factory=list, description="Only devices of these kinds. Empty = all.")
+    vendors: list[str] = Field(default_factory=list, description="Only devices of these vendors. Empty = all.")
+    severity: Literal["info", "minor", "major", "critical"] = Field("major", description="Severity of the warnings this rule raises.")
+    cooldown_s: float = Field(0.0, ge=0, description="After a warning clears, the same source and rule raise nothing for this long.")
+    min_active_s: float = Field(0.0, ge=0, description="A warning that clears sooner than this after it was raised stays active until then.")
+    message: str = Field("", description="Text for operators; {source}, {value}, {rule}, {zone} are filled in.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The processor's own parameters (see `gridwatch check-config --explain`).")
+
+
+class StoreConfig(_Model):
+    path: str = Field("gridwatch.db", description="SQLite file of the embedded time-series store, relative to site.data_dir.")
+    retention_days: float = Field(30.0, gt=0, description="Readings and cleared warnings older than this are deleted.")
+    fsync: Literal["commit", "normal"] = Field("normal", description="'normal': a commit survives a crash of gridwatch (WAL, synchronous=NORMAL). 'commit': also survives power loss (synchronous=FULL, slower).")
+
+
+class AlertsMqttConfig(_Model):
+    enabled: bool = Field(True, description="Publish warning events to MQTT.")
+    topic_prefix: str = Field("gridwatch/warnings", description="Events go to <prefix>/<city>/<county>/<town>/<grid>/<rule>.")
+    qos: Literal[0, 1] = Field(1, description="QoS of warning events.")
+
+
+class MetricsConfig(_Model):
+    port: int = Field(0, ge=0, le=65535, description="Prometheus endpoint port on 127.0.0.1 (bind address below); 0 = off.")
+    bind: str = Field("127.0.0.1", description="Address of the Prometheus endpoint.")
+
+
+class LogConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["json", "text"] = Field("text", description="Structured JSON lines or plain text.")
+
+
+class GridwatchConfig(_Model):
+    site: SiteConfig = Field(default_factory=SiteConfig, description="This instance.")
+    mqtt: MqttConfig | None = Field(None, description="Broker to ingest readings from (and publish warnings to). Omit to run without MQTT.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Input validation and batching.")
+    devices: list[DeviceConfig] = Field(default_factory=list, description="Known devices.")
+    regions: RegionsConfig = Field(default_factory=RegionsConfig, description="How sources map to region paths.")
+    rules: list[RuleConfig] = Field(default_factory=list, description="Warning rules.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Embedded store.")
+    alerts_mqtt: AlertsMqttConfig = Field(default_factory=AlertsMqttConfig, description="Warning events on MQTT.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+
+    base_dir: str = Field(".", description="Folder relative paths are resolved against (the config file's folder; set by the loader).")
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_rule_names(cls, rules: list[RuleConfig]) -> list[RuleConfig]:
+        seen: set[str] = set()
+        for r in rules:
+            if r.name in seen:
+                raise ValueError(f"rule name {r.name!r} is used twice; rule names must be unique")
+            seen.add(r.name)
+        return rules
+
+    @model_validator(mode="after")
+    def _rule_params_valid(self) -> "GridwatchConfig":
+        from gridwatch.streams.processor import Processor
+        from gridwatch.streams import processors  # noqa: F401  registers kinds
+
+        for i, r in enumerate(self.rules):
+            cls = Processor.registry.get(r.kind)
+            if cls is None:
+                raise ValueError(f"rules.{i}.kind: unknown kind {r.kind!r}; expected one of {sorted(Processor.registry)}")
+            try:
+                cls.Params.model_validate(_resolve_param_paths(r.params, self.base_dir))
+            except ValidationError as e:
+                raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e)}") from None
+        return self
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    @property
+    def data_dir(self) -> Path:
+        return self.resolve(self.site.data_dir)
+
+    def rule_params(self, rule: RuleConfig) -> dict[str, Any]:
+        return _resolve_param_paths(rule.params, self.base_dir)
+
+
+def _resolve_param_paths(params: dict[str, Any], base: str) -> dict[str, Any]:
+    """A string 'zones' parameter names a GeoJSON file relative to the config file."""
+    z = params.get("zones")
+    if isinstance(z, str) and not Path(z).is_absolute():
+        return {**params, "zones": str(Path(base) / z)}
+    return params
+
+
+def substitute_env(value: Any, env: dict[str, str] | None = None, where: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed TOML tree."""
+    env = os.environ if env is None else env
+    if isinstance(value, str):
+        def repl(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where or '<root>'}: environment variable ${{{name}}} is not set and has no default (write ${{{name}:-value}})")
+        return _ENV.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, env, f"{where}.{i}") for i, v in enumerate(value)]
+    return value
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        got = e.get("input")
+        got_s = repr(got) if not isinstance(got, dict) else "a table"
+        if len(got_s) > 80:
+            got_s = got_s[:77] + "..."
+        parts.append(f"{loc or '<root>'}: {e['msg']} (got {got_s})")
+    return "; ".join(parts)
+
+
+def parse(data: dict[str, Any], base_dir: str | Path = ".", env: dict[str, str] | None = None) -> GridwatchConfig:
+    data = substitute_env(data, env)
+    data = {**data, "base_dir": str(base_dir)}
+    try:
+        return GridwatchConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from None
+
+
+def load(path: str | Path, env: dict[str, str] | None = None) -> GridwatchConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse(data, base_dir=path.resolve().parent, env=env)
+
+
+def secrets_world_readable(path: str | Path) -> bool:
+    """True when a config file that holds a secret can be read by every user."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    holds_secret = re.search(r"^\s*(password|token|key_file)\s*=\s*\"(?!\$\{)", text, re.M) is not None
+    return holds_secret and bool(p.stat().st_mode & stat.S_IROTH)
+
+
+def explain(model: type[BaseModel] = GridwatchConfig, prefix: str = "") -> list[str]:
+    """One line per field: key, type, default, description."""
+    lines = []
+    for name, f in model.model_fields.items():
+        if name == "base_dir":
+            continue
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        sub = _submodel(ann)
+        if sub is not None:
+            lines.append(f"[{key}]  {f.description or ''}")
+            lines.extend(explain(sub, key + "."))
+        else:
+            default = "" if f.is_required() else f" = {f.get_default(call_default_factory=True)!r}"
+            lines.append(f"  {key}{default}  — {f.description or ''}")
+    return lines
+
+
+def _submodel(ann: Any) -> type[BaseModel] | None:
+    import typing
+
+    for a in (ann, *typing.get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+        for b in typing.get_args(a):
+            if isinstance(b, type) and issubclass(b, BaseModel):
+                return b
+    return None

@@ -1,0 +1,176 @@
+"""Device profiles: how each vendor names its fields and in which units, mapped to canonical ones.
+
+A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config), not code::
+
+    vendor = "aqualine"
+    description = "Pipe-network level/flow/pressure loggers"
+    timestamp = "t"            # payload field holding the time (dotted path allowed)
+    timestamp_unit = "auto"    # auto | s | ms | us | ns | iso
+    root = ""                  # sub-object that holds the fields ("data" for DJI osd messages)
+    device_id = ""             # payload field naming the device; "" = the topic names it
+    [fields]
+    lvl = { metric = "water_level", unit = "cm" }
+    [position]                 # optional: a position fix per item
+    lat = "lat"
+    lon = "lng"
+    speed = { field = "spd", unit = "km/h" }
+
+Canonical metrics and their units are listed in :data:`METRICS`; values outside a metric's
+physical range are rejected as ``out_of_range``.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+
+# unit -> (dimension, factor, offset): value_in_base = value * factor + offset
+UNITS: dict[str, tuple[str, float, float]] = {
+    "m": ("length", 1.0, 0.0), "cm": ("length", 0.01, 0.0), "mm": ("length", 0.001, 0.0),
+    "km": ("length", 1000.0, 0.0), "ft": ("length", 0.3048, 0.0),
+    "MPa": ("pressure", 1.0, 0.0), "kPa": ("pressure", 1e-3, 0.0), "Pa": ("pressure", 1e-6, 0.0),
+    "bar": ("pressure", 0.1, 0.0), "psi": ("pressure", 0.00689476, 0.0),
+    "m3/h": ("flow", 1.0, 0.0), "m3/s": ("flow", 3600.0, 0.0), "L/s": ("flow", 3.6, 0.0), "L/min": ("flow", 0.06, 0.0),
+    "ppm": ("concentration", 1.0, 0.0), "ppb": ("concentration", 1e-3, 0.0),
+    "%LEL": ("lel", 1.0, 0.0), "%": ("percent", 1.0, 0.0), "ratio": ("percent", 100.0, 0.0),
+    "%vol": ("volume_percent", 1.0, 0.0),
+    "deg": ("angle", 1.0, 0.0), "rad": ("angle", 57.29577951308232, 0.0),
+    "degC": ("temperature", 1.0, 0.0), "degF": ("temperature", 5.0 / 9.0, -32.0 * 5.0 / 9.0), "K": ("temperature", 1.0, -273.15),
+    "km/h": ("speed", 1.0, 0.0), "m/s": ("speed", 3.6, 0.0), "knot": ("speed", 1.852, 0.0), "mph": ("speed", 1.609344, 0.0),
+    "mm/h": ("rain_rate", 1.0, 0.0),
+    "V": ("voltage", 1.0, 0.0), "mV": ("voltage", 1e-3, 0.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    unit: str  # canonical unit (base unit of its dimension)
+    lo: float  # physically plausible range, inclusive
+    hi: float
+    description: str
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("water_level", "m", -50.0, 500.0, "Water level in a pipe, manhole or channel"),
+    Metric("flow", "m3/h", -1e6, 1e6, "Volumetric flow"),
+    Metric("pressure", "MPa", -0.2, 100.0, "Pipe pressure (gauge)"),
+    Metric("h2s", "ppm", 0.0, 10_000.0, "Hydrogen sulphide concentration"),
+    Metric("ch4", "%LEL", 0.0, 100.0, "Methane, percent of the lower explosive limit"),
+    Metric("co", "ppm", 0.0, 10_000.0, "Carbon monoxide concentration"),
+    Metric("o2", "%vol", 0.0, 100.0, "Oxygen, percent by volume"),
+    Metric("tilt", "deg", -180.0, 180.0, "Manhole-cover tilt"),
+    Metric("temperature", "degC", -60.0, 200.0, "Temperature"),
+    Metric("humidity", "%", 0.0, 100.0, "Relative humidity"),
+    Metric("rainfall", "mm/h", 0.0, 500.0, "Rainfall rate"),
+    Metric("battery", "%", 0.0, 100.0, "Battery state of charge"),
+    Metric("supply_voltage", "V", 0.0, 1000.0, "Supply voltage"),
+    Metric("height", "m", -500.0, 10_000.0, "Height above the take-off point (drones)"),
+    Metric("speed", "km/h", 0.0, 500.0, "Ground speed"),
+)
+METRIC_ID: dict[str, int] = {m.name: i for i, m in enumerate(METRICS)}
+METRIC_LO = np.array([m.lo for m in METRICS], np.float64)
+METRIC_HI = np.array([m.hi for m in METRICS], np.float64)
+
+
+class ProfileError(ValueError):
+    pass
+
+
+def conversion(unit: str, metric: Metric, where: str) -> tuple[float, float]:
+    """(factor, offset) taking a value in ``unit`` to the metric's canonical unit."""
+    try:
+        dim, f, o = UNITS[unit]
+    except KeyError:
+        raise ProfileError(f"{where}: unknown unit {unit!r}; known units: {sorted(UNITS)}") from None
+    cdim, cf, co = UNITS[metric.unit]
+    if dim != cdim:
+        raise ProfileError(f"{where}: unit {unit!r} measures {dim}, but metric {metric.name!r} is {cdim} ({metric.unit})")
+    # base = v*f + o ; canonical = (base - co) / cf
+    return f / cf, (o - co) / cf
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    metric_id: int
+    factor: float
+    offset: float
+
+
+@dataclass(slots=True)
+class Profile:
+    vendor: str
+    description: str = ""
+    timestamp: str = "ts"
+    timestamp_unit: str = "auto"
+    root: str = ""
+    device_id: str = ""
+    fields: dict[str, FieldSpec] = field(default_factory=dict)  # flattened key ("a.b") -> spec
+    position: dict[str, tuple[str, float]] = field(default_factory=dict)  # lat/lon/speed/alt -> (key, factor)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
+        known = {"vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "fields", "position"}
+        extra = set(d) - known
+        if extra:
+            raise ProfileError(f"{where}: unknown keys {sorted(extra)}; expected {sorted(known)}")
+        if "vendor" not in d:
+            raise ProfileError(f"{where}: 'vendor' is required")
+        tu = d.get("timestamp_unit", "auto")
+        if tu not in ("auto", "s", "ms", "us", "ns", "iso"):
+            raise ProfileError(f"{where}.timestamp_unit: {tu!r} is not one of auto, s, ms, us, ns, iso")
+        fields: dict[str, FieldSpec] = {}
+        for key, spec in (d.get("fields") or {}).items():
+            w = f"{where}.fields.{key}"
+            if isinstance(spec, str):
+                spec = {"metric": spec}
+            mname = spec.get("metric")
+            if mname not in METRIC_ID:
+                raise ProfileError(f"{w}: unknown metric {mname!r}; canonical metrics: {sorted(METRIC_ID)}")
+            m = METRICS[METRIC_ID[mname]]
+            f, o = conversion(spec.get("unit", m.unit), m, w)
+            fields[key] = FieldSpec(METRIC_ID[mname], f, o)
+        position: dict[str, tuple[str, float]] = {}
+        for role, spec in (d.get("position") or {}).items():
+            if role not in ("lat", "lon", "speed", "alt"):
+                raise ProfileError(f"{where}.position.{role}: expected lat, lon, speed or alt")
+            if isinstance(spec, str):
+                spec = {"field": spec}
+            factor = 1.0
+            if role == "speed":
+                factor, _ = conversion(spec.get("unit", "km/h"), METRICS[METRIC_ID["speed"]], f"{where}.position.speed")
+            elif role == "alt":
+                factor, _ = conversion(spec.get("unit", "m"), METRICS[METRIC_ID["height"]], f"{where}.position.alt")
+            position[role] = (spec["field"], factor)
+        if position and not {"lat", "lon"} <= set(position):
+            raise ProfileError(f"{where}.position: both lat and lon are required")
+        return cls(d["vendor"], d.get("description", ""), d.get("timestamp", "ts"), tu, d.get("root", ""),
+                   d.get("device_id", ""), fields, position)
+
+    @classmethod
+    def load(cls, path: Path) -> "Profile":
+        try:
+            return cls.from_dict(tomllib.loads(path.read_text(encoding="utf-8")), where=path.name)
+        except tomllib.TOMLDecodeError as e:
+            raise ProfileError(f"{path.name}: not valid TOML: {e}") from None
+
+
+def generic_profile(vendor: str = "generic") -> Profile:
+    """Fields named after canonical metrics, in canonical units; lat/lon/speed/alt as a position."""
+    return Profile(vendor=vendor, description="canonical field names and units",
+                   fields={m.name: FieldSpec(i, 1.0, 0.0) for i, m in enumerate(METRICS)},
+                   position={"lat": ("lat", 1.0), "lon": ("lon", 1.0), "speed": ("speed", 1.0), "alt": ("alt", 1.0)})
+
+
+def load_profiles(extra_dirs: list[Path] | None = None) -> dict[str, Profile]:
+    """Bundled profiles plus any in ``extra_dirs`` (later ones override), keyed by vendor."""
+    out: dict[str, Profile] = {"generic": generic_profile()}
+    for d in [PROFILE_DIR, *(extra_dirs or [])]:
+        for p in sorted(Path(d).glob("*.toml")):
+            prof = Profile.load(p)
+            out[prof.vendor] = prof
+    return out

@@ -1,0 +1,407 @@
+"""Vendor payloads -> canonical columnar batches, with a reason for everything rejected.
+
+Topic scheme (documented for vendors)::
+
+    devices/<vendor>/<device_kind>/<device_id>[/<anything>]
+
+``<vendor>`` selects the payload profile (``hw/profiles``), ``<device_kind>`` is e.g. sewer_level,
+gas, tracker or drone, ``<device_id>`` names the device unless the profile reads it from the payload.
+A payload is one JSON object or a JSON array of objects; each object holds a timestamp (epoch s, ms,
+us or ns, or ISO-8601; missing = the time gridwatch received it) and any number of fields.
+
+Decoding is done per *batch of messages*: the per-item Python loop only collects raw values, then
+type, range and timestamp checks run vectorised over the whole batch. A bad reading never takes the
+good ones of the same message with it: each rejected reading (or message, when it cannot be parsed)
+becomes a :class:`~gridwatch.records.DeadLetter` with a reason code and an explanation.
+
+Reason codes: oversized, malformed_json, not_an_object, bad_topic, unknown_vendor, unknown_device,
+vendor_mismatch, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
+out_of_range, future_timestamp, stale_timestamp, duplicate.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import orjson
+
+from gridwatch.hw.profiles import METRIC_HI, METRIC_LO, METRICS, Profile
+from gridwatch.ingest.devices import DeviceDirectory
+from gridwatch.records import DEADLETTER_PAYLOAD_MAX, DeadLetter, PositionBatch, SensorBatch
+from gridwatch.streams.kernels.dedup import DuplicateFilter
+
+TOPIC_ROOT = "devices"
+_NUM = (int, float)
+_NUMSET = frozenset(_NUM)
+_UNIT_CODE = {"auto": 0, "iso": 0, "s": 1, "ms": 2, "us": 3, "ns": 4}
+_UNIT_MULT = np.array([np.nan, 1e3, 1.0, 1e-3, 1e-6])
+
+
+@dataclass(slots=True)
+class Message:
+    """One inbound message. ``token`` is what the collector needs to acknowledge it (an MQTT mid)."""
+
+    topic: str
+    payload: bytes
+    received_ms: int
+    token: object = None
+
+
+@dataclass(slots=True)
+class Decoded:
+    sensor: SensorBatch
+    metric: np.ndarray  # int16 canonical metric id per sensor row
+    position: PositionBatch
+    dead: list[DeadLetter] = field(default_factory=list)
+    rejected: Counter = field(default_factory=Counter)
+    no_timestamp: int = 0
+
+
+def _auto_ms(t: np.ndarray) -> np.ndarray:
+    """Epoch number of unknown unit -> ms, by magnitude (s ~1.7e9, ms ~1.7e12, us ~1.7e15, ns ~1.7e18)."""
+    a = np.abs(t)
+    return np.where(a >= 1e17, t * 1e-6, np.where(a >= 1e14, t * 1e-3, np.where(a >= 1e11, t, t * 1e3)))
+
+
+def _iso_ms(s: str) -> float | None:
+    try:
+        d = datetime.fromisoformat(s)
+    except (ValueError, TypeError):
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=timezone.utc)
+    return d.timestamp() * 1e3
+
+
+class Codec:
+    def __init__(self, profiles: dict[str, Profile], directory: DeviceDirectory, *, max_payload_bytes: int = 256 * 1024,
+                 max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0) -> None:
+        self.profiles = profiles
+        self.directory = directory
+        self.max_payload = max_payload_bytes
+        self.max_future_ms = max_future_skew_s * 1e3
+        self.max_age_ms = max_age_s * 1e3
+        # one global table of field specs, so rows carry a small int and conversion is vectorised
+        self._spec_metric: list[int] = []
+        self._spec_factor: list[float] = []
+        self._spec_offset: list[float] = []
+        self._fmap: dict[str, dict[str, int]] = {}
+        for vendor, prof in profiles.items():
+            m = {}
+            for key, spec in prof.fields.items():
+                m[key] = len(self._spec_metric)
+                self._spec_metric.append(spec.metric_id)
+                self._spec_factor.append(spec.factor)
+                self._spec_offset.append(spec.offset)
+            self._fmap[vendor] = m
+        self._sm = np.array(self._spec_metric, np.int16)
+        self._sf = np.array(self._spec_factor, np.float64)
+        self._so = np.array(self._spec_offset, np.float64)
+        self._topics: dict[str, tuple] = {}
+        self.series_dups = DuplicateFilter()
+        self.position_dups = DuplicateFilter()
+
+    # ------------------------------------------------------------------------------------
+    def _route(self, topic: str):
+        r = self._topics.get(topic)
+        if r is None:
+            parts = topic.split("/")
+            if len(parts) < 4 or parts[0] != TOPIC_ROOT or not all(parts[1:4]):
+                r = ("bad_topic", f"topic {topic!r} does not match {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id>")
+            elif parts[1] not in self.profiles:
+                r = ("unknown_vendor", f"no device profile for vendor {parts[1]!r} (topic {topic!r})")
+            else:
+                r = (None, parts[1], parts[2], parts[3], self.profiles[parts[1]], self._fmap[parts[1]])
+            if len(self._topics) > 500_000:
+                self._topics.clear()
+            self._topics[topic] = r
+        return r
+
+    def decode(self, messages: list[Message], now_ms: int) -> Decoded:
+        dead: list[DeadLetter] = []
+        rejected: Counter = Counter()
+
+        def reject(mi: int, reason: str, detail: str) -> None:
+            m = messages[mi]
+            rejected[reason] += 1
+            dead.append(DeadLetter(m.topic, reason, detail, bytes(m.payload[:DEADLETTER_PAYLOAD_MAX]), m.received_ms))
+
+        # sensor rows are collected in blocks of rows sharing (message, device, field spec):
+        # b_* hold one entry per block, r_ts/r_val one per row
+        b_msg: list[int] = []
+        b_dev: list[int] = []
+        b_spec: list[int] = []
+        b_len: list[int] = []
+        r_ts: list = []
+        r_val: list = []
+        # per-row raw columns (position)
+        p_msg: list[int] = []
+        p_dev: list[int] = []
+        p_ts: list = []
+        p_lat: list = []
+        p_lon: list = []
+        p_spd: list = []
+        p_alt: list = []
+        # per-message
+        m_unit = np.zeros(len(messages), np.int8)
+        m_recv = np.empty(len(messages), np.float64)
+        resolve = self.directory.resolve
+
+        for mi, msg in enumerate(messages):
+            m_recv[mi] = msg.received_ms
+            route = self._route(msg.topic)
+            if route[0] is not None:
+                reject(mi, route[0], route[1])
+                continue
+            _, vendor, kind, topic_dev, prof, fmap = route
+            payload = msg.payload
+            if len(payload) > self.max_payload:
+                reject(mi, "oversized", f"payload is {len(payload)} bytes; the limit is {self.max_payload}")
+                continue
+            try:
+                obj = orjson.loads(payload)
+            except orjson.JSONDecodeError as e:
+                reject(mi, "malformed_json", f"not valid JSON: {e}")
+                continue
+            items = obj if type(obj) is list else (obj,)
+            if not items:
+                reject(mi, "no_readings", "empty JSON array")
+                continue
+            m_unit[mi] = _UNIT_CODE[prof.timestamp_unit]
+            tsf, root, idf, pos = prof.timestamp, prof.root, prof.device_id, prof.position
+            dev = -1
+            if not idf:
+                dev, why = resolve(topic_dev, vendor, kind)
+                if why is not None:
+                    reject(mi, why, f"device {topic_dev!r} on vendor {vendor!r}: "
+                           + ("not registered and unknown devices are rejected" if why == "unknown_device"
+                              else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(topic_dev)]!r}"))
+                    continue
+            if type(obj) is list and not root and not idf and len(items) > 1:
+                cols = _columns(items, tsf, fmap, pos)
+                if cols is not None:
+                    n_it, t_col, fcols = cols
+                    for si, col in fcols:
+                        b_msg.append(mi); b_dev.append(dev); b_spec.append(si); b_len.append(n_it)
+                        r_ts.extend(t_col); r_val.extend(col)
+                    continue
+            for it in items:
+                if type(it) is not dict:
+                    reject(mi, "not_an_object", f"array item is {type(it).__name__}, expected a JSON object")
+                    continue
+                body = it
+                if root:
+                    body = it.get(root)
+                    if type(body) is not dict:
+                        reject(mi, "missing_field", f"field {root!r} is missing or not an object")
+                        continue
+                d = dev
+                if idf:
+                    did = it.get(idf, body.get(idf))
+                    if type(did) is not str or not did:
+                        reject(mi, "bad_device_id", f"field {idf!r} must be a non-empty string, got {did!r}"[:300])
+                        continue
+                    d, why = resolve(did, vendor, kind)
+                    if why is not None:
+                        reject(mi, why, f"device {did!r} on vendor {vendor!r}: {why}")
+                        continue
+                t = it.get(tsf)
+                if t is None and body is not it:
+                    t = body.get(tsf)
+                before = len(r_ts)
+                for k, v in body.items():
+                    si = fmap.get(k)
+                    if si is None:
+                        if type(v) is dict:
+                            for k2, v2 in v.items():
+                                si = fmap.get(f"{k}.{k2}")
+                                if si is not None:
+                                    b_msg.append(mi); b_dev.append(d); b_spec.append(si); b_len.append(1)
+                                    r_ts.append(t); r_val.append(v2)
+                        continue
+                    b_msg.append(mi); b_dev.append(d); b_spec.append(si); b_len.append(1)
+                    r_ts.append(t); r_val.append(v)
+                got_pos = False
+                if pos:
+                    la = body.get(pos["lat"][0])
+                    lo = body.get(pos["lon"][0])
+                    if la is not None or lo is not None:
+                        got_pos = True
+                        p_msg.append(mi); p_dev.append(d); p_ts.append(t); p_lat.append(la); p_lon.append(lo)
+                        sp = pos.get("speed")
+                        al = pos.get("alt")
+                        sv = body.get(sp[0]) if sp else None
+                        av = body.get(al[0]) if al else None
+                        p_spd.append(sv * sp[1] if type(sv) in _NUM else (sv if sv is not None else np.nan))
+                        p_alt.append(av * al[1] if type(av) in _NUM else (av if av is not None else np.nan))
+                if len(r_ts) == before and not got_pos:
+                    reject(mi, "no_readings", f"no field of profile {vendor!r} in item (keys: {sorted(body)[:10]})")
+
+        out = Decoded(SensorBatch.empty(), np.empty(0, np.int16), PositionBatch.empty(), dead, rejected)
+        if r_ts:
+            blen = np.array(b_len, np.int64)
+            r_msg = np.repeat(np.array(b_msg, np.int32), blen)
+            r_dev = np.repeat(np.array(b_dev, np.int32), blen)
+            r_spec = np.repeat(np.array(b_spec, np.int32), blen)
+            self._finish_sensor(messages, out, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val)
+        if p_msg:
+            self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def _numbers(self, raw: list, what: str, mi: np.ndarray, reject, keep: np.ndarray) -> np.ndarray:
+        """float64 array of raw values; non-numbers are rejected (JSON true/false and numeric strings too)."""
+        try:
+            if _NUMSET.issuperset(map(type, raw)):
+                return np.array(raw, np.float64)
+        except OverflowError:
+            pass
+        out = np.full(len(raw), np.nan)
+        for i, v in enumerate(raw):
+            if type(v) in _NUM:
+                try:
+                    out[i] = float(v)
+                    continue
+                except OverflowError:
+                    pass
+            if keep[i]:
+                keep[i] = False
+                reject(int(mi[i]), "wrong_type", f"{what} is {type(v).__name__} {_short(v)}, expected a number")
+        return out
+
+    def _timestamps(self, raw: list, mi: np.ndarray, m_unit, m_recv, reject, keep, now_ms: int) -> tuple[np.ndarray, int]:
+        n = len(raw)
+        ts = np.empty(n, np.float64)
+        missing = 0
+        if _NUMSET.issuperset(map(type, raw)):
+            ts[:] = raw
+            numeric = np.ones(n, np.bool_)
+        else:
+            numeric = np.zeros(n, np.bool_)
+            for i, v in enumerate(raw):
+                tv = type(v)
+                if tv in _NUM:
+                    ts[i] = v
+                    numeric[i] = True
+                elif v is None:
+                    ts[i] = m_recv[mi[i]]
+                    missing += 1
+                elif tv is str:
+                    ms = _iso_ms(v)
+                    if ms is None:
+                        ts[i] = np.nan
+                        if keep[i]:
+                            keep[i] = False
+                            reject(int(mi[i]), "bad_timestamp", f"timestamp {_short(v)} is not ISO-8601")
+                    else:
+                        ts[i] = ms
+                else:
+                    ts[i] = np.nan
+                    if keep[i]:
+                        keep[i] = False
+                        reject(int(mi[i]), "bad_timestamp", f"timestamp is {type(v).__name__} {_short(v)}, expected a number or ISO-8601 text")
+        unit = m_unit[mi]
+        mult = _UNIT_MULT[unit]
+        conv = np.where(unit == 0, _auto_ms(ts), ts * mult)
+        ts = np.where(numeric, conv, ts)
+        bad = keep & ~np.isfinite(ts)
+        for i in np.flatnonzero(bad):
+            keep[i] = False
+            reject(int(mi[i]), "bad_timestamp", f"timestamp {raw[i]!r} is not a finite number")
+        ts = np.where(np.isfinite(ts), ts, 0.0)
+        fut = keep & (ts > now_ms + self.max_future_ms)
+        for i in np.flatnonzero(fut):
+            keep[i] = False
+            reject(int(mi[i]), "future_timestamp", f"timestamp {_short(raw[i])} is {(ts[i] - now_ms) / 1e3:.0f} s in the future (limit {self.max_future_ms / 1e3:.0f} s)")
+        if self.max_age_ms > 0:
+            old = keep & (ts < now_ms - self.max_age_ms)
+            for i in np.flatnonzero(old):
+                keep[i] = False
+                reject(int(mi[i]), "stale_timestamp", f"timestamp {_short(raw[i])} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
+        return ts.astype(np.int64), missing
+
+    def _finish_sensor(self, messages, out: Decoded, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val) -> None:
+        n = len(r_ts)
+        mi = r_msg
+        spec = r_spec
+        metric = self._sm[spec]
+        keep = np.ones(n, np.bool_)
+        raw = self._numbers(r_val, "value", mi, reject, keep)
+        ts, missing = self._timestamps(r_ts, mi, m_unit, m_recv, reject, keep, now_ms)
+        out.no_timestamp += missing
+        val = raw * self._sf[spec] + self._so[spec]
+        nonfin = keep & ~np.isfinite(val)
+        for i in np.flatnonzero(nonfin):
+            keep[i] = False
+            reject(int(mi[i]), "non_finite", f"{METRICS[metric[i]].name} value {r_val[i]!r} is not finite")
+        rng = keep & ((val < METRIC_LO[metric]) | (val > METRIC_HI[metric]))
+        for i in np.flatnonzero(rng):
+            m = METRICS[metric[i]]
+            keep[i] = False
+            reject(int(mi[i]), "out_of_range", f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
+        dev = r_dev
+        if not keep.all():
+            idx = np.flatnonzero(keep)
+            dev, metric, ts, val, mi = dev[idx], metric[idx], ts[idx], val[idx], mi[idx]
+            r_val = None
+        series = self.directory.series_slots(dev, metric)
+        keep = np.ones(series.shape[0], np.bool_)
+        if self.series_dups.apply(series, ts, keep):
+            for i in np.flatnonzero(~keep):
+                reject(int(mi[i]), "duplicate", f"{METRICS[metric[i]].name} of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
+            idx = np.flatnonzero(keep)
+            series, dev, metric, ts, val = series[idx], dev[idx], metric[idx], ts[idx], val[idx]
+        out.sensor = SensorBatch(series, dev, ts, val)
+        out.metric = metric
+
+    def _finish_position(self, messages, out: Decoded, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt) -> None:
+        n = len(p_msg)
+        mi = np.array(p_msg, np.int32)
+        keep = np.ones(n, np.bool_)
+        lat = self._numbers(p_lat, "latitude", mi, reject, keep)
+        lon = self._numbers(p_lon, "longitude", mi, reject, keep)
+        spd = self._numbers(p_spd, "speed", mi, reject, keep)
+        alt = self._numbers(p_alt, "altitude", mi, reject, keep)
+        ts, missing = self._timestamps(p_ts, mi, m_unit, m_recv, reject, keep, now_ms)
+        out.no_timestamp += missing
+        bad = keep & ~(np.isfinite(lat) & np.isfinite(lon))
+        for i in np.flatnonzero(bad):
+            keep[i] = False
+            reject(int(mi[i]), "non_finite", f"position ({p_lat[i]!r}, {p_lon[i]!r}) is not finite")
+        bad = keep & ((np.abs(lat) > 90) | (np.abs(lon) > 180) | (spd < 0) | (spd > 500) | np.isinf(alt))
+        for i in np.flatnonzero(bad):
+            keep[i] = False
+            reject(int(mi[i]), "out_of_range", f"position lat={lat[i]:g} lon={lon[i]:g} speed={spd[i]:g} km/h is out of range")
+        dev = np.array(p_dev, np.int32)
+        before = keep.copy()
+        if self.position_dups.apply(dev, ts, keep):
+            for i in np.flatnonzero(before & ~keep):
+                reject(int(mi[i]), "duplicate", f"position of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
+        idx = np.flatnonzero(keep)
+        out.position = PositionBatch(dev[idx], ts[idx], lat[idx], lon[idx], spd[idx], alt[idx])
+
+
+def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):
+    """Fast path for an array of flat objects that all have the same keys: whole columns at once.
+    Returns None when the items are not that regular (the item-by-item path then explains why)."""
+    first = items[0]
+    if type(first) is not dict or (pos and (pos["lat"][0] in first or pos["lon"][0] in first)):
+        return None
+    nk = len(first)
+    try:
+        if set(map(len, items)) != {nk}:
+            return None
+        t_col = [it[tsf] for it in items] if tsf in first else [None] * len(items)
+        fcols = [(fmap[k], [it[k] for it in items]) for k in first if k in fmap]
+    except (KeyError, TypeError):
+        return None
+    if not fcols:
+        return None
+    return len(items), t_col, fcols
+
+
+def _short(v: object, n: int = 60) -> str:
+    s = repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
