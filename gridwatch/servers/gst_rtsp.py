@@ -1,0 +1,176 @@
+"""GStreamer side of the test RTSP server: run with the system Python that has PyGObject.
+
+This file is a stand-alone script. It imports nothing from gridwatch (the system Python that can
+import ``gi`` is usually not the project's interpreter); :mod:`gridwatch.servers.rtsp` launches it
+and talks to it only through the command line, stdin and stdout.
+
+Two sub-commands:
+
+``serve --port P --mounts JSON``
+    Serve each mount (a JSON list of objects) on ``rtsp://127.0.0.1:P/<path>``:
+
+    * ``{"kind": "test", "path": ..., "width", "height", "fps", "pattern", "keyint"}``:
+      a live ``videotestsrc`` camera encoded with x264 (shared by all clients).
+    * ``{"kind": "file", "path": ..., "file": ..., "loop": bool}``: an H.264 mp4 file.
+      ``loop=false`` plays it once per client (``filesrc ! qtdemux``). ``loop=true`` reads the
+      file's access units into memory once and feeds them through an ``appsrc`` forever with
+      ever-increasing timestamps, so the loop is gapless and needs no re-encode and no seek.
+
+    Prints ``READY <port>`` on stdout once the server is listening; stops on SIGTERM/SIGINT.
+
+``encode --width W --height H --fps F --keyint K --out FILE``
+    Read raw BGR frames (W*H*3 bytes each) from stdin until EOF and write an H.264 mp4
+    (baseline-style: no B-frames, so decode order equals display order).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+
+PAYLOADER = "rtph264pay name=pay0 pt=96 config-interval=1"
+
+
+def x264(fps: int, keyint: int) -> str:
+    return (f"x264enc tune=zerolatency speed-preset=ultrafast bframes=0 key-int-max={keyint} "
+            f"bitrate={max(256, 64 * fps)}")
+
+
+def read_access_units(path: str) -> tuple[Gst.Caps, list[tuple[bytes, int, int, bool]]]:
+    """Demux an mp4 into (caps, [(data, pts_ns, duration_ns, keyframe), ...])."""
+    pipe = Gst.parse_launch(
+        f'filesrc location="{path}" ! qtdemux ! video/x-h264 ! appsink name=sink sync=false')
+    sink = pipe.get_by_name("sink")
+    pipe.set_state(Gst.State.PLAYING)
+    units: list[tuple[bytes, int, int, bool]] = []
+    caps = None
+    while True:
+        sample = sink.emit("pull-sample")
+        if sample is None:
+            break
+        caps = sample.get_caps()
+        buf = sample.get_buffer()
+        pts = buf.pts if buf.pts != Gst.CLOCK_TIME_NONE else buf.dts
+        units.append((buf.extract_dup(0, buf.get_size()), pts, buf.duration,
+                      not buf.has_flags(Gst.BufferFlags.DELTA_UNIT)))
+    bus = pipe.get_bus()
+    err = bus.pop_filtered(Gst.MessageType.ERROR)
+    pipe.set_state(Gst.State.NULL)
+    if err is not None:
+        raise RuntimeError(f"{path}: {err.parse_error()[0].message}")
+    if not units or caps is None:
+        raise RuntimeError(f"{path}: no H.264 video track")
+    return caps, units
+
+
+class LoopedFile:
+    """Feeds one media's appsrc with the file's access units, looping with rising timestamps."""
+
+    def __init__(self, caps: Gst.Caps, units: list[tuple[bytes, int, int, bool]]) -> None:
+        self.caps = caps
+        self.units = units
+        first = units[0][1]
+        last_pts, last_dur = units[-1][1], units[-1][2]
+        step = last_dur if last_dur not in (0, Gst.CLOCK_TIME_NONE) else (last_pts - first) // max(1, len(units) - 1)
+        self.period = last_pts - first + step
+        self.first = first
+        self.index = 0
+        self.loops = 0
+
+    def attach(self, media: GstRtspServer.RTSPMedia) -> None:
+        src = media.get_element().get_by_name("src")
+        src.set_property("caps", self.caps)
+        src.connect("need-data", self.need_data)
+
+    def need_data(self, src: Gst.Element, _length: int) -> None:
+        data, pts, dur, key = self.units[self.index]
+        buf = Gst.Buffer.new_wrapped(data)
+        buf.pts = buf.dts = pts - self.first + self.loops * self.period
+        buf.duration = dur
+        if not key:
+            buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
+        self.index += 1
+        if self.index == len(self.units):
+            self.index = 0
+            self.loops += 1
+        src.emit("push-buffer", buf)
+
+
+def make_factory(mount: dict) -> GstRtspServer.RTSPMediaFactory:
+    factory = GstRtspServer.RTSPMediaFactory()
+    kind = mount["kind"]
+    if kind == "test":
+        w, h, fps = int(mount["width"]), int(mount["height"]), int(mount["fps"])
+        keyint = int(mount.get("keyint") or fps)
+        factory.set_launch(
+            f"( videotestsrc is-live=true pattern={mount.get('pattern', 'ball')} "
+            f"! video/x-raw,width={w},height={h},framerate={fps}/1 ! videoconvert "
+            f"! {x264(fps, keyint)} ! {PAYLOADER} )")
+        factory.set_shared(True)
+    elif kind == "file" and not mount.get("loop", True):
+        factory.set_launch(f'( filesrc location="{mount["file"]}" ! qtdemux ! video/x-h264 ! {PAYLOADER} )')
+    elif kind == "file":
+        caps, units = read_access_units(mount["file"])
+        factory.set_launch(f"( appsrc name=src is-live=false format=time ! {PAYLOADER} )")
+        factory.set_shared(True)
+        factory.connect("media-configure", lambda _f, media: LoopedFile(caps, units).attach(media))
+    else:
+        raise ValueError(f"unknown mount kind {kind!r}")
+    return factory
+
+
+def serve(port: int, mounts: list[dict]) -> None:
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(port))
+    points = server.get_mount_points()
+    for m in mounts:
+        points.add_factory("/" + m["path"].lstrip("/"), make_factory(m))
+    loop = GLib.MainLoop()
+    if server.attach(None) == 0:
+        raise SystemExit(f"cannot listen on 127.0.0.1:{port}")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        GLib.unix_signal_add(GLib.PRIORITY_HIGH, sig, loop.quit)
+    print(f"READY {port}", flush=True)
+    loop.run()
+
+
+def encode(width: int, height: int, fps: int, keyint: int, out: str) -> None:
+    pipe = Gst.parse_launch(
+        f"fdsrc fd=0 blocksize={width * height * 3} ! rawvideoparse width={width} height={height} "
+        f"format=bgr framerate={fps}/1 ! videoconvert ! video/x-raw,format=I420 "
+        f'! {x264(fps, keyint)} ! mp4mux ! filesink location="{out}"')
+    pipe.set_state(Gst.State.PLAYING)
+    msg = pipe.get_bus().timed_pop_filtered(Gst.CLOCK_TIME_NONE, Gst.MessageType.EOS | Gst.MessageType.ERROR)
+    pipe.set_state(Gst.State.NULL)
+    if msg.type == Gst.MessageType.ERROR:
+        raise SystemExit(f"encode failed: {msg.parse_error()[0].message}")
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--mounts", required=True, help="JSON list of mount objects")
+    e = sub.add_parser("encode")
+    for name in ("width", "height", "fps", "keyint"):
+        e.add_argument(f"--{name}", type=int, required=True)
+    e.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    Gst.init(None)
+    if a.cmd == "serve":
+        serve(a.port, json.loads(a.mounts))
+    else:
+        encode(a.width, a.height, a.fps, a.keyint, a.out)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
