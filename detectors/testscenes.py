@@ -97,11 +97,11 @@ def object_box(width: int = 320, height: int = 240, size: float = 0.15,
 def appearing_object_scene(n: int, appear_at: int = 10, width: int = 320, height: int = 240, seed: int = 0,
                            noise: float = 2.0, size: float = 0.15,
                            at: tuple[float, float] = (0.3, 0.75)) -> Iterator[np.ndarray]:
-    """A still scene in which a dark box-like object appears at frame ``appear_at`` and stays."""
+    """A still scene in which an orange box-like object appears at frame ``appear_at`` and stays."""
     bg = background(width, height, seed)
     obj = bg.copy()
     x1, y1, x2, y2 = object_box(width, height, size, at)
-    cv2.rectangle(obj, (x1, y1), (x2 - 1, y2 - 1), (40, 50, 160), -1)
+    cv2.rectangle(obj, (x1, y1), (x2 - 1, y2 - 1), (40, 140, 230), -1)  # orange: stands out in grey too
     cv2.rectangle(obj, (x1, y1), (x2 - 1, y2 - 1), (20, 20, 20), 2)
     rng = np.random.default_rng(seed + 3)
     for i in range(n):

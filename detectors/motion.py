@@ -1,0 +1,139 @@
+"""The motion gate: which parts of a frame changed, so models only run where something moves.
+
+Like Frigate's improved motion detector, the work happens on a small luminance frame (about 100
+pixels high): each frame is converted to grey, downscaled with area averaging (which also averages
+away sensor noise), lightly blurred, and compared with a running-average background. Pixels that
+differ by more than ``threshold`` (and are not masked out) are dilated and grouped into
+8-connected regions; regions smaller than ``min_area`` are noise. Boxes come back in the
+coordinates of the frame that was passed in.
+
+A change over most of the frame (lights switching, an IR-mode flip, a camera knocked) is not
+motion: the background is reset to the current frame and no regions are reported, with
+``global_change`` set so the caller can count it.
+
+    gate = MotionDetector(MotionParams(threshold=20), mask=roi_mask)
+    result = gate.detect(frame)          # MotionResult(boxes, areas, changed_fraction, global_change)
+    if len(result.boxes): run_model(frame, result.boxes)
+
+The per-pixel work is in :mod:`gridwatch.detectors.motion_kernels` (Numba, GIL released).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import motion_kernels as k
+
+
+class MotionParams(BaseModel):
+    """Motion gate settings (all resolution-independent except where stated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame_height: int = Field(100, ge=16, le=1080, description="Height in pixels of the luminance frame compared "
+                              "with the background; width follows the aspect ratio.")
+    threshold: float = Field(25.0, gt=0, lt=255, description="Minimum luminance difference (0-255) from the "
+                             "background for a pixel to count as changed.")
+    alpha: float = Field(0.05, gt=0, le=1, description="Background learning rate per analysed frame: higher "
+                         "forgets a stopped object sooner.")
+    min_area: int = Field(8, ge=1, description="Minimum changed pixels (at motion resolution) for a region.")
+    dilate: int = Field(1, ge=0, le=5, description="3x3 dilation passes joining nearby changed pixels into one region.")
+    blur: int = Field(3, ge=0, le=15, description="Gaussian blur kernel size before differencing (0 = none; odd).")
+    max_changed_fraction: float = Field(0.7, gt=0, le=1, description="Changed fraction of the watched area above "
+                                        "which the change is global (lighting): background reset, no regions.")
+    max_regions: int = Field(64, ge=1, description="At most this many regions are reported (largest first).")
+
+
+class MotionResult(NamedTuple):
+    boxes: np.ndarray  # int32[K, 4] x1, y1, x2, y2 (exclusive) in input-frame pixels, largest first
+    areas: np.ndarray  # int32[K] changed pixels of each region at motion resolution
+    changed_fraction: float  # changed pixels / watched pixels, before region filtering
+    global_change: bool  # True when the frame changed as a whole (background was reset)
+
+
+class MotionDetector:
+    """Stateful motion gate for one camera. ``mask``: any size, nonzero = watch this pixel."""
+
+    def __init__(self, params: MotionParams | None = None, mask: np.ndarray | None = None) -> None:
+        self.params = params or MotionParams()
+        self._user_mask = None if mask is None else np.asarray(mask)
+        self._shape: tuple[int, int] | None = None  # (h, w) of the input frames
+        self.background: np.ndarray | None = None
+
+    @property
+    def motion_size(self) -> tuple[int, int] | None:
+        """(width, height) of the motion frame, once the first frame fixed it."""
+        return None if self.background is None else (self.background.shape[1], self.background.shape[0])
+
+    def reset(self) -> None:
+        """Forget the background; the next frame becomes it."""
+        self.background = None
+
+    def _setup(self, h: int, w: int) -> None:
+        mh = min(self.params.frame_height, h)
+        mw = max(1, round(w * mh / h))
+        self._shape = (h, w)
+        if self._user_mask is None:
+            self._mask = np.ones((mh, mw), np.uint8)
+        else:
+            m = (self._user_mask != 0).astype(np.uint8)
+            self._mask = np.ascontiguousarray(cv2.resize(m, (mw, mh), interpolation=cv2.INTER_NEAREST))
+        self._watched = max(1, int(self._mask.sum()))
+        self._changed = np.zeros((mh, mw), np.uint8)
+        self._dilated = (np.zeros((mh, mw), np.uint8), np.zeros((mh, mw), np.uint8))
+        self._labels = np.zeros((mh, mw), np.int32)
+        self._stack = np.zeros(mh * mw, np.int32)
+        # room for every possible region, so none is lost before sorting by size
+        self._boxes = np.zeros((mh * mw // self.params.min_area + 1, 5), np.int32)
+        self.background = None
+
+    def luminance(self, frame: np.ndarray) -> np.ndarray:
+        """The small blurred grey frame the gate compares (uint8, C-contiguous)."""
+        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        mh, mw = self._mask.shape
+        small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_AREA)
+        b = self.params.blur
+        if b > 1:
+            small = cv2.GaussianBlur(small, (b | 1, b | 1), 0)
+        return np.ascontiguousarray(small)
+
+    def detect(self, frame: np.ndarray) -> MotionResult:
+        h, w = frame.shape[:2]
+        if self._shape != (h, w):
+            self._setup(h, w)
+        small = self.luminance(frame)
+        if self.background is None:
+            self.background = small.astype(np.float32)
+            return _no_motion(0.0, False)
+        p = self.params
+        n = k.diff_and_update(small, self.background, self._mask, np.float32(p.threshold),
+                              np.float32(p.alpha), self._changed)
+        frac = n / self._watched
+        if frac > p.max_changed_fraction:
+            self.background[...] = small
+            return _no_motion(frac, True)
+        if n == 0:
+            return _no_motion(0.0, False)
+        binary = self._changed
+        for i in range(p.dilate):
+            k.dilate3x3(binary, self._dilated[i % 2])
+            binary = self._dilated[i % 2]
+        count = k.component_boxes(binary, p.min_area, self._labels, self._stack, self._boxes)
+        rows = self._boxes[:count]
+        order = np.argsort(-rows[:, 4], kind="stable")[: p.max_regions]
+        rows = rows[order]
+        mh, mw = self._mask.shape
+        sx, sy = w / mw, h / mh
+        boxes = np.empty((len(rows), 4), np.int32)
+        boxes[:, 0] = np.floor(rows[:, 0] * sx)
+        boxes[:, 1] = np.floor(rows[:, 1] * sy)
+        boxes[:, 2] = np.minimum(np.ceil(rows[:, 2] * sx), w)
+        boxes[:, 3] = np.minimum(np.ceil(rows[:, 3] * sy), h)
+        return MotionResult(boxes, rows[:, 4].copy(), frac, False)
+
+
+def _no_motion(frac: float, global_change: bool) -> MotionResult:
+    return MotionResult(np.empty((0, 4), np.int32), np.empty(0, np.int32), frac, global_change)
