@@ -64,6 +64,7 @@ class IngestConfig(_Model):
     unknown_devices: Literal["register", "reject"] = Field("register", description="A device not listed under [[devices]]: register it on first sight, or reject its readings.")
     batch_max_messages: int = Field(2000, ge=1, description="Largest number of messages decoded as one batch.")
     batch_interval_ms: float = Field(5.0, gt=0, description="Longest a message waits before its batch is processed.")
+    profile_dirs: list[str] = Field(default_factory=list, description="Extra folders of vendor profile TOML files (see hw/profiles); they override bundled ones of the same vendor.")
     dead_letter_keep: int = Field(100_000, ge=0, description="Dead-letter records kept in the store (oldest removed first).")
 
 
@@ -105,6 +106,7 @@ class AlertsMqttConfig(_Model):
     enabled: bool = Field(True, description="Publish warning events to MQTT.")
     topic_prefix: str = Field("gridwatch/warnings", description="Events go to <prefix>/<city>/<county>/<town>/<grid>/<rule>.")
     qos: Literal[0, 1] = Field(1, description="QoS of warning events.")
+    update_interval_s: float = Field(600.0, gt=0, description="While a warning is active, an 'updated' event with its latest value at most this often.")
 
 
 class MetricsConfig(_Model):
@@ -169,11 +171,12 @@ class GridwatchConfig(_Model):
 
 
 def _resolve_param_paths(params: dict[str, Any], base: str) -> dict[str, Any]:
-    """A string 'zones' parameter names a GeoJSON file relative to the config file."""
-    z = params.get("zones")
-    if isinstance(z, str) and not Path(z).is_absolute():
-        return {**params, "zones": str(Path(base) / z)}
-    return params
+    """String parameters naming a GeoJSON/JSON file are relative to the config file."""
+    out = dict(params)
+    for k, v in params.items():
+        if isinstance(v, str) and v.lower().endswith((".geojson", ".json")) and not Path(v).is_absolute():
+            out[k] = str(Path(base) / v)
+    return out
 
 
 def substitute_env(value: Any, env: dict[str, str] | None = None, where: str = "") -> Any:
@@ -199,11 +202,15 @@ def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if not loc:  # a whole-model check: its message already names the key
+            parts.append(msg)
+            continue
         got = e.get("input")
         got_s = repr(got) if not isinstance(got, dict) else "a table"
         if len(got_s) > 80:
             got_s = got_s[:77] + "..."
-        parts.append(f"{loc or '<root>'}: {e['msg']} (got {got_s})")
+        parts.append(f"{loc}: {msg} (got {got_s})")
     return "; ".join(parts)
 
 

@@ -58,7 +58,8 @@ class Processor(ABC):
     """One rule instance. Subclasses set ``kind``, ``input`` and ``Params``."""
 
     kind: ClassVar[str]
-    input: ClassVar[str]  # "sensor" (SensorBatch, keyed by series slot) or "position" (PositionBatch, device slot)
+    input: ClassVar[str]  # "sensor" (SensorBatch) or "position" (PositionBatch)
+    keyed_by: ClassVar[str]  # what slots number: "series" (default for sensor input) or "device"
     Params: ClassVar[type[Params]]
     registry: ClassVar[dict[str, type["Processor"]]] = {}
 
@@ -66,6 +67,8 @@ class Processor(ABC):
         super().__init_subclass__(**kw)
         if "kind" in cls.__dict__:
             Processor.registry[cls.kind] = cls
+        if "keyed_by" not in cls.__dict__ and "input" in cls.__dict__:
+            cls.keyed_by = "device" if cls.input == "position" else "series"
 
     def __init__(self, name: str, params: Params | dict[str, Any], capacity: int = 1024) -> None:
         self.name = name

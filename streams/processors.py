@@ -226,6 +226,7 @@ class Offline(Processor):
 
     kind = "offline"
     input = "sensor"
+    keyed_by = "device"
     Params = OfflineParams
 
     def _alloc_state(self, n: int) -> None:

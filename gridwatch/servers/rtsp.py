@@ -8,6 +8,7 @@ that interpreter and waits until the port answers an RTSP ``OPTIONS`` request.
     with RtspServer([TestCamera("cam1"), FileStream("smoke", Path("smoke.mp4"))]) as srv:
         url = srv.url("cam1")          # rtsp://127.0.0.1:<free port>/cam1
         srv.stop(); srv.restart()      # same port: cameras see a real outage and a recovery
+        srv.pause(); srv.resume()      # connections stay open but go silent: a hung camera
 
 :func:`encode_h264` turns rendered frames (e.g. :mod:`gridwatch.detectors.testscenes`) into an
 H.264 mp4 with the same GStreamer installation, so a scene can be served as a camera.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -154,6 +156,7 @@ class RtspServer:
         """Stop the server; connected clients see their TCP connections close."""
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)  # a paused server cannot handle SIGTERM
             proc.terminate()
             try:
                 proc.wait(5)
@@ -163,6 +166,15 @@ class RtspServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def pause(self) -> None:
+        """Freeze the server process (SIGSTOP): connections stay open but go silent, like a hung camera."""
+        if self.running:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.running:
+            os.kill(self._proc.pid, signal.SIGCONT)
 
     def restart(self) -> "RtspServer":
         self.stop()

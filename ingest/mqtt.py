@@ -1,0 +1,105 @@
+"""The MQTT collector: paho-mqtt, QoS 1, persistent session, acknowledge-after-commit.
+
+* ``on_message`` (paho's network thread) only appends the raw message to an inbox; decoding happens
+  in batches elsewhere.
+* With QoS 1, messages are acknowledged (PUBACK) only by :meth:`MqttCollector.ack`, which the
+  pipeline calls after the store commit holding their readings has returned. A crash before that
+  leaves them unacknowledged, so the broker delivers them again: no acknowledged reading is lost.
+* Flow control is the broker's: MQTT 5 Receive Maximum (``mqtt.receive_maximum``) caps the number of
+  unacknowledged messages in flight, so the inbox can never grow past it and a burst waits in the
+  broker's queue (size that queue in the broker: ``max_queued_messages``). With QoS 0 there is no
+  such brake: the inbox is bounded and overflow is counted as ``dropped{reason=inbox_full}``.
+* Acknowledgements are tagged with the connection they arrived on; after a reconnect, stale ones
+  are not sent (the broker redelivers those messages and duplicate detection drops the copies).
+* Reconnects with exponential backoff and resubscribes on every (re)connect; MQTT 5 shared
+  subscriptions (``$share/<group>/<topic>``) when ``mqtt.shared_group`` is set.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import paho.mqtt.client as mqtt
+
+from gridwatch.config import MqttConfig
+from gridwatch.ingest.codec import Message
+from gridwatch.mqtt_client import connect_async, make_client
+from gridwatch.observability import Counters
+
+log = logging.getLogger("gridwatch.ingest.mqtt")
+
+
+class MqttCollector:
+    source = "mqtt"
+
+    def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters, qos0_inbox_max: int = 200_000) -> None:
+        self.cfg = cfg
+        self.counters = counters
+        self.inbox: deque[Message] = deque()
+        self.qos0_inbox_max = qos0_inbox_max
+        self.connected = threading.Event()
+        self.generation = 0
+        self._lock = threading.Lock()
+        self.client = make_client(cfg, client_id, manual_ack=cfg.qos == 1, persistent=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self.topics = [f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t for t in cfg.topics]
+
+    # paho's thread ------------------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("mqtt connect refused", extra={"fields": {"reason": str(reason_code), "host": self.cfg.host, "port": self.cfg.port}})
+            return
+        with self._lock:
+            self.generation += 1
+        self.counters.add(self.source, "connects")
+        client.subscribe([(t, self.cfg.qos) for t in self.topics])
+        self.connected.set()
+        log.info("mqtt connected", extra={"fields": {"host": self.cfg.host, "port": self.cfg.port, "topics": self.topics,
+                                                     "session_present": bool(getattr(flags, "session_present", False))}})
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        with self._lock:
+            self.generation += 1
+        self.counters.add(self.source, "disconnects")
+        log.warning("mqtt disconnected; reconnecting with backoff", extra={"fields": {"reason": str(reason_code)}})
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
+            self.counters.drop(self.source, "inbox_full")
+            return
+        self.inbox.append(Message(msg.topic, msg.payload, time.time_ns() // 1_000_000,
+                                  (self.generation, msg.mid) if msg.qos > 0 else None))
+
+    # pipeline side ------------------------------------------------------------------------
+    def start(self) -> None:
+        connect_async(self.client, self.cfg, persistent=True)
+        self.client.loop_start()
+
+    def take(self, max_messages: int) -> list[Message]:
+        inbox = self.inbox
+        n = min(len(inbox), max_messages)
+        return [inbox.popleft() for _ in range(n)]
+
+    def ack(self, messages: list[Message]) -> None:
+        """Acknowledge messages whose readings are committed (QoS 1 only)."""
+        gen = self.generation
+        stale = 0
+        for m in messages:
+            tok = m.token
+            if tok is None:
+                continue
+            if tok[0] != gen:
+                stale += 1
+                continue
+            self.client.ack(tok[1], 1)
+        if stale:
+            self.counters.add(self.source, "acks_skipped_after_reconnect", stale)
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

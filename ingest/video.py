@@ -1,0 +1,609 @@
+"""Camera collectors: one capture thread per camera feeding a latest-frame slot, plus a watchdog.
+
+    cams = [CameraConfig(name="gate-3", url="rtsp://10.0.0.7/stream1", analysis_fps=2)]
+    with VideoCollector(cams, on_status=print) as video:
+        for frame in video.collect(timeout=1.0):     # newest frame of each camera that has one
+            gate_and_detect(frame.camera, frame.image)
+
+How it behaves:
+
+* **One thread per camera.** FFmpeg decoding releases the GIL, so cameras decode in parallel and a
+  slow, dead, hung or corrupt camera only ever blocks its own thread.
+* **Latest-frame slot, never a queue.** Each camera keeps only its newest analysable frame. When
+  the consumer is slower, the older frame is replaced and counted in ``dropped``.
+* **Analysis-rate skipping and early downscale.** Frames closer than ``1/analysis_fps`` to the
+  last kept frame are skipped before colour conversion (``grab`` without ``retrieve``); kept
+  frames are scaled to ``analysis_width`` straight away.
+* **Watchdog.** A camera that delivers no frame for ``stale_after_s`` is marked stale and its
+  thread reconnects. A thread that stops making progress altogether (stuck inside FFmpeg for longer
+  than any timeout allows) is abandoned and replaced; whatever it returns later is ignored.
+* **Reconnects** use exponential backoff with jitter. Every status change
+  (connecting → online → reconnecting → offline) goes to ``on_status`` with a reason string.
+  After ``offline_after_failures`` failed attempts in a row a camera is *offline*; it keeps
+  retrying at the longest backoff and comes back *online* with its first frame.
+* **Files** (a path or ``file://`` URL) replay a recording as a camera, optionally looping and
+  paced at the file's own frame rate. A missing, corrupt or truncated file is a terminal error on
+  that camera only (*offline*, with the reason).
+
+Two decoders: ``decode="all"`` uses OpenCV's FFmpeg backend. ``decode="keyframes"`` uses PyAV
+(package ``av``) and decodes only keyframes (``skip_frame = "NONKEY"`` plus dropping non-key
+packets before the decoder), for slow events on a camera with a short GOP: decode cost then
+follows the keyframe rate instead of the camera's frame rate. OpenCV's VideoCapture cannot do
+this (it does not expose the decoder's ``skip_frame``). Credentials in URLs never reach a log line
+or a reason string.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal, Protocol
+from urllib.parse import urlsplit
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger(__name__)
+
+# Must be in the environment before FFmpeg opens an RTSP URL; TCP interleaving survives NAT and
+# packet loss, and without this OpenCV may fall back to UDP. (Setting it replaces OpenCV's own
+# default of ``rtsp_flags;prefer_tcp``, which is why it is set here explicitly.)
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+
+
+class CameraConfig(BaseModel):
+    """One camera (or a recording replayed as one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Unique camera name, used in statuses, counters and logs.")
+    url: str = Field(min_length=1, description="rtsp://, http(s):// URL, or a video file path / file:// URL.")
+    analysis_fps: float | None = Field(5.0, gt=0, description="Frames per second handed to analysis; "
+                                       "the rest are skipped before colour conversion. None = every frame.")
+    analysis_width: int | None = Field(640, ge=16, description="Kept frames are downscaled to this width "
+                                       "(aspect kept; never upscaled). None = original size.")
+    decode: Literal["all", "keyframes"] = Field("all", description="'all' decodes every frame (OpenCV); "
+                                                "'keyframes' decodes keyframes only (PyAV), for slow events.")
+    loop: bool = Field(False, description="Files only: start again at the end instead of going offline.")
+    realtime: bool = Field(True, description="Files only: pace reading at the file's frame rate, like a camera.")
+    stale_after_s: float = Field(5.0, gt=0, description="No frame for this long: stale, reconnect.")
+    open_timeout_s: float = Field(5.0, gt=0, description="Give up opening the stream after this long.")
+    read_timeout_s: float = Field(5.0, gt=0, description="Give up waiting for the next packet after this long.")
+    backoff_initial_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles per failed attempt.")
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    backoff_jitter: float = Field(0.25, ge=0, le=1, description="Reconnect delays vary by up to this fraction, "
+                                  "so cameras behind one failed switch do not reconnect in lockstep.")
+    offline_after_failures: int = Field(3, ge=1, description="Consecutive failed attempts before 'offline'.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "CameraConfig":
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError(f"backoff_max_s={self.backoff_max_s} is below backoff_initial_s={self.backoff_initial_s}")
+        return self
+
+    @property
+    def is_file(self) -> bool:
+        return "://" not in self.url or self.url.startswith("file://")
+
+    @property
+    def path(self) -> str:
+        """The URL as FFmpeg wants it (file:// stripped)."""
+        return self.url[len("file://"):] if self.url.startswith("file://") else self.url
+
+
+class CameraState(StrEnum):
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    RECONNECTING = "reconnecting"
+    OFFLINE = "offline"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    camera: str
+    old: CameraState
+    new: CameraState
+    reason: str
+    ts_ms: int
+
+
+@dataclass(slots=True)
+class Frame:
+    """A decoded frame handed to analysis (a reference to the camera and time plus the pixels)."""
+
+    camera: str
+    seq: int  # index among the frames this camera decoded since start
+    ts_ms: int  # wall-clock capture time, epoch ms
+    pts_ms: float  # stream position in ms (NaN when the stream does not say)
+    image: np.ndarray  # BGR uint8, downscaled to analysis_width
+    scale: float  # image pixels per original pixel (<= 1); original = image / scale
+    keyframe_only: bool = False
+
+
+@dataclass(slots=True)
+class CameraCounters:
+    decoded: int = 0  # frames the decoder produced
+    skipped: int = 0  # decoded but not kept (analysis-rate skipping)
+    analysed: int = 0  # taken by the consumer
+    dropped: int = 0  # kept but replaced in the slot before the consumer took them
+    reconnects: int = 0  # connection attempts after the first
+    errors: Counter = field(default_factory=Counter)  # by reason code
+
+    def as_dict(self) -> dict:
+        return {"decoded": self.decoded, "skipped": self.skipped, "analysed": self.analysed,
+                "dropped": self.dropped, "reconnects": self.reconnects, "errors": dict(self.errors)}
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password (and user) replaced, for logs and reasons."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", url)
+
+
+class LatestFrameSlot:
+    """Holds one frame: a new one replaces an untaken one (counted). Thread-safe."""
+
+    def __init__(self, on_put: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._frame: Frame | None = None
+        self._on_put = on_put
+        self.dropped = 0
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True when it replaced a frame nobody took (a drop)."""
+        with self._lock:
+            replaced = self._frame is not None
+            self._frame = frame
+            if replaced:
+                self.dropped += 1
+        if self._on_put is not None:
+            self._on_put()
+        return replaced
+
+    def take(self) -> Frame | None:
+        with self._lock:
+            f, self._frame = self._frame, None
+            return f
+
+
+# --- decoders ------------------------------------------------------------------------------------
+class SourceError(Exception):
+    """Opening or reading a source failed. ``code`` is the counter key; the message is for people."""
+
+    def __init__(self, code: str, message: str, terminal: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.terminal = terminal  # retrying cannot help (missing or corrupt file)
+
+
+class Source(Protocol):
+    fps: float  # nominal frame rate, 0 when unknown
+
+    def next(self) -> float | None:
+        """Decode the next frame; its pts in ms (NaN if unknown), or None at end of stream."""
+
+    def image(self, width: int | None) -> np.ndarray:
+        """The last decoded frame as BGR, downscaled to ``width`` if given and smaller."""
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the decoded frames."""
+
+    def close(self) -> None: ...
+
+
+def _target_size(w: int, h: int, width: int | None) -> tuple[int, int]:
+    if width is None or width >= w:
+        return w, h
+    return width, max(2, round(h * width / w))
+
+
+class OpenCvSource:
+    """Every frame through OpenCV's FFmpeg backend, with open/read timeouts set at open time."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cfg.read_timeout_s * 1000)]
+        self.cap = cv2.VideoCapture(cfg.path, cv2.CAP_FFMPEG, params)
+        if not self.cap.isOpened():
+            self.cap.release()
+            if cfg.is_file:
+                raise SourceError("open_failed", "cannot open file (corrupt, truncated or not a video)", terminal=True)
+            raise SourceError("open_failed", "cannot open stream (no answer, refused or not a video)")
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        self.size = (w, h)
+
+    def next(self) -> float | None:
+        if not self.cap.grab():
+            return None
+        pts = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        return float(pts) if pts >= 0 else float("nan")
+
+    def image(self, width: int | None) -> np.ndarray:
+        ok, img = self.cap.retrieve()
+        if not ok or img is None:
+            raise SourceError("decode_error", "decoded frame could not be converted")
+        self.size = (img.shape[1], img.shape[0])
+        tw, th = _target_size(img.shape[1], img.shape[0], width)
+        return img if tw == img.shape[1] else cv2.resize(img, (tw, th), interpolation=cv2.INTER_AREA)
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+class KeyframeSource:
+    """Keyframes only, through PyAV: non-key packets never reach the decoder."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        try:
+            import av
+        except ImportError as e:  # pragma: no cover - depends on the installation
+            raise SourceError("config", "decode='keyframes' needs the PyAV package (av)", terminal=True) from e
+        self._av = av
+        options = {"rtsp_transport": "tcp"} if cfg.path.startswith("rtsp") else {}
+        try:
+            self.container = av.open(cfg.path, options=options, timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
+        except av.FFmpegError as e:
+            raise SourceError("open_failed", f"cannot open: {e.strerror or e}", terminal=cfg.is_file) from e
+        if not self.container.streams.video:
+            self.container.close()
+            raise SourceError("open_failed", "no video stream", terminal=cfg.is_file)
+        self.stream = self.container.streams.video[0]
+        self.stream.codec_context.skip_frame = "NONKEY"
+        self.fps = float(self.stream.average_rate or 0)
+        self.size = (self.stream.codec_context.width, self.stream.codec_context.height)
+        self._packets = self.container.demux(self.stream)
+        self._pending: list = []
+        self._frame = None
+
+    def next(self) -> float | None:
+        try:
+            while not self._pending:
+                packet = next(self._packets, None)
+                if packet is None:
+                    return None
+                if packet.is_keyframe or packet.size == 0:  # the empty packet flushes the decoder
+                    self._pending = list(self.stream.codec_context.decode(packet))
+        except self._av.FFmpegError as e:
+            raise SourceError("read_failed", f"read failed: {e.strerror or e}") from e
+        self._frame = self._pending.pop(0)
+        f = self._frame
+        self.size = (f.width, f.height)
+        return float(f.pts * f.time_base * 1000) if f.pts is not None and f.time_base else float("nan")
+
+    def image(self, width: int | None) -> np.ndarray:
+        tw, th = _target_size(self._frame.width, self._frame.height, width)
+        return self._frame.to_ndarray(format="bgr24", width=tw, height=th)  # one swscale: convert + resize
+
+    def close(self) -> None:
+        self.container.close()
+
+
+def _tcp_refusal(url: str, timeout: float) -> str | None:
+    """For a network URL, a clear reason when its TCP port does not accept (None when it does)."""
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        return None
+    port = parts.port or {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}.get(parts.scheme, 0)
+    if not port:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return f"connection refused by {parts.hostname}:{port}"
+    except TimeoutError:
+        return f"no answer from {parts.hostname}:{port} in {timeout:g} s"
+    except OSError as e:
+        return f"cannot reach {parts.hostname}:{port}: {e.strerror or e}"
+
+
+def open_source(cfg: CameraConfig) -> Source:
+    if cfg.is_file and not Path(cfg.path).is_file():
+        raise SourceError("not_found", f"file not found: {cfg.path}", terminal=True)
+    if not cfg.is_file:
+        refusal = _tcp_refusal(cfg.path, cfg.open_timeout_s)
+        if refusal:
+            raise SourceError("open_failed", refusal)
+    return KeyframeSource(cfg) if cfg.decode == "keyframes" else OpenCvSource(cfg)
+
+
+# --- one camera ----------------------------------------------------------------------------------
+class Camera:
+    """One camera's capture thread, slot, status and counters. Driven by :class:`VideoCollector`."""
+
+    def __init__(self, cfg: CameraConfig, on_status: Callable[[StatusChange], None] | None = None,
+                 on_frame: Callable[[], None] | None = None, rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.slot = LatestFrameSlot(on_frame)
+        self.counters = CameraCounters()
+        self.state = CameraState.CONNECTING
+        self.reason = "starting"
+        self._on_status = on_status
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._gen = 0
+        self._thread: threading.Thread | None = None
+        self._seq = 0
+        self._stale_requested = False
+        self.last_frame_at = 0.0  # monotonic time of the last decoded frame
+        self.heartbeat = time.monotonic()  # the capture thread's last sign of progress
+
+    # status ---------------------------------------------------------------------------------
+    def _set_state(self, gen: int | None, new: CameraState, reason: str) -> None:
+        with self._lock:
+            if gen is not None and gen != self._gen:
+                return  # an abandoned thread has no say
+            old = self.state
+            self.state, self.reason = new, reason
+        if old != new:
+            level = logging.INFO if new is CameraState.ONLINE else logging.WARNING
+            log.log(level, "camera %s: %s -> %s (%s)", self.name, old.value, new.value, reason)
+            if self._on_status is not None:
+                try:
+                    self._on_status(StatusChange(self.name, old, new, reason, int(time.time() * 1000)))
+                except Exception:  # a broken callback must not kill the capture thread
+                    log.exception("camera %s: status callback failed", self.name)
+
+    def _error(self, code: str) -> None:
+        with self._lock:
+            self.counters.errors[code] += 1
+
+    # thread control -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._stop.clear()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        with self._lock:
+            self._gen += 1
+            gen = self._gen
+            self.heartbeat = time.monotonic()
+            self._stale_requested = False
+        self._thread = threading.Thread(target=self._run, args=(gen,), name=f"camera-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        t = self._thread
+        if t is not None:
+            t.join(timeout)
+        self._set_state(None, CameraState.OFFLINE, "stopped")
+
+    @property
+    def capturing(self) -> bool:
+        """The capture thread is running (False after stop or a terminal error)."""
+        t = self._thread
+        return t is not None and t.is_alive() and not self._stop.is_set()
+
+    def _alive(self, gen: int) -> bool:
+        return not self._stop.is_set() and gen == self._gen
+
+    def request_reconnect(self, reason: str) -> None:
+        """Watchdog: the stream went quiet; the capture thread reconnects when its read returns."""
+        self._error("stale")
+        with self._lock:
+            self._stale_requested = True
+            gen = self._gen
+        self._set_state(gen, CameraState.RECONNECTING, reason)
+
+    def abandon(self, reason: str) -> None:
+        """Watchdog: the thread is stuck; leave it behind (it exits when it wakes) and start afresh."""
+        self._error("hung")
+        self._set_state(None, CameraState.RECONNECTING, reason)
+        with self._lock:
+            self.counters.reconnects += 1
+        self._spawn()
+
+    def _backoff(self, failures: int) -> float:
+        c = self.cfg
+        delay = min(c.backoff_max_s, c.backoff_initial_s * 2 ** max(0, failures - 1))
+        return delay * (1 + c.backoff_jitter * (2 * self._rng.random() - 1))
+
+    def _wait(self, seconds: float, gen: int) -> None:
+        end = time.monotonic() + seconds
+        while self._alive(gen):
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self.heartbeat = time.monotonic()
+            self._stop.wait(min(left, 0.25))
+
+    # the capture thread ---------------------------------------------------------------------
+    def _run(self, gen: int) -> None:
+        failures = 0
+        first_attempt = True
+        while self._alive(gen):
+            if not first_attempt:
+                with self._lock:
+                    self.counters.reconnects += 1
+            first_attempt = False
+            self.heartbeat = time.monotonic()
+            try:
+                src = open_source(self.cfg)
+            except SourceError as e:
+                self._error(e.code)
+                failures += 1
+                if e.terminal:
+                    self._set_state(gen, CameraState.OFFLINE, str(e))
+                    return
+                self._after_failure(gen, failures, str(e))
+                continue
+            try:
+                delivered, end_reason, terminal = self._pump(src, gen)
+            finally:
+                src.close()
+            if not self._alive(gen):
+                return
+            if terminal:
+                self._set_state(gen, CameraState.OFFLINE, end_reason)
+                return
+            if self.cfg.is_file and self.cfg.loop and delivered:
+                first_attempt = True  # loop: reopen at the start; not a reconnect, no status change
+                continue
+            failures = 0 if delivered else failures + 1
+            if delivered:
+                self._set_state(gen, CameraState.RECONNECTING, end_reason)
+                continue  # it worked a moment ago: retry at once
+            self._after_failure(gen, failures, end_reason)
+
+    def _after_failure(self, gen: int, failures: int, reason: str) -> None:
+        state = CameraState.OFFLINE if failures >= self.cfg.offline_after_failures else CameraState.RECONNECTING
+        delay = self._backoff(failures)
+        self._set_state(gen, state, f"{reason}; retry in {delay:.1f} s")
+        self._wait(delay, gen)
+
+    def _pump(self, src: Source, gen: int) -> tuple[bool, str, bool]:
+        """Read until the source ends, fails or goes stale: (delivered any frame, reason, terminal)."""
+        cfg = self.cfg
+        interval = 1.0 / cfg.analysis_fps if cfg.analysis_fps else 0.0
+        last_kept = -1e18
+        delivered = False
+        start_wall, start_pts = time.monotonic(), None
+        keyframes = cfg.decode == "keyframes"
+        while self._alive(gen):
+            try:
+                pts = src.next()
+            except SourceError as e:
+                self._error(e.code)
+                return delivered, str(e), cfg.is_file and not delivered
+            now = time.monotonic()
+            self.heartbeat = now
+            if self._stale_requested:
+                with self._lock:
+                    self._stale_requested = False
+                return delivered, self.reason, False
+            if pts is None:
+                if not delivered:
+                    self._error("no_frames")
+                    if cfg.is_file:
+                        return False, "no decodable frame (corrupt or truncated file)", True
+                    return False, "stream ended before the first frame", False
+                if cfg.is_file:
+                    return True, "end of file", not cfg.loop
+                self._error("stream_ended")
+                return True, "stream ended (server closed the connection or read timed out)", False
+            self.last_frame_at = now
+            with self._lock:
+                self.counters.decoded += 1
+                seq = self._seq
+                self._seq += 1
+            if not delivered:
+                delivered = True
+                w, h = src.size
+                self._set_state(gen, CameraState.ONLINE, f"receiving {w}x{h}")
+            if cfg.is_file and cfg.realtime and pts == pts:
+                if start_pts is None:
+                    start_pts = pts
+                ahead = (pts - start_pts) / 1000.0 - (now - start_wall)
+                if ahead > 0:
+                    self._wait(ahead, gen)
+            t = pts / 1000.0 if cfg.is_file and pts == pts else now
+            if t < last_kept:  # the stream restarted its clock
+                last_kept = -1e18
+            if t - last_kept < interval * 0.999:
+                with self._lock:
+                    self.counters.skipped += 1
+                continue
+            last_kept = t
+            try:
+                img = src.image(cfg.analysis_width)
+            except SourceError as e:
+                self._error(e.code)
+                continue
+            full_w = src.size[0]
+            frame = Frame(self.name, seq, int(time.time() * 1000), pts, img, img.shape[1] / full_w, keyframes)
+            if gen == self._gen and self.slot.put(frame):
+                with self._lock:
+                    self.counters.dropped += 1
+        return delivered, "stopped", False
+
+    def take(self) -> Frame | None:
+        f = self.slot.take()
+        if f is not None:
+            with self._lock:
+                self.counters.analysed += 1
+        return f
+
+
+# --- many cameras --------------------------------------------------------------------------------
+class VideoCollector:
+    """All cameras of one node: their threads, the watchdog, and the frame hand-over."""
+
+    def __init__(self, cameras: Iterable[CameraConfig], on_status: Callable[[StatusChange], None] | None = None,
+                 watchdog_interval_s: float = 0.25, seed: int | None = None) -> None:
+        self._new_frame = threading.Event()
+        rng = random.Random(seed)
+        self.cameras: dict[str, Camera] = {}
+        for cfg in cameras:
+            if cfg.name in self.cameras:
+                raise ValueError(f"duplicate camera name {cfg.name!r}")
+            self.cameras[cfg.name] = Camera(cfg, on_status, self._new_frame.set, random.Random(rng.random()))
+        self.watchdog_interval_s = watchdog_interval_s
+        self._stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+
+    def start(self) -> "VideoCollector":
+        self._stop.clear()
+        for cam in self.cameras.values():
+            cam.start()
+        self._watchdog = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(5)
+        for cam in self.cameras.values():
+            cam._stop.set()  # all threads wind down in parallel, then each is joined
+        for cam in self.cameras.values():
+            cam.stop()
+
+    def __enter__(self) -> "VideoCollector":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def collect(self, timeout: float | None = None) -> list[Frame]:
+        """The newest untaken frame of every camera that has one; waits up to ``timeout`` for any."""
+        frames = self._take_all()
+        if frames or timeout == 0:
+            return frames
+        self._new_frame.wait(timeout)
+        return self._take_all()
+
+    def _take_all(self) -> list[Frame]:
+        self._new_frame.clear()
+        return [f for cam in self.cameras.values() if (f := cam.take()) is not None]
+
+    def status(self) -> dict[str, tuple[CameraState, str]]:
+        return {n: (c.state, c.reason) for n, c in self.cameras.items()}
+
+    def counters(self) -> dict[str, dict]:
+        return {n: c.counters.as_dict() for n, c in self.cameras.items()}
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.watchdog_interval_s):
+            now = time.monotonic()
+            for cam in self.cameras.values():
+                cfg = cam.cfg
+                if cam.state is CameraState.ONLINE and now - cam.last_frame_at > cfg.stale_after_s:
+                    cam.request_reconnect(f"stale: no frame for {now - cam.last_frame_at:.1f} s")
+                # a live thread always beats within its longest legitimate wait
+                patience = cfg.open_timeout_s + cfg.read_timeout_s + cfg.stale_after_s + 2.0
+                if cam.capturing and now - cam.heartbeat > patience:
+                    cam.abandon(f"capture thread stuck for {now - cam.heartbeat:.1f} s; replaced")

@@ -1,0 +1,166 @@
+"""The processing core shared by every entry point (edge runtime, demo replay, benchmarks):
+
+    messages -> codec (batches + dead letters) -> processors (Numba) -> warning lifecycle -> store commit
+
+:meth:`Pipeline.process` is synchronous and does one batch; it returns the warning events to
+publish. The caller acknowledges the batch's messages after it returns (the commit is done by then).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from gridwatch.config import GridwatchConfig, RuleConfig
+from gridwatch.hw.profiles import METRICS, load_profiles
+from gridwatch.ingest.codec import Codec, Message
+from gridwatch.ingest.devices import DeviceDirectory
+from gridwatch.observability import Counters
+from gridwatch.records import RegionPath, Warning
+from gridwatch.regions import RegionMapper
+from gridwatch.streams.lifecycle import Lifecycle, RuleInfo
+from gridwatch.streams.processor import Processor, create
+from gridwatch.streams.store import Store
+
+log = logging.getLogger("gridwatch.streams.pipeline")
+
+
+VALUE_IS_READING = {"threshold", "flatline", "speeding"}  # kinds whose warning value is the reading itself
+
+
+def _zone_namer(p: Processor):
+    """aux (a zone index) -> the zone's name from its GeoJSON properties."""
+    polys = getattr(p.params, "polygons", None)
+
+    def name(aux: int) -> str | None:
+        if polys is None or not 0 <= aux < len(polys):
+            return None
+        props = polys.properties[aux] or {}
+        return str(props.get("name", f"zone {aux}"))
+
+    return name
+
+
+class Pipeline:
+    def __init__(self, cfg: GridwatchConfig, store: Store | None = None, counters: Counters | None = None,
+                 source: str = "mqtt") -> None:
+        self.cfg = cfg
+        self.source = source
+        self.counters = counters or Counters()
+        self.directory = DeviceDirectory(cfg.ingest.unknown_devices)
+        self.codec = Codec(load_profiles([cfg.resolve(d) for d in cfg.ingest.profile_dirs]), self.directory,
+                           max_payload_bytes=cfg.ingest.max_payload_bytes,
+                           max_future_skew_s=cfg.ingest.max_future_skew_s, max_age_s=cfg.ingest.max_age_s)
+        geo = None
+        if cfg.regions.geojson:
+            geo = json.loads(Path(cfg.resolve(cfg.regions.geojson)).read_text(encoding="utf-8"))
+        self.regions = RegionMapper(cfg.regions.default, cfg.regions.static, geo)
+        self.rules: list[tuple[RuleConfig, Processor, RuleInfo]] = []
+        for r in cfg.rules:
+            p = create(r.kind, r.name, cfg.rule_params(r))
+            info = RuleInfo(r.name, r.kind, r.severity, int(r.cooldown_s * 1000), int(r.min_active_s * 1000),
+                            r.message, p.keyed_by, _zone_namer(p), r.kind in VALUE_IS_READING)
+            self.rules.append((r, p, info))
+        self.rule_info = {info.name: info for _, _, info in self.rules}
+        self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
+        self.directory.on_new_device.append(self._enable_device)
+        self.directory.on_new_series.append(self._enable_series)
+        for d in cfg.devices:
+            self.directory.add(d.id, d.vendor, d.kind, d.lat, d.lon, d.region)
+        self.last_lat = np.full(0, np.nan)  # latest fix per device slot: places sensor warnings of moving devices
+        self.last_lon = np.full(0, np.nan)
+        self.store = store
+        if store is not None:
+            store.load_directory(self.directory)
+
+    # --- rule binding ---------------------------------------------------------------------
+    def _matches(self, r: RuleConfig, dev: int) -> bool:
+        d = self.directory
+        return (not r.device_kinds or d.kind[dev] in r.device_kinds) and (not r.vendors or d.vendor[dev] in r.vendors)
+
+    def _enable_device(self, dev: int) -> None:
+        for r, p, info in self.rules:
+            if info.input == "device" and self._matches(r, dev):
+                p.enable(dev)
+
+    def _enable_series(self, s: int) -> None:
+        d = self.directory
+        dev, metric = int(d.series_device[s]), METRICS[int(d.series_metric[s])].name
+        for r, p, info in self.rules:
+            if info.input == "series" and (not r.metrics or metric in r.metrics) and self._matches(r, dev):
+                p.enable(s)
+
+    def _describe(self, inp: str, slot: int) -> tuple[str, str | None]:
+        d = self.directory
+        if inp == "series":
+            return d.device_id(int(d.series_device[slot])), METRICS[int(d.series_metric[slot])].name
+        return d.device_id(slot), None
+
+    def _region_of(self, inp: str, slot: int, lat: float, lon: float) -> RegionPath:
+        d = self.directory
+        dev = int(d.series_device[slot]) if inp == "series" else slot
+        did = d.device_id(dev)
+        if lat != lat and d.lat[dev] is None and dev < self.last_lat.shape[0]:
+            lat, lon = float(self.last_lat[dev]), float(self.last_lon[dev])
+        if lat == lat and did not in self.regions.static and not d.region[dev]:
+            r = self.regions.for_point(lat, lon)
+            if r is not None:
+                return r
+        return self.regions.for_device(did, d.region[dev], d.lat[dev], d.lon[dev])
+
+    # --- work -----------------------------------------------------------------------------
+    def process(self, messages: list[Message], now_ms: int) -> list[tuple[str, Warning]]:
+        dec = self.codec.decode(messages, now_ms)
+        events: list[tuple[str, Warning]] = []
+        s, pos = dec.sensor, dec.position
+        if len(pos):
+            if len(self.directory) > self.last_lat.shape[0]:
+                n = len(self.directory) + 1024
+                self.last_lat = np.concatenate([self.last_lat, np.full(n - self.last_lat.shape[0], np.nan)])
+                self.last_lon = np.concatenate([self.last_lon, np.full(n - self.last_lon.shape[0], np.nan)])
+            self.last_lat[pos.device] = pos.lat
+            self.last_lon[pos.device] = pos.lon
+        for r, p, info in self.rules:
+            if p.input == "sensor":
+                if len(s):
+                    events += self.lifecycle.on_events(info, p.process(s))
+            elif len(pos):
+                events += self.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
+        if len(s):
+            self.lifecycle.observe("series", s.series, s.ts, s.value)
+        if len(pos):
+            self.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
+        if self.store is not None:
+            self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead)
+        c, src = self.counters, self.source
+        c.add(src, "messages", len(messages))
+        c.add(src, "readings_stored", len(s))
+        c.add(src, "positions_stored", len(pos))
+        if dec.rejected:
+            c.reject(src, dec.rejected)
+            for d in dec.dead[:3]:
+                log.info("rejected input", extra={"fields": {"topic": d.source, "reason": d.reason, "detail": d.detail}})
+        if dec.no_timestamp:
+            c.add(src, "readings_without_timestamp", dec.no_timestamp)
+        if len(s):
+            c.set(src, "lag_ms", float(now_ms - s.ts.max()))
+        c.add("warnings", "events", len(events))
+        return events
+
+    def tick(self, now_ms: int) -> list[tuple[str, Warning]]:
+        """Time-driven work: offline devices, held-back clears, periodic updates."""
+        events: list[tuple[str, Warning]] = []
+        for r, p, info in self.rules:
+            ev = p.tick(now_ms)
+            if len(ev):
+                events += self.lifecycle.on_events(info, ev)
+        events += self.lifecycle.tick(now_ms, self.rule_info)
+        if events and self.store is not None:
+            self.store.commit(self.directory, warnings=[w for _, w in events])
+        return events
+
+    def state_bytes(self) -> int:
+        return sum(p.nbytes for _, p, _ in self.rules) + self.codec.series_dups.nbytes + self.codec.position_dups.nbytes
+

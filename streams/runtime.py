@@ -1,0 +1,149 @@
+"""The single-node runtime for an edge box or a small county server (asyncio on uvloop).
+
+One event loop owns the schedule; the CPU work of a batch (decode, Numba kernels, SQLite commit)
+runs on one worker thread so the loop stays responsive; paho's network threads only fill the inbox.
+
+    MQTT inbox --take--> Pipeline.process (thread) --> commit --> ack --> publish warnings
+    every second: Pipeline.tick (offline devices, held-back clears, updates)
+    every hour:   store retention
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from gridwatch.config import GridwatchConfig
+from gridwatch.ingest.codec import Message
+from gridwatch.ingest.mqtt import MqttCollector
+from gridwatch.observability import Counters, now_ms, start_metrics_server
+from gridwatch.records import Warning
+from gridwatch.streams.mqtt_alerts import MqttAlertPublisher
+from gridwatch.streams.pipeline import Pipeline
+from gridwatch.streams.store import Store
+
+log = logging.getLogger("gridwatch.streams.runtime")
+EventSink = Callable[[list[tuple[str, Warning]]], None]
+
+
+def open_store(cfg: GridwatchConfig) -> Store:
+    return Store(cfg.data_dir / cfg.store.path, cfg.store.fsync, cfg.store.retention_days, cfg.ingest.dead_letter_keep)
+
+
+class EdgeRuntime:
+    def __init__(self, cfg: GridwatchConfig, counters: Counters | None = None, on_events: EventSink | None = None) -> None:
+        self.cfg = cfg
+        self.counters = counters or Counters()
+        self.store = open_store(cfg)
+        self.pipeline = Pipeline(cfg, self.store, self.counters)
+        self.on_events = on_events
+        self.collector: MqttCollector | None = None
+        self.publisher: MqttAlertPublisher | None = None
+        name = cfg.site.name
+        if cfg.mqtt is not None:
+            self.collector = MqttCollector(cfg.mqtt, cfg.mqtt.client_id or f"{name}-ingest", self.counters)
+            if cfg.alerts_mqtt.enabled:
+                self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
+        self.metrics_port: int | None = None
+        self._metrics_server = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gridwatch-pipeline")
+        self.stopping: asyncio.Event | None = None  # created inside the loop
+
+    def _step(self, msgs: list[Message]) -> int:
+        events = self.pipeline.process(msgs, now_ms())
+        if self.collector is not None:
+            self.collector.ack(msgs)
+        self._emit(events)
+        return len(msgs)
+
+    def _tick(self) -> None:
+        self._emit(self.pipeline.tick(now_ms()))
+
+    def _emit(self, events: list[tuple[str, Warning]]) -> None:
+        if not events:
+            return
+        if self.publisher is not None:
+            self.publisher.publish(events)
+        if self.on_events is not None:
+            self.on_events(events)
+
+    async def run(self, duration_s: float | None = None, install_signals: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, self.stopping.set)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        if self.cfg.metrics.port:
+            self._metrics_server, self.metrics_port = start_metrics_server(self.counters, self.cfg.metrics.port, self.cfg.metrics.bind)
+        if self.publisher is not None:
+            self.publisher.start()
+        if self.collector is not None:
+            self.collector.start()
+        log.info("gridwatch running", extra={"fields": {"site": self.cfg.site.name, "rules": len(self.pipeline.rules),
+                                                         "store": str(self.store.path), "metrics_port": self.metrics_port}})
+        deadline = None if duration_s is None else time.monotonic() + duration_s
+        next_tick = time.monotonic() + 1.0
+        next_retention = time.monotonic() + 5.0
+        interval = self.cfg.ingest.batch_interval_ms / 1000
+        batch_max = self.cfg.ingest.batch_max_messages
+        retry_delay = 0.5
+        try:
+            while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
+                msgs = self.collector.take(batch_max) if self.collector is not None else []
+                if msgs:
+                    try:
+                        await loop.run_in_executor(self._executor, self._step, msgs)
+                        retry_delay = 0.5
+                    except (sqlite3.Error, OSError) as e:
+                        # nothing was acknowledged: put the batch back and retry; the broker keeps the rest
+                        self.collector.inbox.extendleft(reversed(msgs))
+                        self.counters.add("store", "commit_errors")
+                        log.error("store commit failed; retrying", extra={"fields": {"error": str(e), "retry_in_s": retry_delay}})
+                        await asyncio.sleep(retry_delay)
+                        retry_delay = min(retry_delay * 2, 30.0)
+                else:
+                    await asyncio.sleep(interval)
+                t = time.monotonic()
+                if t >= next_tick:
+                    next_tick = t + 1.0
+                    await loop.run_in_executor(self._executor, self._tick)
+                    if self.collector is not None:
+                        self.counters.set("mqtt", "inbox", len(self.collector.inbox))
+                if t >= next_retention:
+                    next_retention = t + 3600.0
+                    await loop.run_in_executor(self._executor, self.store.enforce_retention)
+        finally:
+            await self._shutdown(loop)
+
+    async def _shutdown(self, loop) -> None:
+        if self.collector is not None:
+            self.collector.stop()
+            rest = self.collector.take(len(self.collector.inbox))
+            if rest:
+                # stored but never acknowledged (the connection is gone): the broker redelivers them
+                # next time and duplicate detection drops the copies
+                await loop.run_in_executor(self._executor, lambda: self._emit(self.pipeline.process(rest, now_ms())))
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+        self._executor.shutdown(wait=True)
+        self.store.close()
+        log.info("gridwatch stopped", extra={"fields": self.counters.snapshot().get("mqtt", {})})
+
+
+def run_blocking(coro) -> None:
+    """Run a coroutine on uvloop (asyncio's default loop if uvloop is unavailable)."""
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)

@@ -1,0 +1,255 @@
+"""The embedded time-series store: one SQLite file in WAL mode, no server needed.
+
+Readings are stored as *chunks*: one row per committed batch holding its columns as raw
+little-endian arrays (series int32, ts int64 ms, value float64), like the blocks of a TSDB. That
+keeps a commit of 100,000 readings to a handful of row writes. Positions are chunked the same way.
+Warnings, dead letters, devices and series are ordinary rows.
+
+Durability: every :meth:`Store.commit` is one transaction. With ``fsync="normal"`` (WAL,
+``synchronous=NORMAL``) a committed transaction survives a crash of the gridwatch process; with
+``fsync="commit"`` (``synchronous=FULL``) it also survives power loss. The collector acknowledges
+MQTT messages only after the commit that holds their readings returned.
+
+The device and series tables persist the slots, so a restarted process gets the same slots back
+(:meth:`Store.load_directory`).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from gridwatch.hw.profiles import METRIC_ID, METRICS
+from gridwatch.records import DeadLetter, PositionBatch, RegionPath, SensorBatch, Warning
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, vendor TEXT NOT NULL,
+    kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT);
+CREATE TABLE IF NOT EXISTS series (slot INTEGER PRIMARY KEY, device INTEGER NOT NULL, metric INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS reading_chunks (id INTEGER PRIMARY KEY, t_min INTEGER NOT NULL, t_max INTEGER NOT NULL,
+    n INTEGER NOT NULL, series BLOB NOT NULL, ts BLOB NOT NULL, value BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS reading_chunks_t ON reading_chunks (t_max);
+CREATE TABLE IF NOT EXISTS position_chunks (id INTEGER PRIMARY KEY, t_min INTEGER NOT NULL, t_max INTEGER NOT NULL,
+    n INTEGER NOT NULL, device BLOB NOT NULL, ts BLOB NOT NULL, lat BLOB NOT NULL, lon BLOB NOT NULL,
+    speed BLOB NOT NULL, alt BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS position_chunks_t ON position_chunks (t_max);
+CREATE TABLE IF NOT EXISTS warnings (id TEXT PRIMARY KEY, rule TEXT NOT NULL, kind TEXT NOT NULL,
+    severity TEXT NOT NULL, source TEXT NOT NULL, region TEXT NOT NULL, city TEXT, county TEXT, town TEXT, grid TEXT,
+    state TEXT NOT NULL, start_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, cleared_ts INTEGER, value REAL,
+    message TEXT, zone TEXT, evidence TEXT);
+CREATE INDEX IF NOT EXISTS warnings_start ON warnings (start_ts);
+CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB);
+CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+"""
+
+
+class Store:
+    def __init__(self, path: str | Path, fsync: str = "normal", retention_days: float = 30.0,
+                 dead_letter_keep: int = 100_000) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retention_ms = int(retention_days * 86400e3)
+        self.dead_letter_keep = dead_letter_keep
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._devices_saved = self._db.execute("SELECT count(*) FROM devices").fetchone()[0]
+        self._series_saved = self._db.execute("SELECT count(*) FROM series").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- writing ---------------------------------------------------------------------------
+    def load_directory(self, directory) -> None:
+        """Give a fresh DeviceDirectory the devices and series (and their slots) stored before."""
+        for slot, did, vendor, kind, lat, lon, region in self._db.execute(
+                "SELECT slot, id, vendor, kind, lat, lon, region FROM devices ORDER BY slot"):
+            got = directory.add(did, vendor, kind, lat, lon, region)
+            if got != slot:
+                raise RuntimeError(f"store {self.path}: device {did!r} stored at slot {slot} but got {got}")
+        for slot, d, m in self._db.execute("SELECT slot, device, metric FROM series ORDER BY slot"):
+            got = directory.series_slots(np.array([d], np.int32), np.array([m], np.int16))[0]
+            if got != slot:
+                raise RuntimeError(f"store {self.path}: series {slot} restored at slot {got}")
+        self._devices_saved = len(directory)
+        self._series_saved = len(directory.series)
+
+    def commit(self, directory=None, sensor: SensorBatch | None = None, position: PositionBatch | None = None,
+               warnings: Iterable[Warning] = (), dead: Iterable[DeadLetter] = ()) -> None:
+        """One durable transaction: new devices/series, a reading chunk, a position chunk,
+        warning upserts and dead letters."""
+        with self._lock:
+            db = self._db
+            db.execute("BEGIN")
+            try:
+                if directory is not None:
+                    self._save_directory(directory)
+                if sensor is not None and len(sensor):
+                    db.execute("INSERT INTO reading_chunks (t_min, t_max, n, series, ts, value) VALUES (?,?,?,?,?,?)",
+                               (int(sensor.ts.min()), int(sensor.ts.max()), len(sensor),
+                                sensor.series.astype("<i4").tobytes(), sensor.ts.astype("<i8").tobytes(),
+                                sensor.value.astype("<f8").tobytes()))
+                if position is not None and len(position):
+                    db.execute("INSERT INTO position_chunks (t_min, t_max, n, device, ts, lat, lon, speed, alt) "
+                               "VALUES (?,?,?,?,?,?,?,?,?)",
+                               (int(position.ts.min()), int(position.ts.max()), len(position),
+                                position.device.astype("<i4").tobytes(), position.ts.astype("<i8").tobytes(),
+                                position.lat.astype("<f8").tobytes(), position.lon.astype("<f8").tobytes(),
+                                position.speed_kmh.astype("<f8").tobytes(), position.alt_m.astype("<f8").tobytes()))
+                rows = [_warning_row(w) for w in warnings]
+                if rows:
+                    db.executemany(
+                        "INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
+                        "state=excluded.state, last_ts=excluded.last_ts, cleared_ts=excluded.cleared_ts, "
+                        "value=excluded.value, evidence=excluded.evidence", rows)
+                drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload) for d in dead]
+                if drows:
+                    db.executemany("INSERT INTO dead_letters (received_ms, source, reason, detail, payload) VALUES (?,?,?,?,?)", drows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _save_directory(self, directory) -> None:
+        n = len(directory)
+        if n > self._devices_saved:
+            self._db.executemany("INSERT INTO devices VALUES (?,?,?,?,?,?,?)", [
+                (s, directory.slots.key(s), directory.vendor[s], directory.kind[s], directory.lat[s], directory.lon[s],
+                 directory.region[s]) for s in range(self._devices_saved, n)])
+            self._devices_saved = n
+        m = len(directory.series)
+        if m > self._series_saved:
+            self._db.executemany("INSERT INTO series VALUES (?,?,?)", [
+                (s, int(directory.series_device[s]), int(directory.series_metric[s])) for s in range(self._series_saved, m)])
+            self._series_saved = m
+
+    def enforce_retention(self, now_ms: int | None = None) -> dict[str, int]:
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        cut = now_ms - self.retention_ms
+        with self._lock:
+            db = self._db
+            out = {
+                "reading_chunks": db.execute("DELETE FROM reading_chunks WHERE t_max < ?", (cut,)).rowcount,
+                "position_chunks": db.execute("DELETE FROM position_chunks WHERE t_max < ?", (cut,)).rowcount,
+                "warnings": db.execute("DELETE FROM warnings WHERE state = 'cleared' AND cleared_ts < ?", (cut,)).rowcount,
+                "dead_letters": db.execute(
+                    "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?", (self.dead_letter_keep,)).rowcount,
+            }
+        return out
+
+    # --- reading ---------------------------------------------------------------------------
+    def count_readings(self) -> int:
+        return int(self._query("SELECT coalesce(sum(n), 0) FROM reading_chunks")[0][0])
+
+    def count_positions(self) -> int:
+        return int(self._query("SELECT coalesce(sum(n), 0) FROM position_chunks")[0][0])
+
+    def readings(self, device: str | None = None, metric: str | None = None, since: int | None = None,
+                 until: int | None = None) -> dict[str, np.ndarray]:
+        """Readings as columns: device (str), metric (str), ts (int64 ms), value (float64), ordered by ts."""
+        q, args = "SELECT series, ts, value FROM reading_chunks WHERE 1=1", []
+        if since is not None:
+            q += " AND t_max >= ?"; args.append(since)
+        if until is not None:
+            q += " AND t_min <= ?"; args.append(until)
+        chunks = self._query(q, args)
+        ser_dev, ser_met, names = self._series_map()
+        s = np.concatenate([np.frombuffer(c[0], "<i4") for c in chunks]) if chunks else np.empty(0, np.int32)
+        t = np.concatenate([np.frombuffer(c[1], "<i8") for c in chunks]) if chunks else np.empty(0, np.int64)
+        v = np.concatenate([np.frombuffer(c[2], "<f8") for c in chunks]) if chunks else np.empty(0, np.float64)
+        keep = np.ones(s.shape[0], np.bool_)
+        if since is not None:
+            keep &= t >= since
+        if until is not None:
+            keep &= t <= until
+        if device is not None:
+            keep &= np.isin(ser_dev[s], [names.index(device)] if device in names else [])
+        if metric is not None:
+            keep &= ser_met[s] == METRIC_ID.get(metric, -1)
+        s, t, v = s[keep], t[keep], v[keep]
+        order = np.argsort(t, kind="stable")
+        s, t, v = s[order], t[order], v[order]
+        return {"device": np.array(names, dtype=object)[ser_dev[s]] if len(s) else np.empty(0, object),
+                "metric": np.array([m.name for m in METRICS], dtype=object)[ser_met[s]] if len(s) else np.empty(0, object),
+                "ts": t, "value": v}
+
+    def positions(self) -> dict[str, np.ndarray]:
+        chunks = self._query("SELECT device, ts, lat, lon, speed, alt FROM position_chunks")
+        cols = ["device", "ts", "lat", "lon", "speed", "alt"]
+        dts = ["<i4", "<i8", "<f8", "<f8", "<f8", "<f8"]
+        out = {c: (np.concatenate([np.frombuffer(ch[i], dts[i]) for ch in chunks]) if chunks else np.empty(0, dts[i]))
+               for i, c in enumerate(cols)}
+        names = [r[0] for r in self._query("SELECT id FROM devices ORDER BY slot")]
+        out["device"] = np.array(names, dtype=object)[out["device"]] if len(out["ts"]) else np.empty(0, object)
+        return out
+
+    def _series_map(self):
+        names = [r[0] for r in self._query("SELECT id FROM devices ORDER BY slot")]
+        rows = self._query("SELECT device, metric FROM series ORDER BY slot")
+        return (np.array([r[0] for r in rows], np.int32), np.array([r[1] for r in rows], np.int16), names)
+
+    def warnings(self, state: str | None = None, rule: str | None = None, source: str | None = None,
+                 region: str | None = None, severity: str | None = None, since: int | None = None,
+                 limit: int = 1000) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM warnings WHERE 1=1", []
+        for col, val in (("state", state), ("rule", rule), ("source", source), ("severity", severity)):
+            if val is not None:
+                q += f" AND {col} = ?"; args.append(val)
+        if region:
+            q += " AND (region = ? OR region LIKE ?)"; args += [region, region.rstrip("/") + "/%"]
+        if since is not None:
+            q += " AND last_ts >= ?"; args.append(since)
+        q += " ORDER BY start_ts DESC LIMIT ?"; args.append(limit)
+        cur = self._db_ro().execute(q, args)
+        cols = [c[0] for c in cur.description]
+        out = []
+        for row in cur.fetchall():
+            d = dict(zip(cols, row))
+            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
+            out.append(d)
+        return out
+
+    def dead_letters(self, reason: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        q, args = "SELECT received_ms, source, reason, detail, payload FROM dead_letters", []
+        if reason:
+            q += " WHERE reason = ?"; args.append(reason)
+        q += " ORDER BY id DESC LIMIT ?"; args.append(limit)
+        return [dict(zip(("received_ms", "source", "reason", "detail", "payload"), r)) for r in self._query(q, args)]
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return dict(self._query("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
+
+    def _db_ro(self) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+
+    def _query(self, q: str, args: Iterable = ()) -> list[tuple]:
+        con = self._db_ro()
+        try:
+            return con.execute(q, list(args)).fetchall()
+        finally:
+            con.close()
+
+
+def _warning_row(w: Warning) -> tuple:
+    r = w.region
+    return (w.id, w.rule, w.kind, w.severity, w.source, r.as_path(), r.city, r.county, r.town, r.grid, w.state,
+            w.start_ts, w.last_ts, w.cleared_ts, None if w.value != w.value else w.value, w.message, w.zone,
+            json.dumps(w.evidence) if w.evidence else None)
+
+
+def warning_from_row(d: dict[str, Any]) -> Warning:
+    return Warning(d["id"], d["rule"], d["kind"], d["severity"], d["source"],
+                   RegionPath(d["city"] or "", d["county"] or "", d["town"] or "", d["grid"] or ""),
+                   d["state"], d["start_ts"], d["last_ts"], d["cleared_ts"],
+                   float("nan") if d["value"] is None else d["value"], d["message"] or "", d["zone"], d["evidence"] or {})
+
