@@ -1,0 +1,228 @@
+"""Camera collectors against a real RTSP server (GStreamer, started here) and real video files.
+
+Without GStreamer these tests skip locally; in CI (``CI=true``) they fail instead.
+"""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridwatch.detectors import testscenes
+from gridwatch.ingest.video import (
+    Camera, CameraConfig, CameraState, Frame, LatestFrameSlot, StatusChange, VideoCollector, redact_url,
+)
+from gridwatch.servers.rtsp import FileStream, RtspServer, TestCamera, encode_h264, gstreamer_missing
+
+SCENE_FRAMES = 60
+SCENE_KEYINT = 10
+
+
+@pytest.fixture(scope="module")
+def gstreamer():
+    why = gstreamer_missing()
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"RTSP server cannot start in CI: {why}")
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def scene_mp4(gstreamer, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("scenes") / "blob.mp4"
+    return encode_h264(testscenes.moving_blob_scene(SCENE_FRAMES, 320, 240), out, fps=15, keyint=SCENE_KEYINT)
+
+
+class StatusLog:
+    """Collects status changes; ``wait_for`` blocks until a camera reaches a state."""
+
+    def __init__(self) -> None:
+        self.changes: list[StatusChange] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, change: StatusChange) -> None:
+        with self._cond:
+            self.changes.append(change)
+            self._cond.notify_all()
+
+    def wait_for(self, camera: str, state: CameraState, timeout: float, after: int = 0) -> StatusChange:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for c in self.changes[after:]:
+                    if c.camera == camera and c.new is state:
+                        return c
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{camera} never became {state.value}; saw {self.changes}")
+                self._cond.wait(left)
+
+
+def fast(name: str, url: str, **kw) -> CameraConfig:
+    """A camera config with test-sized timeouts."""
+    base = dict(name=name, url=url, analysis_fps=5, analysis_width=160, stale_after_s=1.5, open_timeout_s=2,
+                read_timeout_s=2, backoff_initial_s=0.2, backoff_max_s=0.5, offline_after_failures=2)
+    return CameraConfig(**(base | kw))
+
+
+def gather(video: VideoCollector, seconds: float) -> list[Frame]:
+    frames: list[Frame] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        frames += video.collect(timeout=0.2)
+    return frames
+
+
+# --- units ---------------------------------------------------------------------------------------
+def test_latest_frame_slot_keeps_newest_and_counts_drops():
+    slot = LatestFrameSlot()
+    mk = lambda i: Frame("c", i, 0, 0.0, np.zeros((2, 2, 3), np.uint8), 1.0)  # noqa: E731
+    assert slot.put(mk(1)) is False
+    assert slot.put(mk(2)) is True
+    assert slot.take().seq == 2 and slot.take() is None and slot.dropped == 1
+
+
+def test_urls_are_redacted():
+    assert redact_url("rtsp://admin:s3cret@10.0.0.7:554/s1") == "rtsp://***@10.0.0.7:554/s1"
+    assert redact_url("rtsp://10.0.0.7/s1") == "rtsp://10.0.0.7/s1"
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter():
+    cam = Camera(CameraConfig(name="c", url="rtsp://h/s", backoff_initial_s=1, backoff_max_s=8, backoff_jitter=0.25),
+                 rng=random.Random(1))
+    for failures, base in [(1, 1), (2, 2), (3, 4), (4, 8), (9, 8)]:
+        delays = [cam._backoff(failures) for _ in range(50)]
+        assert all(0.75 * base <= d <= 1.25 * base for d in delays) and len(set(delays)) > 1
+
+
+# --- files ---------------------------------------------------------------------------------------
+def test_file_plays_once_then_goes_offline(scene_mp4):
+    log = StatusLog()
+    cfg = fast("f", str(scene_mp4), analysis_fps=None, realtime=False)
+    with VideoCollector([cfg], on_status=log) as video:
+        log.wait_for("f", CameraState.OFFLINE, 10)
+        c = video.counters()["f"]
+    assert c["decoded"] == SCENE_FRAMES and c["reconnects"] == 0
+    assert log.changes[-1].reason == "end of file"
+    assert [ch.new for ch in log.changes] == [CameraState.ONLINE, CameraState.OFFLINE]
+
+
+def test_looping_file_keeps_delivering_and_skips_to_analysis_rate(scene_mp4):
+    cfg = fast("f", f"file://{scene_mp4}", loop=True, realtime=False, analysis_fps=3)
+    with VideoCollector([cfg]) as video:
+        deadline = time.monotonic() + 10
+        while video.counters()["f"]["decoded"] < 2 * SCENE_FRAMES + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        c = video.counters()["f"]
+        state = video.status()["f"][0]
+    assert c["decoded"] > 2 * SCENE_FRAMES and state is CameraState.ONLINE
+    # 15 fps file analysed at 3 fps (by stream time): one frame in five kept
+    assert c["skipped"] >= 3 * (c["decoded"] - c["skipped"]) and c["reconnects"] == 0
+
+
+def test_keyframe_only_decoding_of_a_file(scene_mp4):
+    pytest.importorskip("av")
+    cfg = fast("k", str(scene_mp4), decode="keyframes", analysis_fps=None, realtime=False, analysis_width=None)
+    log = StatusLog()
+    frames = []
+    with VideoCollector([cfg], on_status=log) as video:
+        while not any(ch.new is CameraState.OFFLINE for ch in log.changes):
+            frames += video.collect(timeout=0.1)
+        c = video.counters()["k"]
+    assert c["decoded"] == SCENE_FRAMES // SCENE_KEYINT
+    assert frames and all(f.keyframe_only and f.image.shape == (240, 320, 3) for f in frames)
+
+
+def test_corrupt_and_missing_files_fail_alone(scene_mp4, tmp_path):
+    data = scene_mp4.read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    log = StatusLog()
+    cams = [fast("good", str(scene_mp4), loop=True), fast("trunc", str(truncated)),
+            fast("garbage", str(garbage)), fast("missing", str(tmp_path / "nope.mp4"))]
+    with VideoCollector(cams, on_status=log) as video:
+        for bad in ("trunc", "garbage", "missing"):
+            change = log.wait_for(bad, CameraState.OFFLINE, 10)
+            assert "corrupt" in change.reason or "not found" in change.reason, change
+        good = [f for f in gather(video, 1.0) if f.camera == "good"]
+        counters = video.counters()
+    assert len(good) >= 3
+    assert counters["missing"]["errors"] == {"not_found": 1}
+    assert counters["trunc"]["errors"] and counters["garbage"]["errors"]
+
+
+# --- RTSP ----------------------------------------------------------------------------------------
+def test_rtsp_frames_arrive_downscaled_at_analysis_rate(gstreamer, scene_mp4):
+    mounts = [TestCamera("live", width=320, height=240, fps=15), FileStream("scene", scene_mp4, loop=True)]
+    log = StatusLog()
+    with RtspServer(mounts) as srv:
+        cams = [fast("live", srv.url("live")), fast("scene", srv.url("scene"), analysis_width=None)]
+        with VideoCollector(cams, on_status=log) as video:
+            for name in ("live", "scene"):
+                log.wait_for(name, CameraState.ONLINE, 15)
+            frames = gather(video, 2.0)
+            counters = video.counters()
+    by_cam = {n: [f for f in frames if f.camera == n] for n in ("live", "scene")}
+    assert len(by_cam["live"]) >= 5 and len(by_cam["scene"]) >= 5
+    assert by_cam["live"][0].image.shape == (120, 160, 3) and by_cam["live"][0].scale == 0.5
+    assert by_cam["scene"][0].image.shape == (240, 320, 3)
+    for c in counters.values():
+        assert c["skipped"] > c["analysed"] > 0  # 15 fps decoded, ~5 fps kept
+        assert c["skipped"] + c["analysed"] + c["dropped"] <= c["decoded"] <= c["skipped"] + c["analysed"] + c["dropped"] + 1
+
+
+def test_rtsp_outage_goes_reconnecting_then_offline_and_recovers_on_restart(gstreamer):
+    log = StatusLog()
+    with RtspServer([TestCamera("cam", width=320, height=240)]) as srv:
+        with VideoCollector([fast("cam", srv.url("cam"))], on_status=log) as video:
+            log.wait_for("cam", CameraState.ONLINE, 15)
+            mark = len(log.changes)
+            srv.stop()
+            down = log.wait_for("cam", CameraState.RECONNECTING, 10, after=mark)
+            assert "ended" in down.reason or "stale" in down.reason, down
+            off = log.wait_for("cam", CameraState.OFFLINE, 10, after=mark)
+            assert "connection refused" in off.reason, off
+            mark = len(log.changes)
+            srv.start()  # same port
+            log.wait_for("cam", CameraState.ONLINE, 15, after=mark)
+            assert gather(video, 1.0)
+            c = video.counters()["cam"]
+    assert c["reconnects"] >= 2 and c["errors"]["open_failed"] >= 2
+
+
+def test_hung_camera_goes_stale_without_stalling_the_others(gstreamer, scene_mp4):
+    log = StatusLog()
+    with RtspServer([TestCamera("cam", width=320, height=240)]) as hung_srv, \
+            RtspServer([FileStream("scene", scene_mp4)]) as ok_srv:
+        cams = [fast("hung", hung_srv.url("cam"), read_timeout_s=5), fast("ok", ok_srv.url("scene"))]
+        with VideoCollector(cams, on_status=log) as video:
+            log.wait_for("hung", CameraState.ONLINE, 15)
+            log.wait_for("ok", CameraState.ONLINE, 15)
+            mark = len(log.changes)
+            hung_srv.pause()  # connection open, no data: only the watchdog notices
+            stale = log.wait_for("hung", CameraState.RECONNECTING, 5, after=mark)
+            assert stale.reason.startswith("stale: no frame for"), stale
+            ok_frames = [f for f in gather(video, 1.5) if f.camera == "ok"]
+            hung_srv.resume()
+            log.wait_for("hung", CameraState.ONLINE, 20, after=mark)
+            c = video.counters()["hung"]
+    assert len(ok_frames) >= 4
+    assert c["errors"]["stale"] == 1
+
+
+def test_rtsp_keyframe_only_decoding(gstreamer):
+    pytest.importorskip("av")
+    with RtspServer([TestCamera("cam", width=320, height=240, fps=15, keyint=5)]) as srv:
+        cfg = fast("cam", srv.url("cam"), decode="keyframes", analysis_fps=None)
+        with VideoCollector([cfg]) as video:
+            frames = gather(video, 3.0)
+            c = video.counters()["cam"]
+    assert frames and all(f.keyframe_only for f in frames)
+    assert 3 <= c["decoded"] <= 12  # 3 keyframes per second, not 15 frames
