@@ -17,6 +17,9 @@ becomes a :class:`~gridwatch.records.DeadLetter` with a reason code and an expla
 Reason codes: oversized, malformed_json, not_an_object, bad_topic, unknown_vendor, unknown_device,
 vendor_mismatch, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
 out_of_range, future_timestamp, stale_timestamp, duplicate.
+
+JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float64 (1e999) are
+``malformed_json``; ``non_finite`` catches values that overflow during unit conversion.
 """
 from __future__ import annotations
 

@@ -52,6 +52,7 @@ class EdgeRuntime:
         self._metrics_server = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gridwatch-pipeline")
         self.stopping: asyncio.Event | None = None  # created inside the loop
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _step(self, msgs: list[Message]) -> int:
         events = self.pipeline.process(msgs, now_ms())
@@ -71,8 +72,14 @@ class EdgeRuntime:
         if self.on_events is not None:
             self.on_events(events)
 
+    def request_stop(self) -> None:
+        """Ask a running runtime to stop (callable from any thread)."""
+        if self._loop is not None and self.stopping is not None:
+            self._loop.call_soon_threadsafe(self.stopping.set)
+
     async def run(self, duration_s: float | None = None, install_signals: bool = True) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         self.stopping = asyncio.Event()
         if install_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,100 @@
+"""Test helpers: run the edge runtime in a thread, collect MQTT messages, publish with mosquitto_pub."""
+from __future__ import annotations
+
+import asyncio
+import queue
+import subprocess
+import threading
+import time
+
+import orjson
+import paho.mqtt.client as mqtt
+
+from gridwatch.config import parse
+from gridwatch.streams.runtime import EdgeRuntime
+
+
+class RuntimeThread:
+    """An EdgeRuntime running on its own event loop in a thread (as `gridwatch run` would)."""
+
+    def __init__(self, cfg_dict: dict, base_dir) -> None:
+        self.cfg = parse(cfg_dict, base_dir=base_dir)
+        self.events: list = []
+        self.rt = EdgeRuntime(self.cfg, on_events=self.events.extend)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self.rt.run(install_signals=False))
+        except BaseException as e:  # surfaced by stop()
+            self.error = e
+
+    def __enter__(self) -> "RuntimeThread":
+        self.thread.start()
+        if self.rt.collector is not None and not self.rt.collector.connected.wait(15):
+            raise AssertionError("gridwatch did not connect to the broker")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            deadline = time.time() + 5
+            while self.rt._loop is None and time.time() < deadline:
+                time.sleep(0.01)
+            self.rt.request_stop()
+            self.thread.join(20)
+        if self.error is not None:
+            raise self.error
+
+
+class Subscriber:
+    """A paho client collecting every message on ``topic`` into a queue."""
+
+    def __init__(self, host: str, port: int, topic: str, username: str | None = None, password: str | None = None,
+                 ca_file=None, client_id: str = "test-sub") -> None:
+        self.q: queue.Queue = queue.Queue()
+        self.subscribed = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if username:
+            c.username_pw_set(username, password)
+        if ca_file:
+            c.tls_set(ca_certs=str(ca_file))
+        c.on_connect = lambda cl, u, f, rc, p: cl.subscribe(topic, qos=1)
+        c.on_subscribe = lambda *a: self.subscribed.set()
+        c.on_message = lambda cl, u, m: self.q.put((m.topic, m.payload))
+        c.connect(host, port)
+        c.loop_start()
+        self.client = c
+        assert self.subscribed.wait(10), "subscriber did not get its SUBACK"
+
+    def get(self, timeout: float = 10.0):
+        topic, payload = self.q.get(timeout=timeout)
+        return topic, orjson.loads(payload)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mosquitto_pub(port: int, topic: str, lines: list[bytes | str], user: str | None = None, password: str | None = None,
+                  qos: int = 1, extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Publish each line as one message with Mosquitto's own client (-l: one message per stdin line)."""
+    cmd = ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-q", str(qos), "-l", "-V", "mqttv5"]
+    if user:
+        cmd += ["-u", user, "-P", password or ""]
+    cmd += extra or []
+    data = b"\n".join(x.encode() if isinstance(x, str) else x for x in lines) + b"\n"
+    return subprocess.run(cmd, input=data, capture_output=True, timeout=60, check=True)
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
