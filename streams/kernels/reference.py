@@ -327,3 +327,17 @@ class Dwell:
                 out.append((row, d, CLEAR, t, (t - a.ts) / 1000.0, -1))
             self.anchor[d] = _Anchor(t, lat, lon, locate(lon, lat, self.allowed_zones) >= 0)
         return out
+
+
+def as_tuples(events) -> list[Event]:
+    """Kernel output (columnar ``Events``) as the reference's list of tuples."""
+    return [(int(r), int(s), int(k), int(t), float(v), int(a)) for r, s, k, t, v, a in zip(*events)]
+
+
+def same_events(got: list[Event], want: list[Event], rel: float = 1e-9) -> bool:
+    """Equal transitions: exact rows, slots, kinds, ts and aux; values to ``rel`` (NaN equals NaN)."""
+    def close(a: float, b: float) -> bool:
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+    return len(got) == len(want) and all(
+        g[:4] == w[:4] and g[5] == w[5] and close(g[4], w[4]) for g, w in zip(got, want))
