@@ -136,3 +136,11 @@ def test_grow_keeps_state_and_new_slots_start_disabled():
     p.process(SensorBatch(np.zeros(1, np.int32), np.zeros(1, np.int32), np.zeros(1, np.int64), np.full(1, 5.0)))
     p.grow(100)
     assert p.capacity >= 100 and p.active[0] == 1 and not p.enabled[1:].any()
+
+
+def test_benchmark_runs_at_toy_size():
+    from gridwatch.benchmarks.processors import measure, table
+
+    r = measure(devices=300, readings=6_000, batch=1_000, repeat=1, ref_readings=1_000, memory_devices=1_000)
+    assert r["readings"] == 6_000 and r["numba"]["events"] > 0
+    assert r["memory"]["total_mb"] > 0 and "speed-up vs pandas" in table(r)

@@ -1,0 +1,272 @@
+"""Throughput and memory of the standard sensor rule set.
+
+One run, one generated data set (N sensor series, one per device, each reporting about once a
+minute, with spikes, stuck stretches and devices that fall silent), four measurements:
+
+* **numba**: the standard set (threshold, rate_of_change, zscore, flatline, offline) through
+  the processors, batch by batch (offline ticks after each batch), after a warm-up so JIT
+  compilation is excluded; readings/s is the median over repeats. Kernels are single-threaded
+  and the process is pinned to one CPU.
+* **reference**: the plain-Python reference of the same five rules on the first rows of the
+  same data; its readings/s sets the speed-up ratio (target >= 100x).
+* **pandas**: the vectorised equivalent a data engineer would write (groupby + diff, ewm,
+  run-length via cumsum, hysteresis via forward fill) over the same data in one go; target
+  >= 10x. It is a lower bound on pandas' cost: no batching, no freeze of the z-score baseline.
+* **memory**: a SlotRegistry of 1,000,000 realistic device ids plus the standard set's state
+  arrays for as many slots, measured with tracemalloc (numpy buffers included); target <= 300 MB.
+
+``python -m gridwatch.benchmarks.processors --devices 100000 --readings 2000000 --repeat 5``
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import time
+import tracemalloc
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gridwatch.records import SensorBatch
+from gridwatch.streams.kernels import reference as ref
+from gridwatch.streams.processor import Processor, create
+from gridwatch.streams.slots import SlotRegistry
+
+STANDARD: dict[str, dict[str, Any]] = {
+    "threshold": {"above": 8.0, "clear_at": 7.0, "min_duration_s": 60},
+    "rate_of_change": {"max_per_s": 0.05, "clear_ratio": 0.5},
+    "zscore": {"alpha": 0.1, "warmup": 5, "z_raise": 5.0, "z_clear": 2.0, "min_std": 0.01},
+    "flatline": {"epsilon": 1e-9, "duration_s": 600},
+    "offline": {"timeout_s": 300},
+}
+TARGETS = {"vs_reference": 100.0, "vs_pandas": 10.0, "memory_mb": 300.0}
+PERIOD_MS = 60_000
+
+
+def generate(devices: int, readings: int, seed: int = 1) -> SensorBatch:
+    """Readings in event-time order: series i (= device i) reports every ~60 s with jitter.
+
+    Values are a per-series level (1-5, e.g. metres of water) with noise; 1% of series get a
+    10-reading excursion of +6, 1% freeze (stuck sensor) for their second half, and 1% of
+    devices stop reporting halfway (offline)."""
+    rng = np.random.default_rng(seed)
+    k = -(-readings // devices) + 1  # one spare period: silent devices leave gaps
+    ts = rng.integers(0, PERIOD_MS, devices)[:, None] + np.arange(k)[None, :] * PERIOD_MS
+    ts = ts + rng.integers(-5_000, 5_000, (devices, k))
+    level = rng.uniform(1.0, 5.0, devices)[:, None]
+    value = level + rng.normal(0.0, 0.05, (devices, k)).cumsum(axis=1) * 0.2 + rng.normal(0, 0.05, (devices, k))
+    spiky = rng.random(devices) < 0.01
+    start = rng.integers(0, max(k - 10, 1), devices)
+    cols = np.arange(k)[None, :]
+    value += np.where(spiky[:, None] & (cols >= start[:, None]) & (cols < start[:, None] + 10), 6.0, 0.0)
+    stuck = rng.random(devices) < 0.01
+    value[stuck, k // 2:] = value[stuck, k // 2][:, None]
+    alive = np.ones((devices, k), bool)
+    alive[rng.random(devices) < 0.01, k // 2:] = False
+    series = np.broadcast_to(np.arange(devices, dtype=np.int32)[:, None], (devices, k))
+    sel = alive.ravel()
+    s, t, v = series.ravel()[sel], ts.ravel()[sel], value.ravel()[sel]
+    order = np.argsort(t, kind="stable")[:readings]
+    return SensorBatch(s[order], s[order], t[order].astype(np.int64), v[order])
+
+
+def _batches(data: SensorBatch, size: int) -> list[SensorBatch]:
+    return [data.take(slice(i, i + size)) for i in range(0, len(data), size)]
+
+
+def _standard_set(n: int) -> dict[str, Processor]:
+    procs = {kind: create(kind, kind, params, capacity=n) for kind, params in STANDARD.items()}
+    for p in procs.values():
+        p.enabled[:n] = True
+    return procs
+
+
+def time_numba(data: SensorBatch, devices: int, batch: int, repeat: int) -> dict[str, Any]:
+    """Median seconds for the whole data set, total and per kind, and the events found."""
+    batches = _batches(data, batch)
+    warm = _standard_set(devices)
+    for p in warm.values():
+        p.process(batches[0])
+        p.tick(int(batches[0].ts[-1]))
+    runs: list[dict[str, float]] = []
+    events = 0
+    for _ in range(repeat):
+        procs = _standard_set(devices)
+        per = dict.fromkeys(procs, 0.0)
+        events = 0
+        for b in batches:
+            now = int(b.ts[-1])
+            for kind, p in procs.items():
+                t0 = time.perf_counter()
+                events += len(p.process(b)) + len(p.tick(now))
+                per[kind] += time.perf_counter() - t0
+        runs.append(per)
+    per_kind = {kind: statistics.median(r[kind] for r in runs) for kind in STANDARD}
+    total = statistics.median(sum(r.values()) for r in runs)
+    return {"seconds": total, "per_kind_s": per_kind, "events": events}
+
+
+def time_reference(data: SensorBatch, rows: int) -> float:
+    """Seconds for the plain-Python standard set on the first ``rows`` readings."""
+    sub = data.take(slice(0, rows))
+    slots, dev, ts, val = sub.series.tolist(), sub.device.tolist(), sub.ts.tolist(), sub.value.tolist()
+    everyone = set(slots) | set(dev)
+    p = STANDARD
+    models = [
+        ref.Threshold(everyone, above=p["threshold"]["above"], clear_above=p["threshold"]["clear_at"],
+                      min_dur_ms=p["threshold"]["min_duration_s"] * 1000),
+        ref.RateOfChange(everyone, p["rate_of_change"]["max_per_s"],
+                         p["rate_of_change"]["max_per_s"] * p["rate_of_change"]["clear_ratio"]),
+        ref.ZScore(everyone, p["zscore"]["alpha"], p["zscore"]["warmup"], p["zscore"]["z_raise"],
+                   p["zscore"]["z_clear"], p["zscore"]["min_std"]),
+        ref.Flatline(everyone, p["flatline"]["epsilon"], p["flatline"]["duration_s"] * 1000),
+    ]
+    offline = ref.Offline(everyone, p["offline"]["timeout_s"] * 1000)
+    t0 = time.perf_counter()
+    for m in models:
+        m.process(slots, ts, val)
+    offline.process(dev, ts)
+    offline.tick(ts[-1])
+    return time.perf_counter() - t0
+
+
+def time_pandas(data: SensorBatch) -> float:
+    """Seconds for the pandas formulation of the standard set over all readings at once."""
+    p = STANDARD
+    t0 = time.perf_counter()
+    df = pd.DataFrame({"series": data.series, "device": data.device, "ts": data.ts, "value": data.value})
+    df = df.sort_values(["series", "ts"], kind="stable", ignore_index=True)
+    g = df.groupby("series", sort=False)
+    first = g.cumcount() == 0
+
+    def hysteresis(raise_, clear_):
+        state = pd.Series(np.where(raise_, 1.0, np.where(clear_, 0.0, np.nan)))
+        state = state.groupby(df["series"], sort=False).ffill().fillna(0.0)
+        return (state.groupby(df["series"], sort=False).diff().fillna(state) != 0).sum()
+
+    def held_for(cond, min_ms):
+        run = (cond != cond.groupby(df["series"], sort=False).shift()).cumsum()
+        start = df["ts"].groupby(run, sort=False).transform("first")
+        return cond & (df["ts"] - start >= min_ms)
+
+    th = p["threshold"]
+    events = hysteresis(held_for(df["value"] >= th["above"], th["min_duration_s"] * 1000),
+                        df["value"] < th["clear_at"])
+    ro = p["rate_of_change"]
+    rate = (g["value"].diff() * 1000.0 / g["ts"].diff()).abs()
+    events += hysteresis(rate > ro["max_per_s"], rate < ro["max_per_s"] * ro["clear_ratio"])
+    zs = p["zscore"]
+    ew = g["value"].ewm(alpha=zs["alpha"])
+    mean = ew.mean().reset_index(level=0, drop=True).sort_index()
+    std = ew.std(bias=True).reset_index(level=0, drop=True).sort_index()
+    z = ((df["value"] - mean.groupby(df["series"]).shift()) / std.groupby(df["series"]).shift().clip(zs["min_std"])).abs()
+    scored = g.cumcount() >= zs["warmup"]
+    events += hysteresis(scored & (z >= zs["z_raise"]), z < zs["z_clear"])
+    fl = p["flatline"]
+    changed = (g["value"].diff().abs() > fl["epsilon"]) | first
+    start = df["ts"].groupby(changed.cumsum(), sort=False).transform("first")
+    events += hysteresis(df["ts"] - start >= fl["duration_s"] * 1000, changed)
+    gap = df.groupby("device", sort=False)["ts"].diff()
+    events += int((gap > p["offline"]["timeout_s"] * 1000).sum() * 2)
+    df.groupby("device", sort=False)["ts"].max()
+    return time.perf_counter() - t0
+
+
+def device_ids(n: int) -> list[str]:
+    vendors, kinds = "ABCDEFGH", ("sewer", "bridge", "airq", "manhole", "streetlight", "flood")
+    return [f"vendor{vendors[i % 8]}-{kinds[i // 8 % 6]}-{i:06d}" for i in range(n)]
+
+
+def memory_mb(devices: int) -> dict[str, float]:
+    """Traced MB for a SlotRegistry of ``devices`` ids and the standard set's state for as many slots."""
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    reg = SlotRegistry()
+    for key in device_ids(devices):
+        reg.add(key)
+    mid = tracemalloc.get_traced_memory()[0]
+    procs = _standard_set(devices)
+    end = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    state = sum(p.nbytes for p in procs.values())
+    del reg, procs
+    return {"registry_mb": (mid - base) / 1e6, "state_mb": (end - mid) / 1e6, "state_arrays_mb": state / 1e6,
+            "total_mb": (end - base) / 1e6, "bytes_per_slot": state / devices}
+
+
+def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_000, repeat: int = 5,
+            ref_readings: int = 100_000, memory_devices: int = 1_000_000, seed: int = 1) -> dict[str, Any]:
+    """All figures of one benchmark run, as a JSON-ready dict (pinning to one CPU is main's job)."""
+    data = generate(devices, readings, seed)
+    nb = time_numba(data, devices, batch, repeat)
+    n = len(data)
+    ref_rows = min(ref_readings, n)
+    ref_s = time_reference(data, ref_rows)
+    pd_s = statistics.median(time_pandas(data) for _ in range(max(1, min(repeat, 2))))
+    numba_rate = n / nb["seconds"]
+    return {
+        "devices": devices, "readings": n, "batch": batch, "repeat": repeat, "rules": list(STANDARD),
+        "numba": {"seconds": nb["seconds"], "readings_per_s": numba_rate, "events": nb["events"],
+                  "per_kind_ms": {k: v * 1e3 for k, v in nb["per_kind_s"].items()}},
+        "reference": {"readings": ref_rows, "seconds": ref_s, "readings_per_s": ref_rows / ref_s,
+                      "ratio": numba_rate / (ref_rows / ref_s)},
+        "pandas": {"seconds": pd_s, "readings_per_s": n / pd_s, "ratio": numba_rate / (n / pd_s)},
+        "memory": {"devices": memory_devices, **memory_mb(memory_devices)},
+        "targets": TARGETS,
+    }
+
+
+def table(r: dict[str, Any]) -> str:
+    def ok(good: bool) -> str:
+        return "ok" if good else "MISSED"
+
+    nb, rf, pdx, mem, tg = r["numba"], r["reference"], r["pandas"], r["memory"], r["targets"]
+    lines = [
+        f"standard sensor set ({', '.join(r['rules'])}): {r['devices']:,} series, {r['readings']:,} readings, "
+        f"batches of {r['batch']:,}, median of {r['repeat']}, one core",
+        f"{'measure':<28}{'result':>22}{'target':>14}  status",
+        f"{'numba readings/s':<28}{nb['readings_per_s']:>22,.0f}{'':>14}",
+        f"{'  (seconds, events)':<28}{nb['seconds']:>15.3f} s {nb['events']:>5,}",
+        *(f"{'  ' + k + ' ms':<28}{v:>22.1f}" for k, v in nb["per_kind_ms"].items()),
+        f"{'reference readings/s':<28}{rf['readings_per_s']:>22,.0f}{'':>14}  ({rf['readings']:,} readings)",
+        f"{'speed-up vs reference':<28}{rf['ratio']:>21.0f}x{'>= ' + format(tg['vs_reference'], '.0f') + 'x':>14}"
+        f"  {ok(rf['ratio'] >= tg['vs_reference'])}",
+        f"{'pandas readings/s':<28}{pdx['readings_per_s']:>22,.0f}",
+        f"{'speed-up vs pandas':<28}{pdx['ratio']:>21.1f}x{'>= ' + format(tg['vs_pandas'], '.0f') + 'x':>14}"
+        f"  {ok(pdx['ratio'] >= tg['vs_pandas'])}",
+        f"{'memory, ' + format(mem['devices'], ',') + ' devices':<28}{mem['total_mb']:>19.1f} MB"
+        f"{'<= ' + format(tg['memory_mb'], '.0f') + ' MB':>14}  {ok(mem['total_mb'] <= tg['memory_mb'])}",
+        f"{'  slot registry':<28}{mem['registry_mb']:>19.1f} MB",
+        f"{'  rule state':<28}{mem['state_mb']:>19.1f} MB  ({mem['bytes_per_slot']:.0f} B/slot)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gridwatch.benchmarks.processors", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--devices", type=int, default=100_000, help="sensor series (one per device)")
+    ap.add_argument("--readings", type=int, default=2_000_000, help="readings in the generated stream")
+    ap.add_argument("--batch", type=int, default=100_000, help="rows per batch")
+    ap.add_argument("--repeat", type=int, default=5, help="timed repeats (median reported)")
+    ap.add_argument("--ref-readings", type=int, default=100_000, help="readings the pure-Python reference runs on")
+    ap.add_argument("--memory-devices", type=int, default=1_000_000, help="devices for the memory measurement")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    a = ap.parse_args(argv)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    r = measure(a.devices, a.readings, a.batch, a.repeat, a.ref_readings, a.memory_devices, a.seed)
+    print(table(r))
+    if a.json:
+        with open(a.json, "w", encoding="utf-8") as f:
+            json.dump(r, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
