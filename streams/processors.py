@@ -16,7 +16,12 @@ zscore          the z-score                                            -1
 flatline        the reading (the stuck value on raise)                 -1
 offline         seconds since last seen (tick raises, reading clears)  -1
 speeding        speed, km/h (reported or computed)                     -1
-geofence        NaN                                                    zone index (see below)
+geofence        NaN                                                    zone index: forbidden:
+                                                                       the zone entered/left;
+                                                                       allowed: on raise the
+                                                                       zone last inside (-1 if
+                                                                       none), on clear the
+                                                                       zone entered
 dwell           dwell time, seconds since the anchor was set           -1
 ==============  =====================================================  ======================
 
@@ -53,9 +58,10 @@ def _concat(parts: list[Events]) -> Events:
 class _SensorProcessor(Processor):
     input = "sensor"
 
-    def _run(self, kernel, keys: np.ndarray, batch: SensorBatch, *args: Any) -> Events:
+    def _run(self, kernel, batch: SensorBatch, *args: Any) -> Events:
+        """Call a series kernel: (rows, enabled, state arrays in ``_state_arrays`` order, params, output)."""
         out = Events.alloc(len(batch))
-        n = kernel(keys, batch.ts, batch.value, self.enabled, *self._state_arrays().values(), *args, *out)
+        n = kernel(batch.series, batch.ts, batch.value, self.enabled, *self._state_arrays().values(), *args, *out)
         return out.head(n)
 
 
@@ -108,7 +114,7 @@ class Threshold(_SensorProcessor):
         below = np.nan if p.below is None else p.below
         clear_above = above if p.clear_at is None or p.above is None else p.clear_at
         clear_below = below if p.clear_at is None or p.below is None else p.clear_at
-        return self._run(sk.threshold, batch.series, batch,
+        return self._run(sk.threshold, batch,
                          p.above is not None, above, clear_above, p.below is not None, below, clear_below,
                          _ms(p.min_duration_s))
 
@@ -141,7 +147,7 @@ class RateOfChange(_SensorProcessor):
     def process(self, batch: SensorBatch) -> Events:
         p = self.params
         direction = {"up": 1, "down": -1, "both": 0}[p.direction]
-        return self._run(sk.rate_of_change, batch.series, batch,
+        return self._run(sk.rate_of_change, batch,
                          p.max_per_s, p.max_per_s * p.clear_ratio, direction)
 
 
@@ -183,7 +189,7 @@ class ZScore(_SensorProcessor):
 
     def process(self, batch: SensorBatch) -> Events:
         p = self.params
-        return self._run(sk.zscore, batch.series, batch,
+        return self._run(sk.zscore, batch,
                          p.alpha, p.warmup, p.z_raise, p.z_clear, p.min_std, p.freeze_baseline)
 
 
@@ -211,7 +217,7 @@ class Flatline(_SensorProcessor):
 
     def process(self, batch: SensorBatch) -> Events:
         p = self.params
-        return self._run(sk.flatline, batch.series, batch, p.epsilon, _ms(p.duration_s))
+        return self._run(sk.flatline, batch, p.epsilon, _ms(p.duration_s))
 
 
 # --- offline -----------------------------------------------------------------------------
