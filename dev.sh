@@ -15,7 +15,7 @@ VENV=.venv
 
 DEBS_RUNTIME=(mosquitto mosquitto-clients openssl)
 DEBS_TEST=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-           gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad gstreamer1.0-libav ffmpeg opencv-doc)
+           gstreamer1.0-plugins-ugly ffmpeg opencv-doc)
 
 log() { printf '\033[1m[gridwatch]\033[0m %s\n' "$*" >&2; }
 
@@ -53,16 +53,23 @@ setup_python() {
   fi
 }
 
+install_java() {  # Kafka and QuestDB tests run on the JVM; their jars come from Maven Central
+  command -v java >/dev/null 2>&1 || install_debs openjdk-17-jre-headless
+  command -v mvn >/dev/null 2>&1 || install_debs maven
+}
+
 cmd=${1:-help}; shift || true
 case "$cmd" in
   setup)
     install_debs "${DEBS_RUNTIME[@]}" "${DEBS_TEST[@]}"
+    install_java
     setup_python test ;;
   demo)
     setup_python runtime
     exec "$VENV/bin/gridwatch" demo "$@" ;;
   test)
     install_debs "${DEBS_RUNTIME[@]}" "${DEBS_TEST[@]}"
+    install_java
     setup_python test
     log "running the tests"
     exec "$VENV/bin/python" -m pytest "$@" ;;

@@ -1,7 +1,19 @@
-"""Building paho-mqtt clients from the ``[mqtt]`` config: protocol, session, TLS, credentials."""
+"""Building paho-mqtt clients from the ``[mqtt]`` config: protocol, session, TLS, credentials.
+
+:class:`BufferedClient` is paho's client with two changes on the receive path, because paho reads
+*one* packet per wake-up of its network loop with several small ``recv`` calls, and queues every
+acknowledgement with its own wake-up. Measured here, that caps a QoS 1 subscriber at ~13k msg/s:
+
+* reads: one ``recv`` of up to 256 KiB fills a buffer that paho's packet parser then consumes, and
+  ``loop_read`` keeps parsing while whole packets are buffered;
+* acknowledgements: :meth:`BufferedClient.ack_many` queues the PUBACKs of a committed batch as one
+  write (a PUBACK with reason "success" and no properties is 4 bytes in MQTT 3.1.1 and 5 alike).
+Everything else (connect, TLS, keep-alive, reconnect, publish) is paho's own code.
+"""
 from __future__ import annotations
 
 import ssl
+import struct
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -10,9 +22,47 @@ from paho.mqtt.properties import Properties
 from gridwatch.config import MqttConfig
 
 
+_READ_CHUNK = 256 * 1024
+
+
+class BufferedClient(mqtt.Client):
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self._rbuf = b""
+        self._rpos = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._rpos >= len(self._rbuf):
+            data = super()._sock_recv(_READ_CHUNK)  # BlockingIOError when nothing is there: paho retries later
+            if not data:
+                return data  # connection closed
+            self._rbuf, self._rpos = data, 0
+        end = self._rpos + bufsize
+        chunk = self._rbuf[self._rpos:end]
+        self._rpos = end if end < len(self._rbuf) else len(self._rbuf)
+        return chunk
+
+    def _sock_close(self) -> None:
+        self._rbuf, self._rpos = b"", 0
+        super()._sock_close()
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        # packets already in the buffer will not wake select(): parse them now
+        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Send PUBACK (success) for QoS 1 messages received with manual_ack, as one write."""
+        if mids and self._sock is not None:
+            blob = b"".join([struct.pack("!BBH", 0x40, 2, m) for m in mids])
+            self._packet_queue(0x40, blob, 0, 0)
+
+
 def make_client(cfg: MqttConfig, client_id: str, *, manual_ack: bool = False, persistent: bool = False) -> mqtt.Client:
     v5 = cfg.protocol == "5"
-    c = mqtt.Client(
+    c = BufferedClient(
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

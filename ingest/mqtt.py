@@ -88,15 +88,9 @@ class MqttCollector:
     def ack(self, messages: list[Message]) -> None:
         """Acknowledge messages whose readings are committed (QoS 1 only)."""
         gen = self.generation
-        stale = 0
-        for m in messages:
-            tok = m.token
-            if tok is None:
-                continue
-            if tok[0] != gen:
-                stale += 1
-                continue
-            self.client.ack(tok[1], 1)
+        mids = [m.token[1] for m in messages if m.token is not None and m.token[0] == gen]
+        stale = sum(1 for m in messages if m.token is not None) - len(mids)
+        self.client.ack_many(mids)
         if stale:
             self.counters.add(self.source, "acks_skipped_after_reconnect", stale)
 

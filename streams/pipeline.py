@@ -141,7 +141,7 @@ class Pipeline:
         if dec.rejected:
             c.reject(src, dec.rejected)
             for d in dec.dead[:3]:
-                log.info("rejected input", extra={"fields": {"topic": d.source, "reason": d.reason, "detail": d.detail}})
+                log.debug("rejected input", extra={"fields": {"topic": d.source, "reason": d.reason, "detail": d.detail}})
         if dec.no_timestamp:
             c.add(src, "readings_without_timestamp", dec.no_timestamp)
         if len(s):

@@ -1,0 +1,436 @@
+"""MQTT ingest benchmark: gridwatch against the client library's ceiling and the broker's, in one run.
+
+    gridwatch bench mqtt [--messages 200000] [--batched 20000] [--latency-s 10]
+
+1. **QoS 1 burst of single-reading JSON messages**, sent by ``mqtt_load.publish_qos1`` (confirms
+   every PUBACK; ``mosquitto_pub -l`` drops queued messages at end of input).
+   Consumers, each in its own process, one after the other on the same broker:
+   ``mosquitto_sub`` (the broker's limit), a bare paho subscriber that only counts (the client
+   library's ceiling), and ``gridwatch run`` (decode, processors, SQLite commit, ack after commit).
+   Two modes: *live* (consumer connected while the burst is published) and *drain* (the burst is
+   queued for the consumer's persistent session first; the consumer's own speed alone).
+   gridwatch must store all messages: lost and duplicated readings are counted from the store.
+2. **Batched messages** (JSON arrays of 100 readings): readings/s stored by one ``gridwatch run``,
+   and by two processes splitting an MQTT 5 shared subscription.
+3. **Latency**: publish -> warning received by a subscriber, at about half the batched maximum.
+
+The broker is a real Mosquitto on loopback with ``max_queued_messages`` raised (the documented
+setting for gridwatch deployments: the default 1000 drops bursts for any slow consumer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from gridwatch.benchmarks.mqtt_load import publish_qos1
+from gridwatch.servers.mosquitto import MosquittoServer
+from gridwatch.streams.store import Store
+
+PY = sys.executable
+GW = [PY, "-m", "gridwatch.cli"]
+
+PAHO_COUNTER = r"""
+import sys, time, threading
+import paho.mqtt.client as mqtt
+port, n, qos, cid, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+state = {"n": 0, "first": None, "last": None}
+done = threading.Event()
+def on_message(c, u, m):
+    if state["first"] is None:
+        state["first"] = time.time()
+    state["n"] += 1
+    if state["n"] >= n:
+        state["last"] = time.time(); done.set()
+ready = threading.Event()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+c.max_inflight_messages_set(1000)
+c.on_message = on_message
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+p = Properties(PacketTypes.CONNECT); p.SessionExpiryInterval = 3600; p.ReceiveMaximum = 2000
+c.on_connect = lambda c, u, f, rc, pr: c.subscribe("devices/#", qos)
+c.on_subscribe = lambda *a: ready.set()
+c.connect("127.0.0.1", port, clean_start=False, properties=p)
+c.loop_start()
+ready.wait(10)
+print("READY", flush=True)
+if mode == "subscribe-only":
+    c.disconnect(); c.loop_stop(); sys.exit(0)
+done.wait(600)
+print(f"{state['n']} {state['first']} {state['last']}", flush=True)
+c.disconnect(); c.loop_stop()
+"""
+
+
+def _gw_config(port: int, data_dir: Path, client_id: str, shared: str | None = None, rules: str = "") -> Path:
+    p = data_dir / "gridwatch.toml"
+    shared_line = f'shared_group = "{shared}"' if shared else ""
+    p.write_text(f"""
+[site]
+name = "{client_id}"
+data_dir = "{data_dir}"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+client_id = "{client_id}"
+topics = ["devices/#"]
+receive_maximum = 5000
+{shared_line}
+[ingest]
+batch_max_messages = 5000
+max_age_s = 0
+[alerts_mqtt]
+enabled = true
+{rules}
+""")
+    return p
+
+
+def _store_path(data_dir: Path) -> Path:
+    return data_dir / "gridwatch.db"
+
+
+def _publish(port: int, topic_fmt: str, lines: list[bytes], procs: int = 1) -> float:
+    """Publish at QoS 1, confirming every PUBACK (see mqtt_load); returns seconds taken."""
+    t0 = time.time()
+    chunks = [lines[i::procs] for i in range(procs)]
+    errors: list[BaseException] = []
+
+    def one(i: int, chunk: list[bytes]) -> None:
+        try:
+            publish_qos1(port, topic_fmt.format(i=i), chunk, client_id=f"bench-pub-{i}-{time.time_ns()}")
+        except BaseException as e:  # re-raised below
+            errors.append(e)
+
+    ts = [threading.Thread(target=one, args=(i, ch)) for i, ch in enumerate(chunks)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+    return time.time() - t0
+
+
+def single_reading_lines(n: int, devices: int = 1000) -> list[bytes]:
+    t0 = int(time.time() * 1000) - n - 60_000
+    return [orjson.dumps({"ts": t0 + i, "water_level": 1.0 + (i % 97) * 0.01}) for i in range(n)]
+
+
+# ---- consumers ---------------------------------------------------------------------------------
+def run_mosquitto_sub(port: int, lines: list[bytes], mode: str) -> dict:
+    n = len(lines)
+    cid = f"bench-msub-{mode}-{time.time_ns()}"
+    base = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "devices/#", "-q", "1", "-V", "mqttv5", "-i", cid,
+            "-c", "-x", "3600"]
+    if mode == "drain":
+        subprocess.run(base + ["-E"], check=True, timeout=30, capture_output=True)
+        _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+        t0 = time.time()
+        p = subprocess.run(base + ["-C", str(n)], stdout=subprocess.DEVNULL, timeout=600)
+        return {"received": n if p.returncode == 0 else 0, "seconds": time.time() - t0}
+    p = subprocess.Popen(base + ["-C", str(n)], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    t0 = time.time()
+    _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+    rc = p.wait(600)
+    return {"received": n if rc == 0 else 0, "seconds": time.time() - t0}
+
+
+def run_paho(port: int, lines: list[bytes], mode: str) -> dict:
+    n = len(lines)
+    cid = f"bench-paho-{mode}-{time.time_ns()}"
+    if mode == "drain":
+        subprocess.run([PY, "-c", PAHO_COUNTER, str(port), str(n), "1", cid, "subscribe-only"], check=True, timeout=30, capture_output=True)
+        _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+    p = subprocess.Popen([PY, "-c", PAHO_COUNTER, str(port), str(n), "1", cid, "count"], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "READY"
+    t0 = time.time()
+    if mode == "live":
+        _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+    out = p.stdout.readline().split()
+    p.wait(60)
+    got, first, last = int(out[0]), float(out[1]), float(out[2])
+    return {"received": got, "seconds": last - (t0 if mode == "live" else first)}
+
+
+class GridwatchProc:
+    def __init__(self, port: int, work: Path, name: str, shared: str | None = None, rules: str = "") -> None:
+        work.mkdir(parents=True, exist_ok=True)
+        self.cfg = _gw_config(port, work, name, shared, rules)
+        self.db = _store_path(work)
+        self.log = open(work / "gridwatch.log", "w")
+        self.p: subprocess.Popen | None = None
+
+    def start(self) -> "GridwatchProc":
+        self.p = subprocess.Popen(GW + ["run", "-c", str(self.cfg), "--quiet"], stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        log_path = Path(self.log.name)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if "mqtt connected" in log_path.read_text():
+                time.sleep(0.3)
+                return
+            if self.p.poll() is not None:
+                raise RuntimeError(f"gridwatch exited: {log_path.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise RuntimeError("gridwatch did not connect within 60 s")
+
+    def count(self) -> int:
+        if not self.db.exists():
+            return 0
+        try:
+            return Store(self.db).count_readings()
+        except Exception:
+            return 0
+
+    def stop(self) -> None:
+        if self.p and self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+        self.log.close()
+
+
+def _wait_count(procs: list[GridwatchProc], n: int, timeout: float = 600) -> tuple[float, float]:
+    """(time first reading seen, time all n stored)."""
+    first = None
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        c = sum(p.count() for p in procs)
+        if c and first is None:
+            first = time.time()
+        if c >= n:
+            return first or time.time(), time.time()
+        time.sleep(0.02)
+    raise RuntimeError(f"only {sum(p.count() for p in procs)} of {n} readings stored after {timeout} s")
+
+
+def run_gridwatch(port: int, lines: list[bytes], mode: str, work: Path) -> dict:
+    n = len(lines)
+    gw = GridwatchProc(port, work / f"gw-{mode}", f"bench-gw-{mode}")
+    try:
+        if mode == "drain":
+            gw.start(); gw.stop()
+            gw = GridwatchProc(port, work / f"gw-{mode}", f"bench-gw-{mode}")
+            _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+            gw.start()
+            first, last = _wait_count([gw], n)
+            seconds = last - first
+        else:
+            gw.start()
+            t0 = time.time()
+            _publish(port, "devices/generic/sewer_level/bench-{i}", lines)
+            _, last = _wait_count([gw], n)
+            seconds = last - t0
+        time.sleep(0.5)
+        r = Store(gw.db).readings()
+    finally:
+        gw.stop()
+    stored = len(r["ts"])
+    unique = len(set(r["ts"].tolist()))
+    return {"received": stored, "seconds": seconds, "lost": n - unique, "duplicated": stored - unique}
+
+
+# ---- batched ---------------------------------------------------------------------------------
+def batched_lines(n_msgs: int, per_msg: int = 100, devices: int = 2000) -> list[bytes]:
+    t0 = int(time.time() * 1000) - 3_600_000
+    out = []
+    for j in range(n_msgs):
+        base = t0 + (j // devices) * per_msg
+        out.append(orjson.dumps([{"ts": base + i, "water_level": 1.0 + ((i + j) % 89) * 0.01} for i in range(per_msg)]))
+    return out
+
+
+def run_batched(port: int, lines: list[bytes], work: Path, processes: int, tag: str, devices: int = 2000) -> dict:
+    per = 100
+    n = len(lines) * per
+    procs = [GridwatchProc(port, work / f"batch-{tag}-{i}", f"bench-batch-{tag}-{i}", shared="gw" if processes > 1 else None)
+             for i in range(processes)]
+    try:
+        for p in procs:
+            p.start()
+        # topic per device, so each message's readings belong to one device
+        by_dev: dict[int, list[bytes]] = {}
+        for j, line in enumerate(lines):
+            by_dev.setdefault(j % devices, []).append(line)
+        t0 = time.time()
+        pubs = []
+        groups = 4
+        for g in range(groups):
+            chunk = [ln for d in range(g, devices, groups) for ln in by_dev.get(d, [])]
+            pubs.append(threading.Thread(target=_publish, args=(port, f"devices/generic/sewer_level/dev-{tag}-g{g}", chunk)))
+        for t in pubs:
+            t.start()
+        _, last = _wait_count(procs, n)
+        for t in pubs:
+            t.join()
+        return {"readings": n, "seconds": last - t0, "readings_per_s": n / (last - t0)}
+    finally:
+        for p in procs:
+            p.stop()
+
+
+# ---- latency -----------------------------------------------------------------------------------
+def run_latency(port: int, work: Path, load_rps: float, seconds: float) -> dict:
+    rules = """
+[[rules]]
+name = "probe_high"
+kind = "threshold"
+metrics = ["water_level"]
+device_kinds = ["probe"]
+severity = "info"
+params = { above = 5.0, clear_at = 4.0 }
+"""
+    gw = GridwatchProc(port, work / "latency", "bench-latency", rules=rules)
+    import paho.mqtt.client as mqtt
+
+    lat: list[float] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat-sub", protocol=mqtt.MQTTv5)
+    ready = threading.Event()
+
+    def on_msg(c, u, m):
+        d = orjson.loads(m.payload)
+        if d["event"] == "raised":
+            lat.append(time.time() * 1000 - d["warning"]["start_ts"])
+
+    sub.on_message = on_msg
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("gridwatch/warnings/#", 1)
+    sub.on_subscribe = lambda *a: ready.set()
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    ready.wait(10)
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat-pub", protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    stop = threading.Event()
+    try:
+        gw.start()
+        # background load: batched messages at load_rps readings/s
+        msgs_per_s = load_rps / 100
+
+        def load() -> None:
+            lp = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat-load", protocol=mqtt.MQTTv5)
+            lp.connect("127.0.0.1", port)
+            lp.loop_start()
+            k = 0
+            t_start = time.time()
+            while not stop.is_set():
+                base = int(time.time() * 1000) * 1000 + k * 100
+                lp.publish(f"devices/generic/sewer_level/load-{k % 500}",
+                           orjson.dumps([{"ts": (base + i) // 1000, "water_level": 1.0} for i in range(0, 100)]), qos=1)
+                k += 1
+                ahead = k / msgs_per_s - (time.time() - t_start)
+                if ahead > 0:
+                    time.sleep(ahead)
+            lp.disconnect(); lp.loop_stop()
+
+        lt = threading.Thread(target=load)
+        lt.start()
+        t_end = time.time() + seconds
+        i = 0
+        while time.time() < t_end:
+            now = int(time.time() * 1000)
+            pub.publish("devices/generic/probe/probe-1", orjson.dumps({"ts": now, "water_level": 9.0 if i % 2 == 0 else 1.0}), qos=1)
+            i += 1
+            time.sleep(0.05)
+        stop.set()
+        lt.join()
+        time.sleep(1.0)
+    finally:
+        gw.stop()
+        sub.disconnect(); sub.loop_stop(); pub.disconnect(); pub.loop_stop()
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
+    return {"warnings": len(lat), "probes_raised": (i + 1) // 2, "p50_ms": q(0.5), "p99_ms": q(0.99), "max_ms": lat[-1] if lat else float("nan"),
+            "load_readings_per_s": load_rps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gridwatch bench mqtt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=200_000, help="single-reading QoS 1 burst size")
+    ap.add_argument("--batched", type=int, default=20_000, help="batched messages (100 readings each)")
+    ap.add_argument("--latency-s", type=float, default=10.0)
+    ap.add_argument("--modes", default="live,drain")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: burst,batched,latency")
+    ap.add_argument("--json", help="write the figures to this file")
+    a = ap.parse_args(argv)
+    skip = set(filter(None, a.skip.split(",")))
+    res: dict = {"messages": a.messages}
+    with tempfile.TemporaryDirectory(prefix="gw-bench-mqtt-") as tmp, \
+            MosquittoServer(max_queued_messages=3_000_000, max_inflight_messages=1000) as mq:
+        work = Path(tmp)
+        port = mq.port
+        if "burst" not in skip:
+            lines = single_reading_lines(a.messages)
+            for mode in a.modes.split(","):
+                print(f"[burst/{mode}] mosquitto_sub ...", flush=True)
+                ms = run_mosquitto_sub(port, lines, mode)
+                print(f"[burst/{mode}] bare paho counter ...", flush=True)
+                pa = run_paho(port, lines, mode)
+                print(f"[burst/{mode}] gridwatch ...", flush=True)
+                gw = run_gridwatch(port, lines, mode, work)
+                res[f"burst_{mode}"] = {"mosquitto_sub": ms, "paho": pa, "gridwatch": gw}
+                for k, v in res[f"burst_{mode}"].items():
+                    v["msgs_per_s"] = a.messages / v["seconds"]
+        if "batched" not in skip:
+            lines = batched_lines(a.batched)
+            print("[batched] one process ...", flush=True)
+            one = run_batched(port, lines, work, 1, "one")
+            print("[batched] two processes, shared subscription ...", flush=True)
+            lines2 = batched_lines(a.batched)
+            lines2 = [ln.replace(b'"ts":', b'"ts":', 1) for ln in lines2]
+            two = run_batched(port, lines2, work, 2, "two")
+            res["batched"] = {"one": one, "two": two}
+        if "latency" not in skip:
+            load = 0.5 * res.get("batched", {}).get("one", {}).get("readings_per_s", 400_000)
+            print(f"[latency] probes at 20/s under {load:,.0f} readings/s of background load ...", flush=True)
+            res["latency"] = run_latency(port, work, load, a.latency_s)
+    report(res)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def report(res: dict) -> None:
+    print("\n== gridwatch bench mqtt ==")
+    for mode in ("live", "drain"):
+        b = res.get(f"burst_{mode}")
+        if not b:
+            continue
+        print(f"QoS 1 burst of {res['messages']:,} single-reading messages ({mode}):")
+        for k in ("mosquitto_sub", "paho", "gridwatch"):
+            v = b[k]
+            extra = f"  lost={v['lost']} duplicated={v['duplicated']}" if k == "gridwatch" else f"  received={v['received']:,}"
+            print(f"  {k:14} {v['msgs_per_s']:>10,.0f} msg/s  ({v['seconds']:.2f} s){extra}")
+        ratio = b["gridwatch"]["msgs_per_s"] / b["paho"]["msgs_per_s"]
+        print(f"  gridwatch / bare paho = {ratio:.2f}x  (target >= 0.70x)   gridwatch / mosquitto_sub = "
+              f"{b['gridwatch']['msgs_per_s'] / b['mosquitto_sub']['msgs_per_s']:.2f}x")
+    if "batched" in res:
+        o, t = res["batched"]["one"], res["batched"]["two"]
+        print(f"Batched (100 readings/message): one process {o['readings_per_s']:,.0f} readings/s (target >= 1,000,000); "
+              f"two processes (shared subscription) {t['readings_per_s']:,.0f} readings/s = {t['readings_per_s'] / o['readings_per_s']:.2f}x one (target >= 1.4x)")
+    if "latency" in res:
+        l_ = res["latency"]
+        print(f"Latency publish -> warning on a subscriber at {l_['load_readings_per_s']:,.0f} readings/s: p50 {l_['p50_ms']:.1f} ms, "
+              f"p99 {l_['p99_ms']:.1f} ms (target <= 50 ms), max {l_['max_ms']:.1f} ms over {l_['warnings']} warnings "
+              f"({l_['probes_raised']} probes sent)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""A QoS 1 load generator that confirms every PUBACK (MQTT 3.1.1 on a plain socket).
+
+Why not ``mosquitto_pub -l``: on end of input it disconnects without waiting for its queued
+messages (measured: 69k of a 200k burst arrived at the broker, and it still exited 0). Why not
+paho: its per-message cost (~70 µs here) would make the publisher, not the consumer, the bottleneck.
+This sends PUBLISH packets in a window of ``inflight`` unacknowledged messages and returns only
+when the broker has acknowledged every one; any refusal or lost connection raises.
+"""
+from __future__ import annotations
+
+import select
+import socket
+import struct
+import time
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(s: str) -> bytes:
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "127.0.0.1", client_id: str = "gw-load",
+                 inflight: int = 1000, username: str | None = None, password: str | None = None, timeout: float = 120.0) -> float:
+    """Publish every payload at QoS 1 to ``topic``; returns seconds until the last PUBACK."""
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    flags = 0x02
+    body = _utf8("MQTT") + bytes([4])
+    payload = _utf8(client_id)
+    if username is not None:
+        flags |= 0x80
+        payload += _utf8(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _utf8(password)
+    body += bytes([flags]) + struct.pack("!H", 60) + payload
+    sock.sendall(b"\x10" + _varint(len(body)) + body)
+    ack = sock.recv(4)
+    if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
+        raise ConnectionError(f"broker refused the connection: CONNACK {ack!r}")
+    sock.setblocking(False)
+    t_bytes = _utf8(topic)
+    n = len(payloads)
+    sent = acked = 0
+    buf = b""
+    t0 = time.time()
+    deadline = t0 + timeout
+    out = bytearray()
+    try:
+        while acked < n:
+            if time.time() > deadline:
+                raise TimeoutError(f"{acked} of {n} PUBACKs after {timeout} s")
+            while sent < n and sent - acked < inflight:
+                mid = sent % 65535 + 1
+                p = payloads[sent]
+                out += b"\x32" + _varint(len(t_bytes) + 2 + len(p)) + t_bytes + struct.pack("!H", mid) + p
+                sent += 1
+            r, w, _ = select.select([sock], [sock] if out else [], [], 1.0)
+            if w and out:
+                k = sock.send(out)
+                del out[:k]
+            if r:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError(f"broker closed the connection after {acked} of {n} PUBACKs")
+                buf += data
+                k = len(buf) // 4 * 4
+                for i in range(0, k, 4):
+                    if buf[i] != 0x40:
+                        raise ConnectionError(f"unexpected packet 0x{buf[i]:02x} from the broker")
+                acked += k // 4
+                buf = buf[k:]
+        return time.time() - t0
+    finally:
+        try:
+            sock.setblocking(True)
+            sock.sendall(b"\xe0\x00")
+        except OSError:
+            pass
+        sock.close()
