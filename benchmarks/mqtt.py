@@ -318,30 +318,13 @@ params = { above = 5.0, clear_at = 4.0 }
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat-pub", protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
-    stop = threading.Event()
     try:
         gw.start()
-        # background load: batched messages at load_rps readings/s
-        msgs_per_s = load_rps / 100
-
-        def load() -> None:
-            lp = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-lat-load", protocol=mqtt.MQTTv5)
-            lp.connect("127.0.0.1", port)
-            lp.loop_start()
-            k = 0
-            t_start = time.time()
-            while not stop.is_set():
-                base = int(time.time() * 1000) * 1000 + k * 100
-                lp.publish(f"devices/generic/sewer_level/load-{k % 500}",
-                           orjson.dumps([{"ts": (base + i) // 1000, "water_level": 1.0} for i in range(0, 100)]), qos=1)
-                k += 1
-                ahead = k / msgs_per_s - (time.time() - t_start)
-                if ahead > 0:
-                    time.sleep(ahead)
-            lp.disconnect(); lp.loop_stop()
-
-        lt = threading.Thread(target=load)
-        lt.start()
+        # background load from its own process (a publisher sharing this process's GIL would
+        # delay the subscriber and inflate the measured latency)
+        lt = subprocess.Popen([PY, "-m", "gridwatch.benchmarks.mqtt_load", str(port), str(load_rps), str(seconds + 1)],
+                              stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
         t_end = time.time() + seconds
         i = 0
         while time.time() < t_end:
@@ -349,8 +332,7 @@ params = { above = 5.0, clear_at = 4.0 }
             pub.publish("devices/generic/probe/probe-1", orjson.dumps({"ts": now, "water_level": 9.0 if i % 2 == 0 else 1.0}), qos=1)
             i += 1
             time.sleep(0.05)
-        stop.set()
-        lt.join()
+        lt.wait(60)
         time.sleep(1.0)
     finally:
         gw.stop()
@@ -366,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=200_000, help="single-reading QoS 1 burst size")
     ap.add_argument("--batched", type=int, default=20_000, help="batched messages (100 readings each)")
     ap.add_argument("--latency-s", type=float, default=10.0)
+    ap.add_argument("--latency-load", type=float, default=None,
+                    help="background readings/s during the latency probe (default: half the measured batched maximum)")
     ap.add_argument("--modes", default="live,drain")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: burst,batched,latency")
     ap.add_argument("--json", help="write the figures to this file")
@@ -398,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             two = run_batched(port, lines2, work, 2, "two")
             res["batched"] = {"one": one, "two": two}
         if "latency" not in skip:
-            load = 0.5 * res.get("batched", {}).get("one", {}).get("readings_per_s", 400_000)
+            load = a.latency_load or 0.5 * res.get("batched", {}).get("one", {}).get("readings_per_s", 400_000)
             print(f"[latency] probes at 20/s under {load:,.0f} readings/s of background load ...", flush=True)
             res["latency"] = run_latency(port, work, load, a.latency_s)
     report(res)

@@ -87,3 +87,38 @@ def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "1
         except OSError:
             pass
         sock.close()
+
+
+def paced_batches(port: int, readings_per_s: float, seconds: float, devices: int = 500, per_msg: int = 100) -> int:
+    """Background load: JSON arrays of ``per_msg`` readings (unique timestamps per device) at a steady
+    rate, in chunks of ~20 ms, each chunk confirmed before the next. Returns messages sent."""
+    msgs_per_s = readings_per_s / per_msg
+    t_start = time.time()
+    t0_ms = int(t_start * 1000) - 60_000
+    k = 0
+    import orjson
+
+    while time.time() - t_start < seconds:
+        due = int((time.time() - t_start) * msgs_per_s) + 1
+        if due <= k:
+            time.sleep(0.005)
+            continue
+        chunk = []
+        for j in range(k, due):
+            base = t0_ms + (j // devices) * per_msg
+            chunk.append((f"devices/generic/sewer_level/load-{j % devices}",
+                          orjson.dumps([{"ts": base + i, "water_level": 1.0} for i in range(per_msg)])))
+        by_topic: dict[str, list[bytes]] = {}
+        for t, p in chunk:
+            by_topic.setdefault(t, []).append(p)
+        for t, ps in by_topic.items():
+            publish_qos1(port, t, ps, client_id=f"gw-load-{time.time_ns()}")
+        k = due
+    return k
+
+
+if __name__ == "__main__":
+    import sys
+
+    port, rate, secs = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    print(paced_batches(port, rate, secs))

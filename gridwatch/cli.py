@@ -13,7 +13,7 @@ from gridwatch.config import ConfigError, explain, load, secrets_world_readable
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
-                "ingest": "gridwatch.benchmarks.ingest"}
+                "ingest": "gridwatch.benchmarks.ingest", "cluster": "gridwatch.benchmarks.cluster"}
 
 
 def _fmt_ts(ms: int | None) -> str:
@@ -66,6 +66,23 @@ def cmd_run(a) -> int:
     rt = EdgeRuntime(cfg, on_events=(lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None)
     run_blocking(rt.run(duration_s=a.duration))
     return 0
+
+
+def cmd_worker(a) -> int:
+    from gridwatch.observability import setup_logging
+    from gridwatch.streams.cluster import run_worker
+
+    try:
+        cfg = load(a.config)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if a.bootstrap:
+        cfg.kafka.bootstrap_servers = a.bootstrap
+    if a.stats_file:
+        cfg.worker.stats_file = a.stats_file
+    setup_logging(cfg.log.level, cfg.log.format, tuple(s for s in (cfg.influx.token if cfg.influx else None,) if s))
+    return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
 
 
 def cmd_demo(a) -> int:
@@ -123,7 +140,8 @@ def cmd_dead_letters(a) -> int:
     counts = st.dead_letter_counts()
     print("rejections by reason: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
     for d in st.dead_letters(a.reason, a.limit):
-        print(f"{_fmt_ts(d['received_ms'])}  {d['reason']:18} {d['source']:40} {d['detail']}")
+        more = f" (and {d['count'] - 1} more readings of this message)" if d["count"] > 1 else ""
+        print(f"{_fmt_ts(d['received_ms'])}  {d['reason']:18} {d['source']:40} {d['detail']}{more}")
         print(f"{'':21}payload: {bytes(d['payload'] or b'')[:120]!r}")
     return 0
 
@@ -151,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     r.add_argument("--quiet", action="store_true", help="do not print warning events")
     r.set_defaults(fn=cmd_run)
+
+    w = sub.add_parser("worker", help="run a cluster worker (Kafka + faust-streaming) from a config file")
+    w.add_argument("-c", "--config", required=True)
+    w.add_argument("--bootstrap", help="override kafka.bootstrap_servers")
+    w.add_argument("--stats-file", help="override worker.stats_file")
+    w.add_argument("--naive", action="store_true", help="run the one-event-at-a-time baseline agent (benchmarks)")
+    w.set_defaults(fn=cmd_worker)
 
     c = sub.add_parser("check-config", help="validate a config file (--explain lists every setting)")
     c.add_argument("file", nargs="?")

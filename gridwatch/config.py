@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gridwatch.detectors.settings import VideoCameraConfig, VideoConfig
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -62,8 +64,7 @@ class IngestConfig(_Model):
     max_future_skew_s: float = Field(300.0, ge=0, description="Readings stamped further than this in the future are rejected ('future_timestamp').")
     max_age_s: float = Field(7 * 86400.0, ge=0, description="Readings older than this are rejected ('stale_timestamp'); 0 disables the check.")
     unknown_devices: Literal["register", "reject"] = Field("register", description="A device not listed under [[devices]]: register it on first sight, or reject its readings.")
-    batch_max_messages: int = Field(2000, ge=1, description="Largest number of messages decoded as one batch.")
-    batch_interval_ms: float = Field(5.0, gt=0, description="Longest a message waits before its batch is processed.")
+    batch_max_messages: int = Field(5000, ge=1, description="Largest number of messages decoded as one batch (a batch is whatever arrived while the previous one was processed).")
     profile_dirs: list[str] = Field(default_factory=list, description="Extra folders of vendor profile TOML files (see hw/profiles); they override bundled ones of the same vendor.")
     dead_letter_keep: int = Field(100_000, ge=0, description="Dead-letter records kept in the store (oldest removed first).")
 
@@ -119,6 +120,43 @@ class LogConfig(_Model):
     format: Literal["json", "text"] = Field("text", description="Structured JSON lines or plain text.")
 
 
+class KafkaConfig(_Model):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka brokers, 'host:port[,host:port...]' (cluster mode).")
+    readings_topic: str = Field("gridwatch.readings", description="Normalised readings and position fixes (columnar batches, placed by device id).")
+    warning_events_topic: str = Field("gridwatch.warning-events", description="Warning events from workers and edge boxes, keyed by warning id; merged and de-duplicated by the workers.")
+    warnings_topic: str = Field("gridwatch.warnings", description="De-duplicated warning events (JSON, keyed by warning id) for downstream consumers.")
+    partitions: int = Field(12, ge=1, description="Partitions of the readings and warning-events topics; Faust's state topics get the same. Fixed once data flows (it decides which partition a device lives on).")
+    replication_factor: int = Field(1, ge=1, description="Replication of the topics gridwatch creates (3 on a real cluster).")
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field("none", description="Producer compression (lz4/zstd/snappy need their Python packages).")
+    linger_ms: int = Field(20, ge=0, description="Producer batching delay.")
+
+
+class WorkerConfig(_Model):
+    app_id: str = Field("gridwatch", description="Faust application id = Kafka consumer group and prefix of its state topics.")
+    batch_messages: int = Field(200, ge=1, description="Most Kafka messages (each a columnar batch) processed as one batch.")
+    batch_within_s: float = Field(0.2, gt=0, description="Longest wait to fill a batch.")
+    tick_interval_s: float = Field(10.0, gt=0, description="Event-time grid of timer work (offline devices, held-back clears): ticks run when a partition's stream time crosses a multiple of this.")
+    session_timeout_s: float = Field(10.0, ge=6, description="Kafka group session timeout: how fast a dead worker's partitions move to the others.")
+    heartbeat_s: float = Field(1.0, gt=0, description="Kafka group heartbeat interval.")
+    commit_interval_s: float = Field(1.0, gt=0, description="How often consumed offsets are committed.")
+    standby_replicas: int = Field(0, ge=0, description="Faust standby replicas of the state tables (warm copies on other workers: faster failover).")
+    mqtt_alerts: bool = Field(False, description="Also publish de-duplicated warning events to the MQTT operator topics ([mqtt] + [alerts_mqtt]).")
+    stats_file: str | None = Field(None, description="Write throughput counters (JSON) here every second; for benchmarks and health checks.")
+
+
+class InfluxConfig(_Model):
+    url: str = Field(description="Base URL of a server speaking the InfluxDB v2 write API (InfluxDB 2/3, QuestDB ...).")
+    token: str = Field("", description="API token; write it as ${INFLUX_TOKEN}. Never logged.")
+    org: str = Field("gridwatch", description="Organisation.")
+    bucket: str = Field("gridwatch", description="Bucket (database).")
+    batch_lines: int = Field(5000, ge=1, description="Lines per write request.")
+    gzip: bool = Field(True, description="Gzip request bodies.")
+    write_readings: bool = Field(False, description="Also write every reading (workers), not only warnings.")
+    warnings_measurement: str = Field("warnings", description="Measurement (QuestDB: table) of warnings.")
+    readings_measurement: str = Field("readings", description="Measurement (QuestDB: table) of readings.")
+    questdb_dedup: bool = Field(False, description="The server is QuestDB: create the warnings table with DEDUP UPSERT KEYS so a re-sent warning replaces its row (InfluxDB upserts by itself).")
+
+
 class GridwatchConfig(_Model):
     site: SiteConfig = Field(default_factory=SiteConfig, description="This instance.")
     mqtt: MqttConfig | None = Field(None, description="Broker to ingest readings from (and publish warnings to). Omit to run without MQTT.")
@@ -130,6 +168,11 @@ class GridwatchConfig(_Model):
     alerts_mqtt: AlertsMqttConfig = Field(default_factory=AlertsMqttConfig, description="Warning events on MQTT.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
+    cameras: list[VideoCameraConfig] = Field(default_factory=list, description="Cameras of the video path (see docs/video.md).")
+    video: VideoConfig = Field(default_factory=VideoConfig, description="Video rules, ONNX models and snapshot evidence.")
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka (cluster mode).")
+    worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Cluster workers (`gridwatch worker`).")
+    influx: InfluxConfig | None = Field(None, description="Time-series store over the InfluxDB v2 write API (cluster mode). Omit to write none.")
 
     base_dir: str = Field(".", description="Folder relative paths are resolved against (the config file's folder; set by the loader).")
 
@@ -156,6 +199,14 @@ class GridwatchConfig(_Model):
                 cls.Params.model_validate(_resolve_param_paths(r.params, self.base_dir))
             except ValidationError as e:
                 raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _video_valid(self) -> "GridwatchConfig":
+        if self.cameras or self.video.rules or self.video.models:
+            from gridwatch.detectors.settings import check
+
+            check(self.cameras, self.video, [r.name for r in self.rules])
         return self
 
     def resolve(self, path: str) -> Path:

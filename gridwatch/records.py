@@ -140,6 +140,7 @@ class DeadLetter:
     detail: str  # a human explanation naming the offending field and value
     payload: bytes  # truncated to DEADLETTER_PAYLOAD_MAX bytes
     received_ms: int
+    count: int = 1  # readings of this message rejected for this reason (detail explains the first)
 
 
 DEADLETTER_PAYLOAD_MAX = 1024

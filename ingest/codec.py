@@ -126,10 +126,22 @@ class Codec:
         dead: list[DeadLetter] = []
         rejected: Counter = Counter()
 
-        def reject(mi: int, reason: str, detail: str) -> None:
-            m = messages[mi]
+        first: dict[tuple[int, str], DeadLetter] = {}
+
+        def reject(mi: int, reason: str, detail) -> None:
+            """Count one rejected reading (or message); one dead letter per (message, reason),
+            explained by its first case, so a flood of bad readings costs little. ``detail`` may be
+            a callable, formatted only for that first case."""
             rejected[reason] += 1
-            dead.append(DeadLetter(m.topic, reason, detail, bytes(m.payload[:DEADLETTER_PAYLOAD_MAX]), m.received_ms))
+            d = first.get((mi, reason))
+            if d is not None:
+                d.count += 1
+                return
+            m = messages[mi]
+            d = DeadLetter(m.topic, reason, detail() if callable(detail) else detail,
+                           bytes(m.payload[:DEADLETTER_PAYLOAD_MAX]), m.received_ms)
+            first[(mi, reason)] = d
+            dead.append(d)
 
         # sensor rows are collected in blocks of rows sharing (message, device, field spec):
         # b_* hold one entry per block, r_ts/r_val one per row
@@ -271,7 +283,7 @@ class Codec:
                     pass
             if keep[i]:
                 keep[i] = False
-                reject(int(mi[i]), "wrong_type", f"{what} is {type(v).__name__} {_short(v)}, expected a number")
+                reject(int(mi[i]), "wrong_type", lambda i=i: f"{what} is {type(v).__name__} {_short(v)}, expected a number")
         return out
 
     def _timestamps(self, raw: list, mi: np.ndarray, m_unit, m_recv, reject, keep, now_ms: int) -> tuple[np.ndarray, int]:
@@ -297,14 +309,14 @@ class Codec:
                         ts[i] = np.nan
                         if keep[i]:
                             keep[i] = False
-                            reject(int(mi[i]), "bad_timestamp", f"timestamp {_short(v)} is not ISO-8601")
+                            reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp {_short(v)} is not ISO-8601")
                     else:
                         ts[i] = ms
                 else:
                     ts[i] = np.nan
                     if keep[i]:
                         keep[i] = False
-                        reject(int(mi[i]), "bad_timestamp", f"timestamp is {type(v).__name__} {_short(v)}, expected a number or ISO-8601 text")
+                        reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp is {type(v).__name__} {_short(v)}, expected a number or ISO-8601 text")
         unit = m_unit[mi]
         mult = _UNIT_MULT[unit]
         conv = np.where(unit == 0, _auto_ms(ts), ts * mult)
@@ -312,17 +324,17 @@ class Codec:
         bad = keep & ~np.isfinite(ts)
         for i in np.flatnonzero(bad):
             keep[i] = False
-            reject(int(mi[i]), "bad_timestamp", f"timestamp {raw[i]!r} is not a finite number")
+            reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp {raw[i]!r} is not a finite number")
         ts = np.where(np.isfinite(ts), ts, 0.0)
         fut = keep & (ts > now_ms + self.max_future_ms)
         for i in np.flatnonzero(fut):
             keep[i] = False
-            reject(int(mi[i]), "future_timestamp", f"timestamp {_short(raw[i])} is {(ts[i] - now_ms) / 1e3:.0f} s in the future (limit {self.max_future_ms / 1e3:.0f} s)")
+            reject(int(mi[i]), "future_timestamp", lambda i=i: f"timestamp {_short(raw[i])} is {(ts[i] - now_ms) / 1e3:.0f} s in the future (limit {self.max_future_ms / 1e3:.0f} s)")
         if self.max_age_ms > 0:
             old = keep & (ts < now_ms - self.max_age_ms)
             for i in np.flatnonzero(old):
                 keep[i] = False
-                reject(int(mi[i]), "stale_timestamp", f"timestamp {_short(raw[i])} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
+                reject(int(mi[i]), "stale_timestamp", lambda i=i: f"timestamp {_short(raw[i])} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
         return ts.astype(np.int64), missing
 
     def _finish_sensor(self, messages, out: Decoded, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val) -> None:
@@ -338,12 +350,12 @@ class Codec:
         nonfin = keep & ~np.isfinite(val)
         for i in np.flatnonzero(nonfin):
             keep[i] = False
-            reject(int(mi[i]), "non_finite", f"{METRICS[metric[i]].name} value {r_val[i]!r} is not finite")
+            reject(int(mi[i]), "non_finite", lambda i=i: f"{METRICS[metric[i]].name} value {r_val[i]!r} is not finite")
         rng = keep & ((val < METRIC_LO[metric]) | (val > METRIC_HI[metric]))
         for i in np.flatnonzero(rng):
             m = METRICS[metric[i]]
             keep[i] = False
-            reject(int(mi[i]), "out_of_range", f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
+            reject(int(mi[i]), "out_of_range", lambda i=i: f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
         dev = r_dev
         if not keep.all():
             idx = np.flatnonzero(keep)
@@ -353,7 +365,7 @@ class Codec:
         keep = np.ones(series.shape[0], np.bool_)
         if self.series_dups.apply(series, ts, keep):
             for i in np.flatnonzero(~keep):
-                reject(int(mi[i]), "duplicate", f"{METRICS[metric[i]].name} of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
+                reject(int(mi[i]), "duplicate", lambda i=i: f"{METRICS[metric[i]].name} of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
             idx = np.flatnonzero(keep)
             series, dev, metric, ts, val = series[idx], dev[idx], metric[idx], ts[idx], val[idx]
         out.sensor = SensorBatch(series, dev, ts, val)
@@ -372,16 +384,16 @@ class Codec:
         bad = keep & ~(np.isfinite(lat) & np.isfinite(lon))
         for i in np.flatnonzero(bad):
             keep[i] = False
-            reject(int(mi[i]), "non_finite", f"position ({p_lat[i]!r}, {p_lon[i]!r}) is not finite")
+            reject(int(mi[i]), "non_finite", lambda i=i: f"position ({p_lat[i]!r}, {p_lon[i]!r}) is not finite")
         bad = keep & ((np.abs(lat) > 90) | (np.abs(lon) > 180) | (spd < 0) | (spd > 500) | np.isinf(alt))
         for i in np.flatnonzero(bad):
             keep[i] = False
-            reject(int(mi[i]), "out_of_range", f"position lat={lat[i]:g} lon={lon[i]:g} speed={spd[i]:g} km/h is out of range")
+            reject(int(mi[i]), "out_of_range", lambda i=i: f"position lat={lat[i]:g} lon={lon[i]:g} speed={spd[i]:g} km/h is out of range")
         dev = np.array(p_dev, np.int32)
         before = keep.copy()
         if self.position_dups.apply(dev, ts, keep):
             for i in np.flatnonzero(before & ~keep):
-                reject(int(mi[i]), "duplicate", f"position of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
+                reject(int(mi[i]), "duplicate", lambda i=i: f"position of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
         idx = np.flatnonzero(keep)
         out.position = PositionBatch(dev[idx], ts[idx], lat[idx], lon[idx], spd[idx], alt[idx])
 

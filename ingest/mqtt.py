@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -38,6 +39,7 @@ class MqttCollector:
         self.cfg = cfg
         self.counters = counters
         self.inbox: deque[Message] = deque()
+        self.wake: Callable[[], None] | None = None  # called when the inbox goes from empty to non-empty
         self.qos0_inbox_max = qos0_inbox_max
         self.connected = threading.Event()
         self.generation = 0
@@ -72,8 +74,11 @@ class MqttCollector:
         if msg.qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
             self.counters.drop(self.source, "inbox_full")
             return
+        was_empty = not self.inbox
         self.inbox.append(Message(msg.topic, msg.payload, time.time_ns() // 1_000_000,
                                   (self.generation, msg.mid) if msg.qos > 0 else None))
+        if was_empty and self.wake is not None:
+            self.wake()
 
     # pipeline side ------------------------------------------------------------------------
     def start(self) -> None:

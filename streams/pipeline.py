@@ -161,6 +161,22 @@ class Pipeline:
             self.store.commit(self.directory, warnings=[w for _, w in events])
         return events
 
+    def warm_up(self) -> None:
+        """Load every compiled kernel now (from Numba's cache, or compile it), not on the first batch:
+        throwaway copies of the rules process one reading and one fix."""
+        from gridwatch.records import PositionBatch, SensorBatch
+        from gridwatch.streams.kernels.dedup import DuplicateFilter
+
+        one = np.zeros(1, np.int32)
+        sensor = SensorBatch(one, one, np.array([1], np.int64), np.array([1.0]))
+        pos = PositionBatch(one, np.array([1], np.int64), np.array([30.0]), np.array([114.0]), np.array([10.0]), np.array([np.nan]))
+        for r, p, _ in self.rules:
+            q = create(r.kind, r.name, self.cfg.rule_params(r), capacity=1)
+            q.enable(0)
+            q.process(sensor if q.input == "sensor" else pos)
+            q.tick(2)
+        DuplicateFilter().apply(one, sensor.ts, np.ones(1, np.bool_))
+
     def state_bytes(self) -> int:
         return sum(p.nbytes for _, p, _ in self.rules) + self.codec.series_dups.nbytes + self.codec.position_dups.nbytes
 

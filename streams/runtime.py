@@ -3,9 +3,15 @@
 One event loop owns the schedule; the CPU work of a batch (decode, Numba kernels, SQLite commit)
 runs on one worker thread so the loop stays responsive; paho's network threads only fill the inbox.
 
-    MQTT inbox --take--> Pipeline.process (thread) --> commit --> ack --> publish warnings
-    every second: Pipeline.tick (offline devices, held-back clears, updates)
-    every hour:   store retention
+    MQTT inbox --take--> Pipeline.process --> commit --> ack --> publish warnings   (pipeline thread)
+    every second: Pipeline.tick (offline devices, held-back clears, updates)         (pipeline thread)
+    every hour:   store retention                                                   (pipeline thread)
+
+The pipeline thread sleeps until the collector reports that the inbox went from empty to
+non-empty; it then drains the inbox in batches of up to ``ingest.batch_max_messages``, so a batch
+is whatever arrived while the previous one was processed: one message when idle (lowest
+latency), thousands under load (highest throughput). The event loop owns start, stop, signals
+and the metrics endpoint.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import asyncio
 import logging
 import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +57,11 @@ class EdgeRuntime:
                 self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
         self.metrics_port: int | None = None
         self._metrics_server = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gridwatch-pipeline")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="gridwatch-shutdown")
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        if self.collector is not None:
+            self.collector.wake = self._wake.set
         self.stopping: asyncio.Event | None = None  # created inside the loop
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -87,6 +98,7 @@ class EdgeRuntime:
                     loop.add_signal_handler(sig, self.stopping.set)
                 except (NotImplementedError, RuntimeError):
                     pass
+        await loop.run_in_executor(self._executor, self.pipeline.warm_up)
         if self.cfg.metrics.port:
             self._metrics_server, self.metrics_port = start_metrics_server(self.counters, self.cfg.metrics.port, self.cfg.metrics.bind)
         if self.publisher is not None:
@@ -95,39 +107,56 @@ class EdgeRuntime:
             self.collector.start()
         log.info("gridwatch running", extra={"fields": {"site": self.cfg.site.name, "rules": len(self.pipeline.rules),
                                                          "store": str(self.store.path), "metrics_port": self.metrics_port}})
-        deadline = None if duration_s is None else time.monotonic() + duration_s
+        worker = threading.Thread(target=self._worker, name="gridwatch-pipeline", daemon=True)
+        worker.start()
+        try:
+            if duration_s is None:
+                await self.stopping.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), duration_s)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._stop.set()
+            self._wake.set()
+            await loop.run_in_executor(None, worker.join)
+            await self._shutdown(loop)
+
+    def _worker(self) -> None:
+        """The pipeline thread: wakes when the inbox gets messages, drains it batch by batch
+        (batches grow by themselves under load), and runs the timers between batches."""
+        batch_max = self.cfg.ingest.batch_max_messages
         next_tick = time.monotonic() + 1.0
         next_retention = time.monotonic() + 5.0
-        interval = self.cfg.ingest.batch_interval_ms / 1000
-        batch_max = self.cfg.ingest.batch_max_messages
         retry_delay = 0.5
-        try:
-            while not self.stopping.is_set() and (deadline is None or time.monotonic() < deadline):
-                msgs = self.collector.take(batch_max) if self.collector is not None else []
-                if msgs:
-                    try:
-                        await loop.run_in_executor(self._executor, self._step, msgs)
-                        retry_delay = 0.5
-                    except (sqlite3.Error, OSError) as e:
-                        # nothing was acknowledged: put the batch back and retry; the broker keeps the rest
-                        self.collector.inbox.extendleft(reversed(msgs))
-                        self.counters.add("store", "commit_errors")
-                        log.error("store commit failed; retrying", extra={"fields": {"error": str(e), "retry_in_s": retry_delay}})
-                        await asyncio.sleep(retry_delay)
-                        retry_delay = min(retry_delay * 2, 30.0)
-                else:
-                    await asyncio.sleep(interval)
-                t = time.monotonic()
-                if t >= next_tick:
-                    next_tick = t + 1.0
-                    await loop.run_in_executor(self._executor, self._tick)
-                    if self.collector is not None:
-                        self.counters.set("mqtt", "inbox", len(self.collector.inbox))
-                if t >= next_retention:
-                    next_retention = t + 3600.0
-                    await loop.run_in_executor(self._executor, self.store.enforce_retention)
-        finally:
-            await self._shutdown(loop)
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            self._wake.clear()
+            while self.collector is not None and not self._stop.is_set():
+                msgs = self.collector.take(batch_max)
+                if not msgs:
+                    break
+                try:
+                    self._step(msgs)
+                    retry_delay = 0.5
+                except (sqlite3.Error, OSError) as e:
+                    # nothing was acknowledged: put the batch back and retry; the broker keeps the rest
+                    self.collector.inbox.extendleft(reversed(msgs))
+                    self.counters.add("store", "commit_errors")
+                    log.error("store commit failed; retrying", extra={"fields": {"error": str(e), "retry_in_s": retry_delay}})
+                    self._stop.wait(retry_delay)
+                    retry_delay = min(retry_delay * 2, 30.0)
+                    break
+            t = time.monotonic()
+            if t >= next_tick:
+                next_tick = t + 1.0
+                self._tick()
+                if self.collector is not None:
+                    self.counters.set("mqtt", "inbox", len(self.collector.inbox))
+            if t >= next_retention:
+                next_retention = t + 3600.0
+                self.store.enforce_retention()
 
     async def _shutdown(self, loop) -> None:
         if self.collector is not None:

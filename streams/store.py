@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS warnings (id TEXT PRIMARY KEY, rule TEXT NOT NULL, ki
     message TEXT, zone TEXT, evidence TEXT);
 CREATE INDEX IF NOT EXISTS warnings_start ON warnings (start_ts);
 CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB);
+    reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB, count INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
 """
 
@@ -61,12 +61,35 @@ class Store:
         self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        # WAL checkpoints (the only fsyncs with synchronous=NORMAL) run on their own thread and
+        # connection, not inside a commit on the ingest path
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gridwatch-wal-checkpoint", daemon=True)
+        self._checkpointer.start()
         self._lock = threading.Lock()
         self._devices_saved = self._db.execute("SELECT count(*) FROM devices").fetchone()[0]
         self._series_saved = self._db.execute("SELECT count(*) FROM series").fetchone()[0]
 
+    def _checkpoint_loop(self, every_s: float = 1.0) -> None:
+        con = sqlite3.connect(self.path, timeout=10)
+        try:
+            while not self._checkpoint_stop.wait(every_s):
+                try:
+                    con.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or locked: the next round catches up
+        finally:
+            con.close()
+
     def close(self) -> None:
+        self._checkpoint_stop.set()
+        self._checkpointer.join(5)
         with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
             self._db.close()
 
     # --- writing ---------------------------------------------------------------------------
@@ -112,9 +135,9 @@ class Store:
                         "INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                         "state=excluded.state, last_ts=excluded.last_ts, cleared_ts=excluded.cleared_ts, "
                         "value=excluded.value, evidence=excluded.evidence", rows)
-                drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload) for d in dead]
+                drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload, d.count) for d in dead]
                 if drows:
-                    db.executemany("INSERT INTO dead_letters (received_ms, source, reason, detail, payload) VALUES (?,?,?,?,?)", drows)
+                    db.executemany("INSERT INTO dead_letters (received_ms, source, reason, detail, payload, count) VALUES (?,?,?,?,?,?)", drows)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -220,14 +243,15 @@ class Store:
         return out
 
     def dead_letters(self, reason: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        q, args = "SELECT received_ms, source, reason, detail, payload FROM dead_letters", []
+        q, args = "SELECT received_ms, source, reason, detail, payload, count FROM dead_letters", []
         if reason:
             q += " WHERE reason = ?"; args.append(reason)
         q += " ORDER BY id DESC LIMIT ?"; args.append(limit)
-        return [dict(zip(("received_ms", "source", "reason", "detail", "payload"), r)) for r in self._query(q, args)]
+        return [dict(zip(("received_ms", "source", "reason", "detail", "payload", "count"), r)) for r in self._query(q, args)]
 
     def dead_letter_counts(self) -> dict[str, int]:
-        return dict(self._query("SELECT reason, count(*) FROM dead_letters GROUP BY reason"))
+        """Rejected readings (or messages) by reason."""
+        return dict(self._query("SELECT reason, sum(count) FROM dead_letters GROUP BY reason"))
 
     def _db_ro(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
