@@ -1,0 +1,599 @@
+"""Cluster mode: faust-streaming workers (``gridwatch worker``) over Kafka, running the same
+processors, kernels and warning lifecycle as the edge pipeline.
+
+Data flow::
+
+    edge boxes --(columnar batches, placed by device id)--> <readings_topic>  (P partitions)
+        -> agent ``readings``: per partition, the rule set of the config (Processor subclasses,
+           Numba kernels) + Lifecycle -> warning events
+    workers + edge boxes --(JSON, keyed by warning id)--> <warning_events_topic>
+        -> agent ``warnings``: merge and de-duplicate by id -> <warnings_topic>, the time-series
+           store (InfluxDB v2 write API) and optionally the MQTT operator topics
+
+State: one snapshot per partition
+=================================
+
+All rule state of one readings partition is one value of the Faust table ``partition-state``
+(key = partition number, changelog-backed, compacted): the device directory of that partition
+(device id -> slot, series slots), every processor's state arrays (``Processor.snapshot()``), the
+lifecycle's active warnings / cooldowns / held-back clears, the partition's stream time and the
+**offset of the last message applied**. Why per partition and not per device:
+
+* the kernels work on dense per-slot arrays; a per-device table would mean one Python dict write
+  and one changelog record per device per batch - the per-event cost the columnar design
+  removes - and re-assembling arrays from thousands of keys after every rebalance;
+* a rebalance moves whole partitions anyway, so the partition is the natural unit: the new
+  owner reads one compacted key per partition and restores the arrays in one step;
+* the offset inside the snapshot makes processing idempotent: after a crash, Kafka redelivers
+  from the last *committed* offset, and messages at or below the snapshot's offset are skipped,
+  so no reading is applied twice and none is lost.
+
+The cost is that the whole partition state is rewritten per batch (zlib level 1, typically a few
+hundred kB for 10-20k devices per partition); size partitions so that this stays well under the
+changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written with an explicit
+partition (= the readings partition) and awaited before the batch's offsets are acknowledged, so
+a committed offset is never ahead of the stored state.
+
+Exactly-once effect for warnings
+================================
+
+Warning ids are deterministic (source, rule, zone, start time); timer work runs on an event-time
+grid (``tick_interval_s``) at message boundaries, so a replay after a crash produces the same
+transitions with the same ids and values. A crash between "warning events sent" and "snapshot
+stored" re-sends them; the ``warnings`` agent keeps the furthest version seen per id (table
+``warnings-seen``: state rank, last_ts) and drops anything not newer, so the warnings topic, the
+store and MQTT see each version once (the store also upserts by the point key: same
+measurement + tags + timestamp, with QuestDB's DEDUP UPSERT KEYS). Warnings forwarded by edge
+boxes carry the same ids and merge into the same record. Not covered: a zombie worker that keeps
+writing after its partitions moved (that needs Kafka transactions with fencing).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import time
+import urllib.parse
+import urllib.request
+import zlib
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import orjson
+
+from gridwatch.config import GridwatchConfig
+from gridwatch.hw.profiles import METRIC_ID
+from gridwatch.ingest import wire
+from gridwatch.ingest.kafka_forward import warning_event_payload
+from gridwatch.records import PositionBatch, SensorBatch, Warning, RegionPath
+from gridwatch.streams.pipeline import Pipeline
+from gridwatch.streams.slots import SlotRegistry
+
+log = logging.getLogger("gridwatch.streams.cluster")
+SNAPSHOT_VERSION = 1
+_STATE_RANK = {"active": 0, "cleared": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-partition state
+
+
+class PartitionState:
+    """The rule set of the config applied to one readings partition."""
+
+    def __init__(self, cfg: GridwatchConfig, partition: int) -> None:
+        self.cfg = cfg
+        self.partition = partition
+        self.pl = Pipeline(cfg, store=None, source=f"kafka-p{partition}")
+        self.offset = -1  # last Kafka offset applied
+        self.stream_time = np.iinfo(np.int64).min
+        self.last_tick = np.iinfo(np.int64).min
+        self.tick_ms = max(1, int(cfg.worker.tick_interval_s * 1000))
+        self.skipped = 0  # messages at or below the snapshot offset (replays)
+        self.bad = 0  # messages that were not valid batches
+
+    # -- applying messages ----------------------------------------------------------------
+    def _slots(self, devices: list[wire.DeviceInfo]) -> np.ndarray:
+        d = self.pl.directory
+        out = np.empty(len(devices), np.int32)
+        for i, dev in enumerate(devices):
+            s = d.slots.get(dev.id)
+            out[i] = s if s >= 0 else d.add(dev.id, dev.vendor, dev.kind)
+        return out
+
+    def _sensor(self, wb: wire.WireBatch) -> SensorBatch | None:
+        c = wb.cols
+        mids = np.array([METRIC_ID.get(m, -1) for m in wb.metrics], np.int64)
+        met = mids[c["metric"]] if len(mids) else np.empty(0, np.int64)
+        dev = self._slots(wb.devices)[c["device"]]
+        ts, val = c["ts"], c["value"]
+        if (met < 0).any():
+            keep = met >= 0
+            dev, met, ts, val = dev[keep], met[keep], ts[keep], val[keep]
+        series = self.pl.directory.series_slots(dev, met)
+        return SensorBatch(series, dev, ts.astype(np.int64), val.astype(np.float64))
+
+    def _position(self, wb: wire.WireBatch) -> PositionBatch:
+        c = wb.cols
+        dev = self._slots(wb.devices)[c["device"]]
+        return PositionBatch(dev, c["ts"].astype(np.int64), *(c[k].astype(np.float64) for k in ("lat", "lon", "speed_kmh", "alt_m")))
+
+    def apply(self, messages: list[tuple[int, bytes]]) -> tuple[list[tuple[str, Warning]], int, int]:
+        """Apply messages (offset, value) in offset order; returns (events, readings, fixes)."""
+        events: list[tuple[str, Warning]] = []
+        sens: list[SensorBatch] = []
+        poss: list[PositionBatch] = []
+        n_r = n_p = 0
+        for off, value in messages:
+            if off <= self.offset:
+                self.skipped += 1
+                continue
+            self.offset = off
+            try:
+                wb = wire.decode(value)
+            except wire.WireError as e:
+                self.bad += 1
+                log.warning("partition %d offset %d: not a gridwatch batch (%s)", self.partition, off, e)
+                continue
+            if len(wb) == 0:
+                continue
+            if wb.type == wire.READINGS:
+                b = self._sensor(wb)
+                sens.append(b)
+                n_r += len(b)
+            else:
+                b = self._position(wb)
+                poss.append(b)
+                n_p += len(b)
+            mx = int(wb.cols["ts"].max())
+            if mx > self.stream_time:
+                self.stream_time = mx
+            g = (self.stream_time // self.tick_ms) * self.tick_ms
+            if g > self.last_tick:  # timer work at an event-time grid point, at a message boundary
+                events += self._process(sens, poss)
+                sens, poss = [], []
+                events += self.pl.tick(g)
+                self.last_tick = g
+        events += self._process(sens, poss)
+        return events, n_r, n_p
+
+    def _process(self, sens: list[SensorBatch], poss: list[PositionBatch]) -> list[tuple[str, Warning]]:
+        """The rule loop of Pipeline.process, on already normalised batches."""
+        pl = self.pl
+        s = SensorBatch.concat(sens) if sens else SensorBatch.empty()
+        pos = PositionBatch.concat(poss) if poss else PositionBatch.empty()
+        events: list[tuple[str, Warning]] = []
+        if len(pos):
+            if len(pl.directory) > pl.last_lat.shape[0]:
+                n = len(pl.directory) + 1024
+                pl.last_lat = np.concatenate([pl.last_lat, np.full(n - pl.last_lat.shape[0], np.nan)])
+                pl.last_lon = np.concatenate([pl.last_lon, np.full(n - pl.last_lon.shape[0], np.nan)])
+            pl.last_lat[pos.device] = pos.lat
+            pl.last_lon[pos.device] = pos.lon
+        for r, p, info in pl.rules:
+            if p.input == "sensor":
+                if len(s):
+                    events += pl.lifecycle.on_events(info, p.process(s))
+            elif len(pos):
+                events += pl.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
+        if len(s):
+            pl.lifecycle.observe("series", s.series, s.ts, s.value)
+        if len(pos):
+            pl.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
+        return events
+
+    # -- snapshot ---------------------------------------------------------------------------
+    def dump(self) -> bytes:
+        pl, d, lc = self.pl, self.pl.directory, self.pl.lifecycle
+        ns = len(d.series)
+        state = {
+            "v": SNAPSHOT_VERSION, "partition": self.partition, "offset": self.offset,
+            "stream_time": self.stream_time, "last_tick": self.last_tick,
+            "devices": (d.slots.keys, d.vendor, d.kind, d.lat, d.lon, d.region),
+            "series": (d.series.keys, d.series_device[:ns].copy(), d.series_metric[:ns].copy()),
+            "rules": {p.name: p.snapshot() for _, p, _ in pl.rules},
+            "lifecycle": (lc.active, lc._cleared_at, lc._active_slots),
+            "last_pos": (pl.last_lat, pl.last_lon),
+        }
+        return zlib.compress(pickle.dumps(state, protocol=5), 1)
+
+    @classmethod
+    def load(cls, cfg: GridwatchConfig, partition: int, blob: bytes) -> "PartitionState":
+        # The changelog topic is written only by gridwatch workers (restrict it with ACLs).
+        state = pickle.loads(zlib.decompress(blob))
+        if state.get("v") != SNAPSHOT_VERSION:
+            raise ValueError(f"partition snapshot version {state.get('v')} (expected {SNAPSHOT_VERSION})")
+        self = cls(cfg, partition)
+        pl, d, lc = self.pl, self.pl.directory, self.pl.lifecycle
+        keys, d.vendor, d.kind, d.lat, d.lon, d.region = state["devices"]
+        d.slots = _registry(keys)
+        skeys, d.series_device, d.series_metric = state["series"]
+        d.series = _registry(skeys)
+        for _, p, _ in pl.rules:
+            snap = state["rules"].get(p.name)
+            if snap is not None:
+                p.restore(snap)
+            else:  # a rule added since the snapshot: bind it to the known devices/series
+                for dev in range(len(d)):
+                    pl._enable_device(dev)
+                for s in range(len(d.series)):
+                    pl._enable_series(s)
+        rule_names = set(pl.rule_info)
+        active, cleared, slots = state["lifecycle"]
+        lc.active = {k: v for k, v in active.items() if k[0] in rule_names}
+        lc._cleared_at = cleared
+        lc._active_slots = slots
+        pl.last_lat, pl.last_lon = state["last_pos"]
+        self.offset, self.stream_time, self.last_tick = state["offset"], state["stream_time"], state["last_tick"]
+        return self
+
+
+def _registry(keys: list) -> SlotRegistry:
+    r = SlotRegistry()
+    r.keys = list(keys)
+    r._slot = {k: i for i, k in enumerate(r.keys)}
+    return r
+
+
+# ---------------------------------------------------------------------------------------------
+# Warning merge / de-duplication
+
+
+def warning_from_dict(d: dict[str, Any]) -> Warning:
+    reg = d.get("region") or {}
+    return Warning(id=d["id"], rule=d["rule"], kind=d["kind"], severity=d["severity"], source=d["source"],
+                   region=RegionPath(reg.get("city", ""), reg.get("county", ""), reg.get("town", ""), reg.get("grid", "")),
+                   state=d["state"], start_ts=int(d["start_ts"]), last_ts=int(d["last_ts"]),
+                   cleared_ts=None if d.get("cleared_ts") is None else int(d["cleared_ts"]),
+                   value=float("nan") if d.get("value") is None else float(d["value"]),
+                   message=d.get("message") or "", zone=d.get("zone"), evidence=d.get("evidence") or {})
+
+
+def version_of(w: dict[str, Any]) -> tuple[int, int]:
+    """How far along a warning is: (state rank, last_ts). A version not beyond the stored one is a duplicate."""
+    return _STATE_RANK.get(w.get("state"), 0), int(w.get("last_ts") or 0)
+
+
+QUESTDB_WARNINGS_DDL = (
+    "CREATE TABLE IF NOT EXISTS {t} (kind SYMBOL, rule SYMBOL, source SYMBOL, zone SYMBOL, id VARCHAR, "
+    "severity VARCHAR, state VARCHAR, region VARCHAR, value DOUBLE, last_ts LONG, cleared_ts LONG, message VARCHAR, "
+    "evidence VARCHAR, timestamp TIMESTAMP) TIMESTAMP(timestamp) PARTITION BY DAY WAL "
+    "DEDUP UPSERT KEYS(timestamp, kind, rule, source, zone)")
+
+
+def questdb_create_warnings_table(url: str, table: str = "warnings", timeout: float = 10.0) -> None:
+    """Create the warnings table deduplicated on the point key (so re-sent versions upsert)."""
+    q = urllib.parse.urlencode({"query": QUESTDB_WARNINGS_DDL.format(t=table)})
+    with urllib.request.urlopen(f"{url.rstrip('/')}/exec?{q}", timeout=timeout) as r:
+        ans = json.loads(r.read())
+    if "error" in ans:
+        raise RuntimeError(f"QuestDB: {ans['error']}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Topics
+
+
+async def ensure_topics(cfg: GridwatchConfig, timeout: float = 30.0) -> None:
+    """Create the readings / warning-events / warnings topics with ``kafka.partitions`` partitions
+    if missing (existing topics are left as they are)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    k = cfg.kafka
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    await admin.start()
+    try:
+        names = (k.readings_topic, k.warning_events_topic, k.warnings_topic)
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, k.partitions, k.replication_factor) for n in names if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new, timeout_ms=int(timeout * 1000))
+            except TopicAlreadyExistsError:
+                pass
+        deadline = time.monotonic() + timeout
+        while True:
+            desc = await admin.describe_topics(list(names))
+            if all(t.get("partitions") and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in desc):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics without leaders after {timeout}s: {desc}")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Faust application
+
+
+class WorkerCore:
+    """What the agents do, kept out of the agent bodies so it can be read (and tested) alone."""
+
+    def __init__(self, cfg: GridwatchConfig, app, state_table, seen_table, events_topic, warnings_topic) -> None:
+        self.cfg = cfg
+        self.app = app
+        self.state_table = state_table
+        self.seen_table = seen_table
+        self.events_topic = events_topic
+        self.warnings_topic = warnings_topic
+        self.origin = f"worker-{os.getpid()}"
+        self.states: dict[int, PartitionState] = {}
+        self.blobs: dict[int, bytes] = {}
+        self.sink = None
+        self.mqtt = None
+        self.stats: dict[str, Any] = defaultdict(int)
+        self.stats["pid"] = os.getpid()
+
+    # -- readings -------------------------------------------------------------------------
+    def state_for(self, p: int) -> PartitionState:
+        key = str(p).encode()
+        blob = self.state_table.data.get(key)
+        st = self.states.get(p)
+        if st is not None and blob is self.blobs.get(p):
+            return st
+        if blob is not None:  # recovered from the changelog (a rebalance moved the partition here)
+            st = PartitionState.load(self.cfg, p, blob)
+            self.stats["restored_partitions"] += 1
+            log.info("partition %d: state restored (offset %d, %d devices)", p, st.offset, len(st.pl.directory))
+        else:
+            st = PartitionState(self.cfg, p)
+        self.states[p], self.blobs[p] = st, blob
+        return st
+
+    async def on_readings(self, events) -> None:
+        t0 = time.time()
+        by_p: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for e in events:
+            by_p[e.message.partition].append((e.message.offset, e.value))
+        futs = []
+        sent = 0
+        n_r = n_p = 0
+        for p, msgs in by_p.items():
+            msgs.sort(key=lambda m: m[0])
+            st = self.state_for(p)
+            skipped0 = st.skipped
+            evs, r, q = st.apply(msgs)
+            n_r += r
+            n_p += q
+            self.stats["replayed_messages_skipped"] += st.skipped - skipped0
+            for ev, w in evs:
+                futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
+            sent += len(evs)
+            if self.sink is not None and self.cfg.influx.write_readings and r:
+                await self._write_readings(st, msgs)
+            key = str(p).encode()
+            blob = st.dump()
+            self.state_table.data[key] = blob
+            self.blobs[p] = blob
+            futs.append(self.state_table.send_changelog(p, key, blob))
+            self.stats["snapshot_bytes"] = len(blob)
+        if futs:
+            await asyncio.gather(*futs)  # stored before take_events acknowledges the offsets
+        s = self.stats
+        s["readings"] += n_r
+        s["positions"] += n_p
+        s["messages"] += len(events)
+        s["batches"] += 1
+        s["warning_events_sent"] += sent
+        s.setdefault("first_batch_t", t0)
+        s["last_batch_t"] = time.time()
+
+    async def _write_readings(self, st: PartitionState, msgs) -> None:
+        rows = []
+        for off, v in msgs:
+            try:
+                wb = wire.decode(v)
+            except wire.WireError:
+                continue
+            if wb.type == wire.READINGS:
+                ids = np.array([d.id for d in wb.devices], object)[wb.cols["device"]]
+                mets = np.array(wb.metrics, object)[wb.cols["metric"]]
+                rows.append((ids, mets, wb.cols["ts"], wb.cols["value"]))
+        sink = self.sink
+
+        def work():
+            for r in rows:
+                sink.write_readings(*r)
+            sink.flush()
+
+        await asyncio.get_running_loop().run_in_executor(None, work)
+
+    # -- warnings -------------------------------------------------------------------------
+    async def on_warning_events(self, events) -> None:
+        accepted: list[tuple[str, dict]] = []
+        latest: dict[bytes, tuple[int, tuple[int, int]]] = {}
+        for e in events:
+            try:
+                d = orjson.loads(e.value)
+                w = d["warning"]
+                wid = str(w["id"]).encode()
+                ver = version_of(w)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                self.stats["bad_warning_events"] += 1
+                log.warning("not a warning event: %s", exc)
+                continue
+            prev = latest.get(wid)
+            if prev is None:
+                raw = self.seen_table.data.get(wid)
+                prev_ver = tuple(orjson.loads(raw)) if raw is not None else None
+            else:
+                prev_ver = prev[1]
+            if prev_ver is not None and ver <= prev_ver:
+                self.stats["duplicate_warning_events"] += 1
+                continue
+            latest[wid] = (e.message.partition, ver)
+            accepted.append((d.get("event", "raised"), w))
+        if accepted:
+            if self.sink is not None:
+                sink = self.sink
+                # one line per id: the latest version (two versions of one point in one request
+                # are not reliably last-wins under QuestDB's dedup)
+                ws = list({w["id"]: w for _, w in accepted}.values())
+
+                def work():
+                    sink.write_warnings(ws)
+                    sink.flush()
+
+                await asyncio.get_running_loop().run_in_executor(None, work)
+            futs = [await self.warnings_topic.send(key=str(w["id"]).encode(),
+                                                   value=orjson.dumps({"schema": "gridwatch.warning-event/1", "event": ev, "warning": w}))
+                    for ev, w in accepted]
+            if self.mqtt is not None:
+                self.mqtt.publish([(ev, warning_from_dict(w)) for ev, w in accepted])
+            for wid, (p, ver) in latest.items():
+                raw = orjson.dumps(list(ver))
+                self.seen_table.data[wid] = raw
+                futs.append(self.seen_table.send_changelog(p, wid, raw))
+            await asyncio.gather(*futs)
+        self.stats["warnings_accepted"] += len(accepted)
+        self.stats["warning_events_in"] += len(events)
+
+    def write_stats(self) -> None:
+        path = self.cfg.worker.stats_file
+        if not path:
+            return
+        s = dict(self.stats)
+        s["partitions"] = sorted(self.states)
+        s["t"] = time.time()
+        if self.sink is not None:
+            s["sink_lines_written"] = self.sink.stats.lines_written
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(s, f)
+        os.replace(tmp, path)
+
+
+def build_app(cfg: GridwatchConfig, *, naive: bool = False):
+    """The Faust app with its agents; returns (app, core)."""
+    import faust
+
+    k, wc = cfg.kafka, cfg.worker
+    app = faust.App(
+        wc.app_id, broker=[f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",")], store="memory://",
+        autodiscover=False, web_enabled=False, topic_partitions=k.partitions,
+        topic_replication_factor=k.replication_factor, consumer_auto_offset_reset="earliest",
+        broker_session_timeout=wc.session_timeout_s, broker_heartbeat_interval=wc.heartbeat_s,
+        broker_commit_interval=wc.commit_interval_s, table_standby_replicas=wc.standby_replicas,
+        producer_acks=-1, producer_linger=k.linger_ms / 1000.0,
+        producer_compression_type=None if k.compression == "none" else k.compression,
+        producer_max_request_size=8 * 1024 * 1024, stream_wait_empty=False,
+        key_serializer="raw", value_serializer="raw",
+    )
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    readings_topic = app.topic(k.readings_topic, partitions=k.partitions, **raw)
+    events_topic = app.topic(k.warning_events_topic, partitions=k.partitions, **raw)
+    warnings_topic = app.topic(k.warnings_topic, partitions=k.partitions, **raw)
+    tbl = dict(key_type=bytes, value_type=bytes)  # serializers: the app's defaults (raw)
+    state_table = app.Table("partition-state", default=None, partitions=k.partitions, **tbl)
+    seen_table = app.Table("warnings-seen", default=None, partitions=k.partitions, **tbl)
+    core = WorkerCore(cfg, app, state_table, seen_table, events_topic, warnings_topic)
+
+    if naive:
+        _naive_agent(app, cfg, core, readings_topic)
+    else:
+        @app.agent(readings_topic)
+        async def readings(stream):
+            async for events in stream.take_events(wc.batch_messages, within=wc.batch_within_s):
+                await core.on_readings(events)
+
+    @app.agent(events_topic)
+    async def warnings(stream):
+        async for events in stream.take_events(1000, within=0.1):
+            await core.on_warning_events(events)
+
+    @app.timer(1.0)
+    async def stats():
+        core.write_stats()
+
+    @app.task
+    async def open_sinks():
+        if cfg.influx is not None and core.sink is None:
+            from gridwatch.streams.influx_sink import InfluxSink
+
+            i = cfg.influx
+            if i.questdb_dedup:
+                questdb_create_warnings_table(i.url, i.warnings_measurement)
+            core.sink = InfluxSink(i.url, i.token, i.org, i.bucket, batch_lines=i.batch_lines, gzip=i.gzip,
+                                   readings_measurement=i.readings_measurement,
+                                   warnings_measurement=i.warnings_measurement)
+        if wc.mqtt_alerts and cfg.mqtt is not None and core.mqtt is None:
+            from gridwatch.observability import Counters
+            from gridwatch.streams.mqtt_alerts import MqttAlertPublisher
+
+            core.mqtt = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{cfg.site.name}-worker-{os.getpid()}",
+                                           cfg.site.name, Counters())
+            core.mqtt.start()
+
+    return app, core
+
+
+def _naive_agent(app, cfg: GridwatchConfig, core: WorkerCore, readings_topic) -> None:
+    """The benchmark baseline: the textbook Faust agent, one JSON reading per message, one
+    threshold rule (the config's first) in plain Python, per-device state in a Faust table
+    (one changelog record per event)."""
+    rule = next((r for r in cfg.rules if r.kind == "threshold"), None)
+    prm = dict(rule.params) if rule else {"above": 8.0}
+    above = float(prm.get("above", float("inf")))
+    clear_at = float(prm.get("clear_at", above))
+    min_ms = int(float(prm.get("min_duration_s", 0)) * 1000)
+    name = rule.name if rule else "threshold"
+    table = app.Table("naive-state", default=None, partitions=cfg.kafka.partitions,
+                      key_type=bytes, value_type=bytes)
+    stats = core.stats
+
+    @app.agent(readings_topic)
+    async def naive(stream):
+        async for ev in stream.events():
+            r = json.loads(ev.value)
+            key = f"{r['d']}|{r['m']}".encode()
+            raw = table.get(key)
+            st = json.loads(raw) if raw else {"active": False, "since": None}
+            v, t = float(r["v"]), int(r["t"])
+            if not st["active"]:
+                if v >= above:
+                    if st["since"] is None:
+                        st["since"] = t
+                    if t - st["since"] >= min_ms:
+                        st["active"] = True
+                        w = {"id": f"naive-{r['d']}-{st['since']}", "rule": name, "kind": "threshold",
+                             "severity": "major", "source": r["d"], "state": "active", "start_ts": st["since"],
+                             "last_ts": t, "value": v}
+                        await core.events_topic.send(key=w["id"].encode(), value=json.dumps({"event": "raised", "warning": w}).encode())
+                        stats["warning_events_sent"] += 1
+                else:
+                    st["since"] = None
+            elif v < clear_at:
+                st = {"active": False, "since": None}
+            table[key] = json.dumps(st).encode()
+            stats["readings"] += 1
+            stats["messages"] += 1
+            stats.setdefault("first_batch_t", time.time())
+            stats["last_batch_t"] = time.time()
+
+
+def run_worker(cfg: GridwatchConfig, *, naive: bool = False, loglevel: str = "warning") -> int:
+    """Blocking: run one worker process (uvloop) until SIGTERM/SIGINT."""
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    asyncio.run(ensure_topics(cfg))
+    from faust.worker import Worker
+
+    app, core = build_app(cfg, naive=naive)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    worker = Worker(app, loglevel=loglevel, quiet=True, loop=loop)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+__all__ = ["PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
+           "questdb_create_warnings_table", "version_of", "warning_from_dict"]

@@ -1,0 +1,292 @@
+"""Cluster mode: wire format, per-partition state (snapshot / restore / replay), and two real
+worker processes over a real Kafka writing warnings into a real QuestDB, one killed with SIGKILL
+in the middle of the stream."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridwatch.config import parse
+from gridwatch.ingest import wire
+from gridwatch.ingest.kafka_forward import KafkaForwarder, partition_for
+from gridwatch.ingest.wire import DeviceInfo
+from gridwatch.streams.cluster import PartitionState
+
+T0 = 1_750_000_000_000  # epoch ms
+STEP = 10_000  # one reading per device every 10 s
+RULES = [
+    {"name": "high_level", "kind": "threshold", "metrics": ["water_level"], "cooldown_s": 0,
+     "params": {"above": 8.0, "clear_at": 7.0, "min_duration_s": 60}},
+    {"name": "silent", "kind": "offline", "params": {"timeout_s": 120}},
+]
+
+
+def make_cfg(**over):
+    data = {"rules": RULES, "worker": {"tick_interval_s": 10.0}, **over}
+    return parse(data)
+
+
+def dataset(devices: int, steps: int, seed: int = 3):
+    """Readings of ``devices`` water-level sensors, one per STEP; some go above 8 for a while.
+    Returns per step: (device ids, values) and the list of devices."""
+    rng = np.random.default_rng(seed)
+    ids = [f"lvl-{i:03d}" for i in range(devices)]
+    vals = rng.uniform(1.0, 5.0, (steps, devices))
+    for d in range(devices):
+        if d % 3 == 0:  # an excursion of 6..20 steps (60..200 s): raises only if it lasts >= 60 s
+            start = int(rng.integers(5, steps - 25))
+            vals[start:start + int(rng.integers(6, 20)), d] = 9.5
+    return ids, vals
+
+
+def encode_step(fw: KafkaForwarder, ids, vals_row, t):
+    devs = [DeviceInfo(i, "acme", "sewer_level") for i in ids]
+    n = len(ids)
+    return fw.encode_readings(devs, ["water_level"], np.arange(n), np.zeros(n, np.int64),
+                              np.full(n, t, np.int64), vals_row)
+
+
+class _Enc(KafkaForwarder):
+    """Encoding only (no producer)."""
+
+    def __init__(self, partitions: int):  # noqa: D401
+        self.partitions, self._part, self.per_device, self.max_rows = partitions, {}, False, 20_000
+
+
+def reference_events(cfg, ids, vals, partitions):
+    """Warnings of the whole stream, one PartitionState per partition, no failures."""
+    enc = _Enc(partitions)
+    states = {p: PartitionState(cfg, p) for p in range(partitions)}
+    offs = {p: 0 for p in range(partitions)}
+    out = []
+    for s in range(vals.shape[0]):
+        for p, _k, v in encode_step(enc, ids, vals[s], T0 + s * STEP):
+            ev, _, _ = states[p].apply([(offs[p], v)])
+            offs[p] += 1
+            out += ev
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_wire_roundtrip_and_rejects():
+    devs = [DeviceInfo("d-1", "acme", "gas"), DeviceInfo("дат-2", "acme", "gas")]
+    buf = wire.encode_readings(devs, ["ch4", "co"], np.array([0, 1, 1]), np.array([1, 0, 1]),
+                               np.array([1, 2, 3]), np.array([0.5, -1.0, 1e300]))
+    b = wire.decode(buf)
+    assert b.type == wire.READINGS and [d.id for d in b.devices] == ["d-1", "дат-2"] and b.metrics == ["ch4", "co"]
+    assert b.cols["ts"].tolist() == [1, 2, 3] and b.cols["value"].tolist() == [0.5, -1.0, 1e300]
+    assert b.cols["device"].tolist() == [0, 1, 1] and b.cols["metric"].tolist() == [1, 0, 1]
+    assert len(buf) == 16 + (2 + 3 + 2 + 4 + 2 + 3) + (2 + 8 + 2 + 4 + 2 + 3) + (1 + 3) + (1 + 2) + 3 * 22
+    p = wire.decode(wire.encode_positions(devs[:1], np.zeros(2), np.array([5, 6]), np.array([30.0, 30.1]),
+                                          np.array([114.0, 114.1]), np.array([np.nan, 3.0]), np.array([1.0, np.nan])))
+    assert p.type == wire.POSITIONS and p.cols["lat"].tolist() == [30.0, 30.1] and np.isnan(p.cols["speed_kmh"][0])
+    for bad, why in ((buf[:10], "shorter"), (b"XX" + buf[2:], "magic"), (buf[:2] + b"\x09" + buf[3:], "version"),
+                     (buf + b"\0", "header says")):
+        with pytest.raises(wire.WireError, match=why):
+            wire.decode(bad)
+
+
+def test_forwarder_places_rows_by_device_partition():
+    enc = _Enc(4)
+    ids = [f"dev-{i}" for i in range(50)]
+    devs = [DeviceInfo(i, "acme", "gas") for i in ids]
+    dev_idx = np.tile(np.arange(50), 3)
+    msgs = enc.encode_readings(devs, ["co"], dev_idx, np.zeros(150, np.int64), np.arange(150), np.arange(150.0))
+    seen = 0
+    for p, key, v in msgs:
+        b = wire.decode(v)
+        assert all(partition_for(d.id, 4) == p for d in b.devices)
+        # each device's rows keep their order
+        for j, d in enumerate(b.devices):
+            ts = b.cols["ts"][b.cols["device"] == j]
+            assert (np.diff(ts) > 0).all()
+        seen += len(b)
+    assert seen == 150 and len(msgs) == len({p for p, _, _ in msgs})
+
+
+def test_partition_state_snapshot_restore_and_replay_match_uninterrupted_run():
+    cfg = make_cfg()
+    ids, vals = dataset(24, 80)
+    want = reference_events(cfg, ids, vals, 1)
+    assert sum(1 for e, _ in want if e == "raised") >= 3
+    enc = _Enc(1)
+    msgs = [encode_step(enc, ids, vals[s], T0 + s * STEP)[0][2] for s in range(vals.shape[0])]
+    st = PartitionState(cfg, 0)
+    got = []
+    for off in range(40):
+        got += st.apply([(off, msgs[off])])[0]
+    blob = st.dump()
+    st2 = PartitionState.load(cfg, 0, blob)
+    # Kafka redelivers from an older committed offset: offsets <= 39 must be skipped
+    ev, n, _ = st2.apply([(off, msgs[off]) for off in range(30, 80)])
+    got += ev
+    assert st2.skipped == 10 and n == 40 * 24
+    key = lambda evs: [(e, w.id, w.state, w.start_ts, w.last_ts, w.cleared_ts) for e, w in evs]
+    assert key(got) == key(want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two worker processes, one killed
+
+
+def _write_cfg(path: Path, bootstrap: str, qdb_url: str, tag: str, partitions: int) -> Path:
+    rules = "".join(
+        f"\n[[rules]]\nname = \"{r['name']}\"\nkind = \"{r['kind']}\"\ncooldown_s = 0\n"
+        + (f"metrics = {json.dumps(r['metrics'])}\n" if "metrics" in r else "")
+        + "[rules.params]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in r["params"].items())
+        for r in RULES)
+    path.write_text(f"""
+[kafka]
+bootstrap_servers = "{bootstrap}"
+readings_topic = "r-{tag}"
+warning_events_topic = "we-{tag}"
+warnings_topic = "w-{tag}"
+partitions = {partitions}
+linger_ms = 5
+
+[worker]
+app_id = "gw-{tag}"
+batch_messages = 50
+batch_within_s = 0.1
+tick_interval_s = 10.0
+session_timeout_s = 6.0
+heartbeat_s = 0.5
+commit_interval_s = 0.5
+
+[influx]
+url = "{qdb_url}"
+token = "t"
+warnings_measurement = "warnings_{tag}"
+questdb_dedup = true
+
+[log]
+level = "warning"
+{rules}""")
+    return path
+
+
+def _start_worker(cfg_path: Path, stats: Path, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gridwatch.cli", "worker", "-c", str(cfg_path),
+                             "--stats-file", str(stats)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _stats(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait(cond, timeout, what, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for pr in procs:
+            if pr.poll() is not None:
+                raise AssertionError(f"worker exited with {pr.returncode} while waiting for {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.kafka
+@pytest.mark.questdb
+def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questdb_server, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    P = 2
+    cfg_path = _write_cfg(tmp_path / "cluster.toml", kafka_server.bootstrap_servers, questdb_server.url, tag, P)
+    from gridwatch.config import load
+    from gridwatch.streams.cluster import ensure_topics
+
+    cfg = load(cfg_path)
+    asyncio.run(ensure_topics(cfg))
+    ids, vals = dataset(30, 90, seed=11)
+    # one device goes above 8 just before the kill and stays there past it: its 60 s hold-time
+    # spans the failover, so the new owner must carry the state over to raise it exactly once
+    vals[45:70, 1] = 9.5  # above from step 45 (before the kill), held 60 s -> raised at step 51 (after it)
+    want = reference_events(cfg, ids, vals, P)
+    want_final = {}
+    for e, w in want:
+        want_final[w.id] = w
+    assert any(w.source == "lvl-001" and w.start_ts == T0 + 51 * STEP for w in want_final.values())
+
+    stats = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [_start_worker(cfg_path, stats[i], tmp_path / f"w{i}.log") for i in range(2)]
+    try:
+        _wait(lambda: all(_stats(s).get("partitions") is not None for s in stats), 90, "workers up", procs)
+        # the group is balanced when each worker owns a partition; before that a worker owns none
+        # (stats list partitions it has processed, so produce a first step to see the split)
+
+        async def produce(steps, edge_extra=False):
+            async with KafkaForwarder(cfg.kafka.bootstrap_servers, readings_topic=cfg.kafka.readings_topic,
+                                      warning_events_topic=cfg.kafka.warning_events_topic, linger_ms=5) as fw:
+                for s in steps:
+                    await fw.send_readings([DeviceInfo(i, "acme", "sewer_level") for i in ids], ["water_level"],
+                                           np.arange(len(ids)), np.zeros(len(ids), np.int64),
+                                           np.full(len(ids), T0 + s * STEP), vals[s])
+                    await asyncio.sleep(0.02)
+                if edge_extra:
+                    # an edge box forwards a copy of a central warning (same id) and one of its own
+                    dup = next(w for w in want_final.values() if w.state == "cleared")
+                    from dataclasses import replace
+                    own = replace(dup, id="w-edge-own-0001", source="edge-cam-7", rule="loitering", kind="dwell",
+                                  start_ts=T0 + 5 * STEP, last_ts=T0 + 6 * STEP, cleared_ts=None, state="active")
+                    await fw.send_warnings([("cleared", dup), ("raised", own), ("raised", own)])
+
+        def processed():
+            return sum(_stats(s).get("readings", 0) for s in stats)
+
+        asyncio.run(produce(range(0, 50)))
+        _wait(lambda: processed() >= 50 * len(ids), 60, "first half processed", procs)
+        owners = [_stats(s).get("partitions") or [] for s in stats]
+        assert sorted(owners[0] + owners[1]) == [0, 1], owners  # both workers own a partition
+        victim = 0
+        os.killpg(procs[victim].pid, signal.SIGKILL)
+        procs[victim].wait(5)
+        asyncio.run(produce(range(50, 90), edge_extra=True))
+        survivor = stats[1 - victim]
+        n_ids = len(want_final) + 1
+        t = f"warnings_{tag}"
+        rows = questdb_server.wait_rows(
+            f"select id, state, count() c from '{t}' group by id, state",
+            lambda r: len(r) == n_ids and all(x[1] == "cleared" for x in r if x[0] in want_final
+                                               and want_final[x[0]].state == "cleared"),
+            timeout=90)
+        s = _stats(survivor)
+        assert s.get("restored_partitions", 0) >= 1, s
+        assert set(s["partitions"]) == {0, 1}
+        questdb_server.wait_wal_applied(t)
+        got = questdb_server.query(f"select id, state, source, start_ts_ms, cleared_ts from "
+                                   f"(select *, cast(timestamp as long) / 1000 start_ts_ms from '{t}')")
+        by_id: dict[str, list] = {}
+        for r in got:
+            by_id.setdefault(r[0], []).append(r)
+        assert all(len(v) == 1 for v in by_id.values()), {k: v for k, v in by_id.items() if len(v) > 1}
+        assert set(by_id) == set(want_final) | {"w-edge-own-0001"}
+        for wid, w in want_final.items():
+            (r,) = by_id[wid]
+            assert (r[1], r[2], r[3], r[4]) == (w.state, w.source, w.start_ts, w.cleared_ts), (r, w)
+        span = [w for w in want_final.values() if w.source == "lvl-001" and w.start_ts == T0 + 51 * STEP]
+        assert len(span) == 1 and span[0].id in by_id
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGTERM)
+        for pr in procs:
+            try:
+                pr.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(pr.pid, signal.SIGKILL)
