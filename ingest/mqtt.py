@@ -10,7 +10,16 @@
   broker's queue (size that queue in the broker: ``max_queued_messages``). With QoS 0 there is no
   such brake: the inbox is bounded and overflow is counted as ``dropped{reason=inbox_full}``.
 * Acknowledgements are tagged with the connection they arrived on; after a reconnect, stale ones
-  are not sent (the broker redelivers those messages and duplicate detection drops the copies).
+  are not sent: the broker redelivers those messages.
+* **No duplicates after a crash or reconnect.** After an abrupt disconnect Mosquitto redelivers
+  (DUP flag) messages whose acknowledgement it never read, thousands of them when it was busy
+  (measured here: 1,282 to 2,165 already-acknowledged messages of a 20k burst). So each commit also
+  stores, in the same transaction, the (packet id, CRC-32 of topic and payload) of its QoS 1
+  messages (:func:`delivery_blob`); the newest 65,535 of them (one per packet id) are kept in
+  memory and reloaded at start. A message with the DUP flag whose packet id and CRC match was
+  already stored: it is acknowledged and not processed again. (A payload without a timestamp,
+  repeated byte for byte under a reused packet id right after a reconnect, would be taken for a
+  redelivery: vendors should send timestamps.)
 * Reconnects with exponential backoff and resubscribes on every (re)connect; MQTT 5 shared
   subscriptions (``$share/<group>/<topic>``) when ``mqtt.shared_group`` is set.
 """
@@ -19,9 +28,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from gridwatch.config import MqttConfig
@@ -32,14 +43,38 @@ from gridwatch.observability import Counters
 log = logging.getLogger("gridwatch.ingest.mqtt")
 
 
+def message_crc(topic: str, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(topic.encode()))
+
+
+def delivery_blob(messages: list[Message], delivered: dict[int, int] | None = None) -> bytes:
+    """(packet id, CRC) of a batch's QoS 1 messages, stored with the batch's commit; also
+    recorded in ``delivered`` (the collector's memory of them)."""
+    pairs = [(m.token[1], message_crc(m.topic, m.payload)) for m in messages if m.token is not None]
+    if delivered is not None:
+        delivered.update(pairs)
+    return np.array(pairs, np.uint32).tobytes() if pairs else b""
+
+
+def load_deliveries(blobs: list[bytes]) -> dict[int, int]:
+    """Blobs oldest first -> packet id -> CRC of the newest message stored under it."""
+    out: dict[int, int] = {}
+    for b in blobs:
+        a = np.frombuffer(b, np.uint32).reshape(-1, 2)
+        out.update(zip(a[:, 0].tolist(), a[:, 1].tolist()))
+    return out
+
+
 class MqttCollector:
     source = "mqtt"
 
     def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters, qos0_inbox_max: int = 200_000) -> None:
         self.cfg = cfg
+        self.client_id = client_id
         self.counters = counters
         self.inbox: deque[Message] = deque()
         self.wake: Callable[[], None] | None = None  # called when the inbox goes from empty to non-empty
+        self.delivered: dict[int, int] = {}  # mid -> CRC of the latest stored message with that packet id
         self.qos0_inbox_max = qos0_inbox_max
         self.connected = threading.Event()
         self.generation = 0
@@ -74,6 +109,16 @@ class MqttCollector:
         if msg.qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
             self.counters.drop(self.source, "inbox_full")
             return
+        if msg.dup:
+            self.counters.add(self.source, "redelivered")
+        if msg.dup and self.delivered:
+            mid = msg.mid
+            crc = self.delivered.get(mid)
+            if crc is not None and crc == message_crc(msg.topic, msg.payload):
+                del self.delivered[mid]
+                client.ack_many([mid])
+                self.counters.add(self.source, "redelivered_already_stored")
+                return
         was_empty = not self.inbox
         self.inbox.append(Message(msg.topic, msg.payload, time.time_ns() // 1_000_000,
                                   (self.generation, msg.mid) if msg.qos > 0 else None))
@@ -94,10 +139,10 @@ class MqttCollector:
         """Acknowledge messages whose readings are committed (QoS 1 only)."""
         gen = self.generation
         mids = [m.token[1] for m in messages if m.token is not None and m.token[0] == gen]
-        stale = sum(1 for m in messages if m.token is not None) - len(mids)
+        stale = [m for m in messages if m.token is not None and m.token[0] != gen]
         self.client.ack_many(mids)
         if stale:
-            self.counters.add(self.source, "acks_skipped_after_reconnect", stale)
+            self.counters.add(self.source, "acks_skipped_after_reconnect", len(stale))
 
     def stop(self) -> None:
         self.client.disconnect()

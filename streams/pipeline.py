@@ -111,7 +111,8 @@ class Pipeline:
         return self.regions.for_device(did, d.region[dev], d.lat[dev], d.lon[dev])
 
     # --- work -----------------------------------------------------------------------------
-    def process(self, messages: list[Message], now_ms: int) -> list[tuple[str, Warning]]:
+    def process(self, messages: list[Message], now_ms: int, deliveries: tuple[str, bytes] | None = None) -> list[tuple[str, Warning]]:
+        """One batch; ``deliveries`` (which broker messages these are) is committed with it."""
         dec = self.codec.decode(messages, now_ms)
         events: list[tuple[str, Warning]] = []
         s, pos = dec.sensor, dec.position
@@ -133,7 +134,7 @@ class Pipeline:
         if len(pos):
             self.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
         if self.store is not None:
-            self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead)
+            self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead, deliveries)
         c, src = self.counters, self.source
         c.add(src, "messages", len(messages))
         c.add(src, "readings_stored", len(s))

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from gridwatch.config import GridwatchConfig
 from gridwatch.ingest.codec import Message
-from gridwatch.ingest.mqtt import MqttCollector
+from gridwatch.ingest.mqtt import MqttCollector, delivery_blob, load_deliveries
 from gridwatch.observability import Counters, now_ms, start_metrics_server
 from gridwatch.records import Warning
 from gridwatch.streams.mqtt_alerts import MqttAlertPublisher
@@ -53,6 +53,7 @@ class EdgeRuntime:
         name = cfg.site.name
         if cfg.mqtt is not None:
             self.collector = MqttCollector(cfg.mqtt, cfg.mqtt.client_id or f"{name}-ingest", self.counters)
+            self.collector.delivered = load_deliveries(self.store.recent_deliveries(self.collector.client_id))
             if cfg.alerts_mqtt.enabled:
                 self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
         self.metrics_port: int | None = None
@@ -66,9 +67,10 @@ class EdgeRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _step(self, msgs: list[Message]) -> int:
-        events = self.pipeline.process(msgs, now_ms())
-        if self.collector is not None:
-            self.collector.ack(msgs)
+        c = self.collector
+        events = self.pipeline.process(msgs, now_ms(), (c.client_id, delivery_blob(msgs, c.delivered)) if c is not None else None)
+        if c is not None:
+            c.ack(msgs)
         self._emit(events)
         return len(msgs)
 
@@ -163,9 +165,11 @@ class EdgeRuntime:
             self.collector.stop()
             rest = self.collector.take(len(self.collector.inbox))
             if rest:
-                # stored but never acknowledged (the connection is gone): the broker redelivers them
-                # next time and duplicate detection drops the copies
-                await loop.run_in_executor(self._executor, lambda: self._emit(self.pipeline.process(rest, now_ms())))
+                # stored but never acknowledged (the connection is gone): their redelivery next
+                # time is recognised from the deliveries committed with them
+                c = self.collector
+                await loop.run_in_executor(self._executor, lambda: self._emit(self.pipeline.process(
+                    rest, now_ms(), (c.client_id, delivery_blob(rest, c.delivered)))))
         if self.publisher is not None:
             self.publisher.stop()
         if self._metrics_server is not None:

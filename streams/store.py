@@ -46,6 +46,7 @@ CREATE INDEX IF NOT EXISTS warnings_start ON warnings (start_ts);
 CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, received_ms INTEGER NOT NULL, source TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, payload BLOB, count INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS dead_letters_reason ON dead_letters (reason);
+CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, source TEXT NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL);
 """
 
 
@@ -68,6 +69,7 @@ class Store:
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gridwatch-wal-checkpoint", daemon=True)
         self._checkpointer.start()
         self._lock = threading.Lock()
+        self._deliveries_since_prune = 0
         self._devices_saved = self._db.execute("SELECT count(*) FROM devices").fetchone()[0]
         self._series_saved = self._db.execute("SELECT count(*) FROM series").fetchone()[0]
 
@@ -108,9 +110,11 @@ class Store:
         self._series_saved = len(directory.series)
 
     def commit(self, directory=None, sensor: SensorBatch | None = None, position: PositionBatch | None = None,
-               warnings: Iterable[Warning] = (), dead: Iterable[DeadLetter] = ()) -> None:
+               warnings: Iterable[Warning] = (), dead: Iterable[DeadLetter] = (),
+               deliveries: tuple[str, bytes] | None = None) -> None:
         """One durable transaction: new devices/series, a reading chunk, a position chunk,
-        warning upserts and dead letters."""
+        warning upserts, dead letters, and (source, blob) identifying the broker messages this
+        commit holds (see ingest.mqtt: recognising redeliveries)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN")
@@ -135,6 +139,14 @@ class Store:
                         "INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                         "state=excluded.state, last_ts=excluded.last_ts, cleared_ts=excluded.cleared_ts, "
                         "value=excluded.value, evidence=excluded.evidence", rows)
+                if deliveries is not None and deliveries[1]:
+                    db.execute("INSERT INTO deliveries (source, n, data) VALUES (?, ?, ?)",
+                               (deliveries[0], len(deliveries[1]) // 8, deliveries[1]))
+                    self._deliveries_since_prune += 1
+                    if self._deliveries_since_prune >= 1000:
+                        self._deliveries_since_prune = 0
+                        db.execute("DELETE FROM deliveries WHERE id < (SELECT min(id) FROM (SELECT id FROM deliveries "
+                                   "WHERE source = ? ORDER BY id DESC LIMIT 5000)) AND source = ?", (deliveries[0],) * 2)
                 drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload, d.count) for d in dead]
                 if drows:
                     db.executemany("INSERT INTO dead_letters (received_ms, source, reason, detail, payload, count) VALUES (?,?,?,?,?,?)", drows)
@@ -155,6 +167,16 @@ class Store:
             self._db.executemany("INSERT INTO series VALUES (?,?,?)", [
                 (s, int(directory.series_device[s]), int(directory.series_metric[s])) for s in range(self._series_saved, m)])
             self._series_saved = m
+
+    def recent_deliveries(self, source: str, max_messages: int = 65535) -> list[bytes]:
+        """The newest delivery blobs of ``source`` covering at least ``max_messages``, oldest first."""
+        out, n = [], 0
+        for data, k in self._db.execute("SELECT data, n FROM deliveries WHERE source = ? ORDER BY id DESC", (source,)):
+            out.append(data)
+            n += k
+            if n >= max_messages:
+                break
+        return out[::-1]
 
     def enforce_retention(self, now_ms: int | None = None) -> dict[str, int]:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
