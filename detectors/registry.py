@@ -1,0 +1,42 @@
+"""All video detector kinds, registered by importing their modules; plus the classifier model wrapper.
+
+    from gridwatch.detectors.registry import create, kinds
+    det = create("ebike", "ebike-lift", {"k": 3, "n": 5}, zones, model=shared_detector)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import dumping, ebike, smoke  # noqa: F401  (registers the kinds)
+from .base import VideoDetector, create  # noqa: F401
+from .onnx_decoders import to_blob
+from .onnx_session import OnnxSession
+
+
+def kinds() -> list[str]:
+    return sorted(VideoDetector.registry)
+
+
+class OnnxClassifier(OnnxSession):
+    """An image classifier ``[B, 3, H, W] -> [B, C]`` (probabilities, or logits with ``softmax=True``)."""
+
+    def __init__(self, model: str | Path | bytes, input_size: tuple[int, int] | None = None, softmax: bool = False,
+                 **session_kw) -> None:
+        super().__init__(model, **session_kw)
+        size = input_size or self.input_size
+        if size is None:
+            raise ValueError("the classifier has no fixed input size; pass input_size=(width, height)")
+        self.size, self.softmax = size, softmax
+
+    def classify(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """float32[len(images), C] class probabilities."""
+        blob = to_blob([cv2.resize(img, self.size, interpolation=cv2.INTER_AREA) for img in images])
+        out = self.run(blob)[0].astype(np.float32)
+        if self.softmax:
+            e = np.exp(out - out.max(axis=1, keepdims=True))
+            out = e / e.sum(axis=1, keepdims=True)
+        return out

@@ -1,0 +1,176 @@
+"""Smoke: a training-free candidate stage with temporal rules, and an optional ONNX classifier.
+
+On a small working frame (``work_width`` px wide) split into ``block``-px tiles, a tile is a
+*candidate* in a frame when, against a slowly learnt background (frozen where candidates are):
+
+* it changed: mean |luma − background luma| ≥ ``min_diff`` (smoke moves in);
+* it is grey: mean chroma ≤ ``max_chroma`` and not more colourful than the background was
+  (smoke desaturates; a red jacket or an orange bag does not);
+* its edges faded: gradient energy ≤ ``max_edge_ratio`` × the background's (+ ``edge_slack``)
+  (smoke veils texture; a person or an object in front of a wall adds edges) — but not below
+  ``min_edge_ratio`` × the background's: texture still shows through thin smoke, while dark
+  clothing or a vehicle body hides it completely (dense, opaque smoke is then found by its
+  translucent fringe).
+
+Evidence per tile accumulates in seconds while it is a candidate and decays otherwise; tiles with
+``persist_s`` of evidence form the smoke region (someone walking through a tile never builds it
+up). A warning is raised when the region has existed for ``duration_s`` and has grown (area ×
+``growth`` or its top risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
+With a classifier model (``model_kind = "classifier"``), the region's crop must also score
+``classifier_min`` for the class named ``classifier_class``; otherwise the evidence is reset.
+The warning clears after ``clear_s`` without a region.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from . import video_kernels as k
+from .base import CLEAR, RAISE, DetectorParams, FrameInput, Hit, VideoDetector, polygons_mask
+
+
+class SmokeParams(DetectorParams):
+    work_width: int = Field(160, ge=32, le=640, description="Width of the working frame (height keeps the aspect).")
+    block: int = Field(8, ge=2, le=64, description="Tile size in working-frame pixels.")
+    background_tau_s: float = Field(30.0, gt=0, description="Time constant of the background (seconds).")
+    min_diff: float = Field(8.0, gt=0, description="Mean luma change of a tile against the background (0-255).")
+    max_chroma: float = Field(28.0, gt=0, description="Mean chroma (max-min of B,G,R) of a candidate tile.")
+    chroma_slack: float = Field(4.0, ge=0, description="A candidate may be at most this much more colourful than the background.")
+    max_edge_ratio: float = Field(0.9, gt=0, description="Gradient energy of a candidate tile / the background's.")
+    min_edge_ratio: float = Field(0.35, ge=0, description="…but not below this: texture still shows through thin smoke, "
+                                  "while a person or vehicle in front of it hides it completely.")
+    edge_slack: float = Field(1.0, ge=0, description="Absolute allowance added to the edge test (flat backgrounds).")
+    min_flicker: float = Field(1.0, ge=0, description="Smoke keeps moving: a candidate tile's mean frame-to-frame luma "
+                               "change (averaged over about a second) must reach this. Stops ghosts of things that left.")
+    persist_s: float = Field(1.0, gt=0, description="Seconds of evidence before a tile belongs to the smoke region.")
+    decay: float = Field(2.0, ge=0, description="Evidence lost per second when a tile is not a candidate, per second gained.")
+    duration_s: float = Field(3.0, gt=0, description="The region must exist this long (T) before a warning.")
+    growth: float = Field(1.5, ge=1, description="…and still be growing: area × this factor, or its top risen by a tile, "
+                          "within the last growth_window_s (a ghost of something that left stops changing).")
+    growth_window_s: float = Field(2.0, gt=0, description="Window of the growth test (seconds).")
+    min_blocks: int = Field(8, ge=1, description="Smallest region (tiles) that can raise a warning.")
+    clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
+    classifier_class: str = Field("smoke", description="Class name of the optional classifier that means smoke.")
+    classifier_min: float = Field(0.5, ge=0, le=1, description="Classifier probability a region needs.")
+
+
+class SmokeDetector(VideoDetector):
+    kind = "smoke"
+    Params = SmokeParams
+    model_kind = "classifier"
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.bg: np.ndarray | None = None
+        self.evidence: np.ndarray | None = None
+        self.last_ts: int | None = None
+        self.region_since: int | None = None
+        self.start_area = 0
+        self.start_top = 0
+        self.last_region_ts: int | None = None
+        self.active = False
+        self.shape_history: deque[tuple[int, int, int]] = deque()  # (ts, tiles, top tile row) of the region
+
+    def _work(self, img: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        ww = min(self.p.work_width, w)
+        wh = max(self.p.block, round(h * ww / w))
+        return cv2.resize(img, (ww, wh), interpolation=cv2.INTER_AREA) if (ww, wh) != (w, h) else img
+
+    def candidates(self, work: np.ndarray) -> np.ndarray:
+        """bool[nby, nbx]: the tiles that look like smoke in this frame (against the background)."""
+        p = self.p
+        s = self.stats
+        k.block_stats(work, self.bg, p.block, s)
+        return ((s[..., 4] >= p.min_diff) & (s[..., 0] <= p.max_chroma) & (s[..., 0] <= s[..., 1] + p.chroma_slack)
+                & (s[..., 2] <= p.max_edge_ratio * s[..., 3] + p.edge_slack)
+                & (s[..., 2] >= p.min_edge_ratio * s[..., 3] - p.edge_slack))
+
+    def update(self, f: FrameInput) -> list[Hit]:
+        p = self.p
+        work = np.ascontiguousarray(self._work(f.image))
+        h, w = work.shape[:2]
+        nby, nbx = h // p.block, w // p.block
+        if self.bg is None or self.bg.shape[:2] != (h, w) or f.motion.global_change:
+            self.bg = work.astype(np.float32)
+            self.evidence = np.zeros((nby, nbx), np.float32)
+            self.stats = np.zeros((nby, nbx, 5), np.float32)
+            self.watched = (polygons_mask(self.masks, nbx, nby, inside=0) if self.masks else np.ones((nby, nbx), np.uint8)) != 0
+            self.flicker = np.zeros((nby, nbx), np.float32)
+            self.prev = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
+            self.last_ts = f.ts_ms
+            return self._maybe_clear(f)
+        dt = max(0.0, min((f.ts_ms - self.last_ts) / 1000.0, 5.0))
+        self.last_ts = f.ts_ms
+        luma = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
+        change = cv2.resize(cv2.absdiff(luma, self.prev)[: nby * p.block, : nbx * p.block].astype(np.float32),
+                            (nbx, nby), interpolation=cv2.INTER_AREA)  # tile means
+        self.prev = luma
+        self.flicker += np.float32(1.0 - np.exp(-dt / 1.0)) * (change - self.flicker)
+        cand = self.candidates(work) & self.watched & (self.flicker >= p.min_flicker)
+        ev = self.evidence
+        ev[cand] = np.minimum(ev[cand] + dt, p.duration_s + p.persist_s)
+        ev[~cand] = np.maximum(ev[~cand] - p.decay * dt, 0.0)
+        region = self._largest(ev >= p.persist_s)
+        alpha = np.float32(1.0 - np.exp(-dt / p.background_tau_s))
+        k.update_background_blocks(work, self.bg, (ev > 0).astype(np.uint8), p.block, alpha)
+        n = int(region.sum())
+        if n == 0:
+            self.region_since = None
+            return self._maybe_clear(f)
+        self.last_region_ts = f.ts_ms
+        ys, xs = np.nonzero(region)
+        top = int(ys.min())
+        if self.region_since is None:
+            self.region_since, self.start_area, self.start_top = f.ts_ms, n, top
+            self.shape_history.clear()
+        self.shape_history.append((f.ts_ms, n, top))
+        while len(self.shape_history) > 1 and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000:
+            self.shape_history.popleft()
+        if self.active:
+            return []
+        t_then, n_then, top_then = self.shape_history[0]
+        grown = f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and (n >= p.growth * n_then or top < top_then)
+        if f.ts_ms - self.region_since < p.duration_s * 1000 or not grown or n < p.min_blocks:
+            return []
+        sx, sy = f.image.shape[1] / w, f.image.shape[0] / h
+        box = (float(xs.min() * p.block * sx), float(ys.min() * p.block * sy),
+               float((xs.max() + 1) * p.block * sx), float((ys.max() + 1) * p.block * sy))
+        score = float(n)
+        if self.model is not None:
+            prob = self._classify(f.image, box)
+            if prob < p.classifier_min:
+                ev[region] = 0.0  # the classifier says no: start over
+                self.region_since = None
+                return []
+            score = prob
+        self.active = True
+        return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image,
+                    detail={"blocks": n, "blocks_at_start": self.start_area, "blocks_before": n_then, "top_before": top_then, "top": top,
+                            "seconds": round((f.ts_ms - self.region_since) / 1000, 2)})]
+
+    @staticmethod
+    def _largest(region: np.ndarray) -> np.ndarray:
+        """The largest 8-connected group of tiles (a plume is one connected patch; scattered tiles are not)."""
+        if not region.any():
+            return region
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(region.astype(np.uint8), connectivity=8)
+        if n <= 2:
+            return region
+        return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+    def _classify(self, image: np.ndarray, box: tuple[float, float, float, float]) -> float:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+        probs = self.model.classify([crop])[0]
+        ids = [i for i, n in self.model.names.items() if n.lower() == self.p.classifier_class.lower()]
+        return float(probs[ids[0]]) if ids else 0.0
+
+    def _maybe_clear(self, f: FrameInput) -> list[Hit]:
+        if self.active and (self.last_region_ts is None or f.ts_ms - self.last_region_ts >= self.p.clear_s * 1000):
+            self.active = False
+            return [Hit(CLEAR, 0, f.ts_ms, label="smoke")]
+        return []
