@@ -78,6 +78,8 @@ class VideoConfig(_M):
     evidence_dir: str = Field("evidence", description="Snapshots folder, relative to site.data_dir.")
     evidence_retention_days: float = Field(14.0, gt=0, description="Snapshots older than this are deleted.")
     evidence_max_mb: float = Field(2000.0, gt=0, description="Oldest snapshots are deleted beyond this size.")
+    gather_ms: float = Field(40.0, ge=0, description="After the first camera's frame arrives, wait this long for other "
+                             "cameras' frames so their models run as one batch (adds at most this to latency).")
     status_topic_prefix: str = Field("gridwatch/cameras", description="Camera status goes to <prefix>/<site>/<camera> (retained JSON).")
 
     @field_validator("rules")

@@ -1,0 +1,327 @@
+"""The video runtime: cameras → collector → motion gate → detectors (batched ONNX) → warnings.
+
+    rt = VideoRuntime(cfg, store=edge.store, publisher=edge.publisher, counters=edge.counters)
+    with rt:                      # capture threads + one analysis thread
+        ...
+
+Per analysis cycle the thread takes the newest frame of every camera that has one
+(:class:`~gridwatch.ingest.video.VideoCollector`), runs the camera's motion gate, asks each of the
+camera's detectors whether the frame should go through its model, runs every model **once** over
+the frames of all cameras that need it (one batched onnxruntime call per model and cycle), then
+hands each detector its frame, motion result and detections.
+
+Detector hits become warnings through the same :class:`~gridwatch.streams.lifecycle.Lifecycle`
+rules as the sensors (deterministic ids, cooldown, minimum active time), with ``source`` = camera
+name and the camera's configured region; every raised warning gets a JPEG snapshot (boxes and
+zones drawn, plus a *before* snapshot for dumping) under ``<data_dir>/<video.evidence_dir>``,
+referenced from ``warning.evidence["snapshot"]``. Warnings are committed to the store and then
+published with the same MQTT publisher as sensor warnings. Camera status changes
+(connecting / online / reconnecting / offline, with the reason) go to
+``<video.status_topic_prefix>/<site>/<camera>`` (retained JSON) and to the counters.
+
+Attach it to a running :class:`~gridwatch.streams.runtime.EdgeRuntime` by passing that runtime's
+store, publisher and counters (``gridwatch run`` does this when the config has cameras).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import orjson
+
+from gridwatch.config import GridwatchConfig
+from gridwatch.detectors.base import FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
+from gridwatch.detectors.evidence import EvidenceStore
+from gridwatch.detectors.motion import MotionDetector, MotionParams
+from gridwatch.detectors.registry import OnnxClassifier, create
+from gridwatch.detectors.settings import ModelConfig, VideoCameraConfig
+from gridwatch.ingest.video import CameraState, Frame, StatusChange, VideoCollector
+from gridwatch.observability import Counters
+from gridwatch.records import RegionPath, Warning
+from gridwatch.regions import parse_path
+from gridwatch.streams.lifecycle import RAISED, Lifecycle, RuleInfo
+from gridwatch.streams.processor import CLEAR as EV_CLEAR, RAISE as EV_RAISE, Events
+
+log = logging.getLogger("gridwatch.streams.video")
+EventSink = Callable[[list[tuple[str, Warning]]], None]
+
+DEFAULT_MESSAGES = {
+    "smoke": "Possible smoke on camera {source}",
+    "dumping": "Object left on camera {source}",
+    "ebike": "E-bike in {zone} on camera {source}",
+}
+
+
+def load_model(m: ModelConfig, cfg: GridwatchConfig):
+    """The shared session of one configured model (detector or classifier)."""
+    from gridwatch.detectors.onnx_session import OnnxDetector
+
+    kw: dict[str, Any] = dict(intra_op_threads=m.intra_op_threads, inter_op_threads=m.inter_op_threads,
+                              max_batch=m.max_batch, providers=m.providers or None)
+    path = cfg.resolve(m.path)
+    if m.kind == "classifier":
+        model = OnnxClassifier(path, m.input_size, m.softmax, **kw)
+    else:
+        model = OnnxDetector(path, m.layout, m.input_size, conf=m.conf, iou=m.iou, **kw)
+    if m.names:
+        model.names = dict(enumerate(m.names))
+    return model
+
+
+@dataclass
+class _Rule:
+    info: RuleInfo
+    detector: VideoDetector
+    model: str | None  # detector model name (classifiers are called by the detector itself)
+
+
+@dataclass
+class CameraPipeline:
+    """One camera's analysis state: motion gate, zones, its rules."""
+
+    slot: int
+    cfg: VideoCameraConfig
+    region: RegionPath
+    zones: list[Zone]
+    motion: MotionDetector
+    rules: list[_Rule]
+    models: list[str]  # detector models this camera's rules use
+    last_model_ts: dict[str, int] = field(default_factory=dict)
+    last_frame: Frame | None = None
+
+
+class VideoRuntime:
+    def __init__(self, cfg: GridwatchConfig, store=None, publisher=None, counters: Counters | None = None,
+                 on_events: EventSink | None = None, on_status: Callable[[StatusChange], None] | None = None,
+                 models: dict[str, Any] | None = None, collector: VideoCollector | None = None) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.publisher = publisher
+        self.counters = counters or Counters()
+        self.on_events = on_events
+        self.on_status_cb = on_status
+        self.evidence = EvidenceStore(cfg.data_dir / cfg.video.evidence_dir, cfg.video.evidence_retention_days,
+                                      cfg.video.evidence_max_mb)
+        self.models: dict[str, Any] = dict(models or {})
+        for m in cfg.video.models:
+            if m.name not in self.models:
+                self.models[m.name] = load_model(m, cfg)
+        rule_cfgs = {r.name: r for r in cfg.video.rules}
+        self.cameras: list[CameraPipeline] = []
+        self.rule_info: dict[str, RuleInfo] = {}
+        for slot, cam in enumerate(cfg.cameras):
+            zones = [Zone(z, i) for i, z in enumerate(cam.zones)]
+            mask = polygons_mask(cam.masks, 1000, 1000, inside=0) if cam.masks else None
+            rules = []
+            for rn in cam.rules or list(rule_cfgs):
+                r = rule_cfgs[rn]
+                det = create(r.kind, r.name, r.params, zones, self.models.get(r.model) if r.model else None)
+                det.masks = list(cam.masks)
+                info = RuleInfo(r.name, r.kind, r.severity, int(r.cooldown_s * 1000), int(r.min_active_s * 1000),
+                                r.message or DEFAULT_MESSAGES.get(r.kind, "{rule} on camera {source}"), "device",
+                                lambda aux: None, value_is_reading=False)
+                self.rule_info[r.name] = info
+                is_det = r.model is not None and det.model_kind == "detector"
+                rules.append(_Rule(info, det, r.model if is_det else None))
+            models = sorted({r.model for r in rules if r.model})
+            region = parse_path(cam.region or cfg.regions.default)
+            self.cameras.append(CameraPipeline(slot, cam, region, zones,
+                                               MotionDetector(MotionParams.model_validate(cam.motion), mask),
+                                               rules, models))
+        self.by_name = {c.cfg.name: c for c in self.cameras}
+        self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
+        self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status)
+        self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
+        self.frames_analysed = 0
+        self.model_frames: Counter = Counter()  # model name -> frames run
+        self.model_runs: Counter = Counter()  # model name -> batched calls
+        self.status: dict[str, tuple[str, str]] = {c.cfg.name: ("connecting", "starting") for c in self.cameras}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # emit path (analysis thread vs. tick from elsewhere)
+        self.error: BaseException | None = None
+
+    # --- lifecycle plumbing ----------------------------------------------------------------
+    def _describe(self, inp: str, slot: int) -> tuple[str, str | None]:
+        return self.cameras[slot].cfg.name, None
+
+    def _region_of(self, inp: str, slot: int, lat: float, lon: float) -> RegionPath:
+        return self.cameras[slot].region
+
+    # --- camera status -----------------------------------------------------------------------
+    def _on_status(self, ch: StatusChange) -> None:
+        self.status[ch.camera] = (ch.new.value, ch.reason)
+        self.counters.add(f"camera/{ch.camera}", f"status_{ch.new.value}")
+        self.counters.set(f"camera/{ch.camera}", "online", 1.0 if ch.new is CameraState.ONLINE else 0.0)
+        if self.publisher is not None:
+            topic = f"{self.cfg.video.status_topic_prefix}/{self.cfg.site.name}/{ch.camera}"
+            payload = orjson.dumps({"camera": ch.camera, "state": ch.new.value, "previous": ch.old.value,
+                                    "reason": ch.reason, "ts": ch.ts_ms})
+            try:
+                self.publisher.client.publish(topic, payload, qos=1, retain=True)
+            except Exception:  # never let MQTT trouble reach a capture thread
+                log.exception("camera status publish failed")
+        if self.on_status_cb is not None:
+            self.on_status_cb(ch)
+
+    # --- running -----------------------------------------------------------------------------
+    def start(self) -> "VideoRuntime":
+        self.evidence.enforce_retention()
+        self._stop.clear()
+        self.collector.start()
+        self._thread = threading.Thread(target=self._loop, name="video-analysis", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.collector.stop()
+
+    def __enter__(self) -> "VideoRuntime":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic() + 1.0
+        next_retention = time.monotonic() + 3600.0
+        gather = self.cfg.video.gather_ms / 1000.0 if any(c.models for c in self.cameras) else 0.0
+        try:
+            while not self._stop.is_set():
+                frames = self.collector.collect(timeout=0.2)
+                if frames and gather > 0 and len(frames) < len(self.cameras):
+                    time.sleep(gather)  # let the other cameras' frames arrive: one batched model run
+                    frames += self.collector.collect(timeout=0)
+                if frames:
+                    self.analyse(frames)
+                t = time.monotonic()
+                if t >= next_tick:
+                    next_tick = t + 1.0
+                    self.tick(int(time.time() * 1000))
+                if t >= next_retention:
+                    next_retention = t + 3600.0
+                    self.evidence.enforce_retention()
+        except BaseException as e:  # surfaced to whoever stops the runtime
+            self.error = e
+            log.exception("video analysis thread failed")
+
+    def tick(self, now_ms: int) -> list[tuple[str, Warning]]:
+        with self._lock:
+            events = self.lifecycle.tick(now_ms, self.rule_info)
+        self._emit(events)
+        for name, c in self.collector.counters().items():
+            src = f"camera/{name}"
+            for k in ("decoded", "skipped", "analysed", "dropped", "reconnects"):
+                self.counters.set(src, k, float(c[k]))
+        return events
+
+    def analyse(self, frames: list[Frame]) -> list[tuple[str, Warning]]:
+        """One analysis cycle over the newest frame of each camera; returns the warning events."""
+        t0 = time.perf_counter()
+        work: list[tuple[CameraPipeline, Frame, Any]] = []
+        wants: dict[str, list[int]] = defaultdict(list)  # model -> indices into work
+        for fr in frames:
+            cam = self.by_name.get(fr.camera)
+            if cam is None:
+                continue
+            cam.last_frame = fr
+            m = cam.motion.detect(fr.image)
+            idx = len(work)
+            work.append((cam, fr, m))
+            for model in cam.models:
+                due = fr.ts_ms - cam.last_model_ts.get(model, -10**15) >= cam.cfg.recheck_s * 1000
+                if due or any(r.model == model and r.detector.wants_model(fr.ts_ms, m) for r in cam.rules):
+                    wants[model].append(idx)
+        t1 = time.perf_counter()
+        dets: dict[tuple[int, str], Any] = {}
+        for model, idxs in wants.items():
+            mdl = self.models[model]
+            out = mdl.detect([work[i][1].image for i in idxs])
+            self.model_runs[model] += 1
+            self.model_frames[model] += len(idxs)
+            for i, d in zip(idxs, out):
+                dets[(i, model)] = d
+                work[i][0].last_model_ts[model] = work[i][1].ts_ms
+        t2 = time.perf_counter()
+        hits: list[tuple[CameraPipeline, _Rule, Hit]] = []
+        for i, (cam, fr, m) in enumerate(work):
+            for r in cam.rules:
+                d = dets.get((i, r.model)) if r.model else None
+                names = self.models[r.model].names if r.model else {}
+                fi = FrameInput(cam.cfg.name, fr.image, fr.ts_ms, m, d, names)
+                for h in r.detector.update(fi):
+                    hits.append((cam, r, h))
+        t3 = time.perf_counter()
+        events = self._hits_to_events(hits) if hits else []
+        t4 = time.perf_counter()
+        self.frames_analysed += len(work)
+        st = self.stage_s
+        st["gate"] += t1 - t0
+        st["model"] += t2 - t1
+        st["detectors"] += t3 - t2
+        st["evidence"] += t4 - t3
+        self.counters.add("video", "frames_analysed", len(work))
+        self._emit(events)
+        return events
+
+    def _hits_to_events(self, hits: list[tuple[CameraPipeline, _Rule, Hit]]) -> list[tuple[str, Warning]]:
+        out: list[tuple[str, Warning]] = []
+        with self._lock:
+            for cam, r, h in hits:
+                ev = Events(np.array([-1], np.int64), np.array([cam.slot], np.int32),
+                            np.array([EV_RAISE if h.kind == RAISE else EV_CLEAR], np.int8),
+                            np.array([h.ts_ms], np.int64), np.array([h.score], np.float64),
+                            np.array([h.key], np.int32))
+                for event, w in self.lifecycle.on_events(r.info, ev):
+                    if event == RAISED:
+                        self._decorate(cam, r, h, w)
+                    out.append((event, w))
+        return out
+
+    def _decorate(self, cam: CameraPipeline, r: _Rule, h: Hit, w: Warning) -> None:
+        """Zone, message and evidence (snapshots) of a newly raised warning, also on the active copy."""
+        rule = r.info.name
+        evidence: dict[str, Any] = {"camera": cam.cfg.name, "frame_ts": h.ts_ms, "label": h.label,
+                                    "boxes": [[round(v, 1) for v in b] for b in h.boxes], **h.detail}
+        if h.image is not None:
+            try:
+                label = f"{h.label} {h.score:.2f}" if h.score == h.score and h.score <= 1 else h.label
+                evidence["snapshot"] = self.evidence.save(cam.cfg.name, rule, h.ts_ms, h.image, h.boxes, cam.zones, label)
+                if h.before is not None:
+                    evidence["before_snapshot"] = self.evidence.save(cam.cfg.name, rule, h.ts_ms, h.before, h.boxes,
+                                                                     cam.zones, "before", suffix="before")
+                evidence["evidence_dir"] = str(self.evidence.root)
+            except OSError as e:  # a full disk must not stop warnings
+                evidence["snapshot_error"] = str(e)
+                self.counters.add("video", "snapshot_errors")
+        w.zone = h.zone
+        w.evidence = evidence
+        w.message = r.info.message.format_map(_Fmt(source=cam.cfg.name, zone=h.zone or "-", rule=rule, value=w.value))
+        active = self.lifecycle.active.get((rule, cam.slot, h.key))
+        if active is not None:
+            active.warning.zone, active.warning.evidence, active.warning.message = w.zone, evidence, w.message
+
+    def _emit(self, events: list[tuple[str, Warning]]) -> None:
+        if not events:
+            return
+        if self.store is not None:
+            self.store.commit(warnings=[w for _, w in events])
+        if self.publisher is not None:
+            self.publisher.publish(events)
+        self.counters.add("warnings", "video_events", len(events))
+        if self.on_events is not None:
+            self.on_events(events)
+
+
+class _Fmt(dict):
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
