@@ -17,8 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gridwatch.detectors.settings import VideoCameraConfig, VideoConfig
 
-from gridwatch.detectors.settings import VideoCameraConfig, VideoConfig
-
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -172,8 +170,6 @@ class GridwatchConfig(_Model):
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     cameras: list[VideoCameraConfig] = Field(default_factory=list, description="Cameras of the video path (see docs/video.md).")
     video: VideoConfig = Field(default_factory=VideoConfig, description="Video rules, ONNX models and snapshot evidence.")
-    cameras: list[VideoCameraConfig] = Field(default_factory=list, description="Cameras of the video path (see docs/video.md).")
-    video: VideoConfig = Field(default_factory=VideoConfig, description="Video rules, ONNX models and snapshot evidence.")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka (cluster mode).")
     worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Cluster workers (`gridwatch worker`).")
     influx: InfluxConfig | None = Field(None, description="Time-series store over the InfluxDB v2 write API (cluster mode). Omit to write none.")
@@ -203,14 +199,6 @@ class GridwatchConfig(_Model):
                 cls.Params.model_validate(_resolve_param_paths(r.params, self.base_dir))
             except ValidationError as e:
                 raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e)}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _video_valid(self) -> "GridwatchConfig":
-        if self.cameras or self.video.rules or self.video.models:
-            from gridwatch.detectors.settings import check
-
-            check(self.cameras, self.video, [r.name for r in self.rules])
         return self
 
     @model_validator(mode="after")
