@@ -12,14 +12,17 @@ value is a little-endian binary layout, schema version 1::
     8       4     n_rows      (uint32)
     12      2     n_metrics   (uint16; 0 for positions)
     14      2     reserved (0)
-    16      ...   device table: n_devices x (id, vendor, kind), each a uint16 byte length + UTF-8
-            ...   metric table: n_metrics x (uint8 length + ASCII name)   [readings only]
+    16      ...   device ids: uint32 byte length + the ids in UTF-8, joined by NUL
+            ...   device classes: uint32 byte length + "vendor NUL kind" pairs, joined by NUL
+            ...   class of each device: uint16 x n_devices (index into the class pairs)
+            ...   metric names: uint32 byte length + ASCII names joined by NUL   [readings only]
             ...   columns, each n_rows long, in this order, no padding:
                   readings : ts int64 | value float64 | device uint32 | metric uint16
                   positions: ts int64 | lat float64 | lon float64 | speed_kmh float64 | alt_m float64 | device uint32
 
-``device`` indexes the message's device table and ``metric`` its metric table, so the layout
-needs no shared registry (metric ids are local to the message; names are the contract). A
+``device`` indexes the message's device ids and ``metric`` its metric names, so the layout
+needs no shared registry (ids cannot hold NUL: MQTT topic names never do) ; metric ids are local to the message, names are the contract. Tables are
+single joined strings so a reader splits them with one call, whatever the number of devices. A
 reading costs 22 bytes + its share of the tables; Kafka-level compression (gzip/lz4/zstd on
 the producer) squeezes the repetitive ts/device columns further. Decoding is ``np.frombuffer``
 per column (zero-copy views). A reader rejects a magic/version it does not know
@@ -61,31 +64,38 @@ class WireBatch:
     columns (``device`` indexes ``devices``, ``metric`` indexes ``metrics``)."""
 
     type: int
-    devices: list[DeviceInfo]
+    ids: list[str]  # device ids
+    classes: list[tuple[str, str]]  # distinct (vendor, kind) pairs
+    device_class: np.ndarray  # index into classes, per device
     metrics: list[str]
     cols: dict[str, np.ndarray]
 
     def __len__(self) -> int:
         return int(self.cols["ts"].shape[0])
 
+    def device(self, i: int) -> DeviceInfo:
+        return DeviceInfo(self.ids[i], *self.classes[int(self.device_class[i])])
 
-def _table(strings) -> bytes:
-    out = bytearray()
-    for s in strings:
-        b = s.encode("utf-8")
-        if len(b) > 0xFFFF:
-            raise WireError(f"string of {len(b)} bytes is too long for the device table")
-        out += struct.pack("<H", len(b)) + b
-    return bytes(out)
+    @property
+    def devices(self) -> list[DeviceInfo]:
+        return [self.device(i) for i in range(len(self.ids))]
+
+
+def _blob(strings) -> bytes:
+    b = "\0".join(strings).encode("utf-8")
+    return struct.pack("<I", len(b)) + b
 
 
 def _encode(rtype: int, devices: list[DeviceInfo], metrics: list[str], cols: list[np.ndarray]) -> bytes:
     n = int(cols[0].shape[0])
+    classes: dict[tuple[str, str], int] = {}
+    cls = np.fromiter((classes.setdefault((d.vendor, d.kind), len(classes)) for d in devices), np.uint16, len(devices))
+    if len(classes) > 0xFFFF:
+        raise WireError("more than 65535 (vendor, kind) pairs in one message")
     parts = [_HEAD.pack(MAGIC, VERSION, rtype, len(devices), n, len(metrics), 0),
-             _table(s for d in devices for s in (d.id, d.vendor, d.kind))]
-    for m in metrics:
-        b = m.encode("ascii")
-        parts.append(bytes((len(b),)) + b)
+             _blob(d.id for d in devices), _blob(x for pair in classes for x in pair), cls.astype("<u2").tobytes()]
+    if rtype == READINGS:
+        parts.append(_blob(metrics))
     parts.extend(c.tobytes() for c in cols)
     return b"".join(parts)
 
@@ -120,21 +130,27 @@ def decode(buf: bytes | memoryview) -> WireBatch:
     if rtype not in (READINGS, POSITIONS):
         raise WireError(f"unknown record type {rtype}")
     pos = _HEAD.size
-    strs = []
+
+    def blob() -> list[str]:
+        nonlocal pos
+        (ln,) = struct.unpack_from("<I", mv, pos)
+        if pos + 4 + ln > len(mv):
+            raise WireError("truncated table")
+        text = bytes(mv[pos + 4:pos + 4 + ln]).decode("utf-8")
+        pos += 4 + ln
+        return text.split("\0") if text else []
+
     try:
-        for _ in range(3 * ndev):
-            (ln,) = struct.unpack_from("<H", mv, pos)
-            pos += 2
-            strs.append(bytes(mv[pos:pos + ln]).decode("utf-8"))
-            pos += ln
-        metrics = []
-        for _ in range(nmet):
-            ln = mv[pos]
-            metrics.append(bytes(mv[pos + 1:pos + 1 + ln]).decode("ascii"))
-            pos += 1 + ln
-    except (struct.error, IndexError, UnicodeDecodeError) as e:
+        ids = blob()
+        pairs = blob()
+        cls = np.frombuffer(mv, "<u2", ndev, pos).astype(np.int64)
+        pos += 2 * ndev
+        metrics = blob() if rtype == READINGS else []
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
         raise WireError(f"truncated or corrupt tables: {e}") from None
-    devices = [DeviceInfo(strs[i], strs[i + 1], strs[i + 2]) for i in range(0, len(strs), 3)]
+    if len(ids) != ndev or len(metrics) != nmet or len(pairs) % 2 or (ndev and int(cls.max()) * 2 + 1 >= len(pairs)):
+        raise WireError("device/metric tables disagree with the header")
+    classes = [(pairs[i], pairs[i + 1]) for i in range(0, len(pairs), 2)]
     spec = _READING_COLS if rtype == READINGS else _POSITION_COLS
     need = pos + n * sum(dt.itemsize for _, dt in spec)
     if len(mv) != need:
@@ -145,7 +161,7 @@ def decode(buf: bytes | memoryview) -> WireBatch:
         pos += n * dt.itemsize
     if n and (int(cols["device"].max()) >= ndev or (rtype == READINGS and int(cols["metric"].max()) >= nmet)):
         raise WireError("a row references a device or metric outside the message's tables")
-    return WireBatch(rtype, devices, metrics, cols)
+    return WireBatch(rtype, ids, classes, cls, metrics, cols)
 
 
 __all__ = ["DeviceInfo", "WireBatch", "WireError", "encode_readings", "encode_positions", "decode",

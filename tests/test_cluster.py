@@ -88,7 +88,8 @@ def test_wire_roundtrip_and_rejects():
     assert b.type == wire.READINGS and [d.id for d in b.devices] == ["d-1", "дат-2"] and b.metrics == ["ch4", "co"]
     assert b.cols["ts"].tolist() == [1, 2, 3] and b.cols["value"].tolist() == [0.5, -1.0, 1e300]
     assert b.cols["device"].tolist() == [0, 1, 1] and b.cols["metric"].tolist() == [1, 0, 1]
-    assert len(buf) == 16 + (2 + 3 + 2 + 4 + 2 + 3) + (2 + 8 + 2 + 4 + 2 + 3) + (1 + 3) + (1 + 2) + 3 * 22
+    # header, ids (4 + 3 + 1 + 8), classes (4 + 'acme\0gas'), class per device, metrics (4 + 'ch4\0co'), rows
+    assert len(buf) == 16 + (4 + 12) + (4 + 8) + 2 * 2 + (4 + 6) + 3 * 22
     p = wire.decode(wire.encode_positions(devs[:1], np.zeros(2), np.array([5, 6]), np.array([30.0, 30.1]),
                                           np.array([114.0, 114.1]), np.array([np.nan, 3.0]), np.array([1.0, np.nan])))
     assert p.type == wire.POSITIONS and p.cols["lat"].tolist() == [30.0, 30.1] and np.isnan(p.cols["speed_kmh"][0])
