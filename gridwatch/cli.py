@@ -13,7 +13,7 @@ from gridwatch.config import ConfigError, explain, load, secrets_world_readable
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
-                "ingest": "gridwatch.benchmarks.ingest", "cluster": "gridwatch.benchmarks.cluster"}
+                "ingest": "gridwatch.benchmarks.ingest", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video"}
 
 
 def _fmt_ts(ms: int | None) -> str:
@@ -63,8 +63,19 @@ def cmd_run(a) -> int:
         import logging
 
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
-    rt = EdgeRuntime(cfg, on_events=(lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None)
-    run_blocking(rt.run(duration_s=a.duration))
+    on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
+    rt = EdgeRuntime(cfg, on_events=on_events)
+    video = None
+    if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
+        from gridwatch.streams.video import VideoRuntime
+
+        video = VideoRuntime(cfg, store=rt.store, publisher=rt.publisher, counters=rt.counters, on_events=on_events)
+        video.start()
+    try:
+        run_blocking(rt.run(duration_s=a.duration))
+    finally:
+        if video is not None:
+            video.stop()
     return 0
 
 
@@ -83,6 +94,13 @@ def cmd_worker(a) -> int:
         cfg.worker.stats_file = a.stats_file
     setup_logging(cfg.log.level, cfg.log.format, tuple(s for s in (cfg.influx.token if cfg.influx else None,) if s))
     return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
+
+
+def cmd_hw(a) -> int:
+    from gridwatch.hw.cameras import report
+
+    print(report())
+    return 0
 
 
 def cmd_demo(a) -> int:
@@ -199,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             s.add_argument("--reason")
         s.set_defaults(fn=fn)
+
+    h = sub.add_parser("hw", help="what this box has for video: ONNX providers, hardware decoders, camera URL templates")
+    h.set_defaults(fn=cmd_hw)
 
     b = sub.add_parser("bench", help=f"run a benchmark suite ({', '.join(BENCH_SUITES)})")
     b.add_argument("suite")
