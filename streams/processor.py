@@ -76,6 +76,7 @@ class Processor(ABC):
         self.capacity = 0
         self.enabled = np.zeros(0, np.bool_)
         self._alloc_state(0)
+        self._bind()
         self.grow(capacity)
 
     # --- state -------------------------------------------------------------------------
@@ -86,6 +87,11 @@ class Processor(ABC):
     @abstractmethod
     def _alloc_state(self, n: int) -> None:
         """(Re)create state arrays for n slots in their initial state."""
+
+    def _bind(self) -> None:
+        """Called whenever the state arrays were replaced: caches them in ``_state_arrays`` order
+        as ``self._state``, so a hot ``process`` needs no dict per call."""
+        self._state = tuple(self._state_arrays().values())
 
     def grow(self, n: int) -> None:
         """Make room for slots [0, n); new slots start disabled and in the initial state."""
@@ -100,6 +106,7 @@ class Processor(ABC):
         en[: self.enabled.shape[0]] = self.enabled
         self.enabled = en
         self.capacity = n
+        self._bind()
 
     def enable(self, slot: int) -> None:
         """The rule applies to this slot (set when a series/device that matches the rule appears)."""
@@ -119,6 +126,7 @@ class Processor(ABC):
             a[:] = snap[k]
         self.enabled = snap["enabled"].copy()
         self.capacity = n
+        self._bind()
 
     @property
     def nbytes(self) -> int:

@@ -55,14 +55,63 @@ def _concat(parts: list[Events]) -> Events:
     return Events(*(np.concatenate(cols) for cols in zip(*parts)))
 
 
+# Output buffers start this small (transitions are rare) and grow 4x whenever a call fills them;
+# a full-size buffer per call would cost more than many kernels' own work.
+_OUT_START = 256
+
+
+def _run_rows(kernel, rows: tuple[np.ndarray, ...], fixed: tuple, params: tuple) -> Events:
+    """Run a row kernel ``kernel(*rows, *fixed, *params, *out)`` over all rows with output buffers
+    that start small: when a call fills them, continue with the rows after the last event
+    (see the kernels' module docstring) and concatenate."""
+    total = rows[0].shape[0]
+    out = Events.alloc(min(total, _OUT_START))
+    n = kernel(*rows, *fixed, *params, *out)
+    if n < len(out) or total == 0:
+        return out.head(n)
+    parts, start = [], 0
+    while True:
+        ev = out.head(n)
+        ev.row[:] += start
+        parts.append(ev)
+        if n < len(out):
+            return _concat(parts)
+        start = int(ev.row[-1]) + 1
+        if start >= total:
+            return _concat(parts)
+        out = Events.alloc(min(total - start, 4 * len(out)))
+        n = kernel(*(r[start:] for r in rows), *fixed, *params, *out)
+
+
+def _run_scan(kernel, head: tuple, state: tuple[np.ndarray, ...], cap: int, oldest: np.ndarray) -> Events:
+    """Run a timer kernel ``kernel(*head, *state, oldest, *out)`` that scans slots (``state`` =
+    enabled mask then state arrays), resuming after the last event's slot when the output fills
+    up; ``oldest[0]`` ends as the minimum the kernel reports over all parts."""
+    out = Events.alloc(min(cap, _OUT_START))
+    n = kernel(*head, *state, oldest, *out)
+    if n < len(out) or cap == 0:
+        return out.head(n)
+    parts, start, lo = [], 0, int(oldest[0])
+    while True:
+        ev = out.head(n)
+        ev.slot[:] += start
+        parts.append(ev)
+        if n == len(out):
+            start = int(ev.slot[-1]) + 1
+        if n < len(out) or start >= cap:
+            oldest[0] = lo
+            return _concat(parts)
+        out = Events.alloc(min(cap - start, 4 * len(out)))
+        n = kernel(*head, *(a[start:] for a in state), oldest, *out)
+        lo = min(lo, int(oldest[0]))
+
+
 class _SensorProcessor(Processor):
     input = "sensor"
 
     def _run(self, kernel, batch: SensorBatch, *args: Any) -> Events:
         """Call a series kernel: (rows, enabled, state arrays in ``_state_arrays`` order, params, output)."""
-        out = Events.alloc(len(batch))
-        n = kernel(batch.series, batch.ts, batch.value, self.enabled, *self._state_arrays().values(), *args, *out)
-        return out.head(n)
+        return _run_rows(kernel, (batch.series, batch.ts, batch.value), (self.enabled, *self._state), args)
 
 
 # --- threshold ---------------------------------------------------------------------------
@@ -228,7 +277,13 @@ class OfflineParams(Params):
 
 
 class Offline(Processor):
-    """Device silence, per *device* slot: tick() raises, the next reading clears."""
+    """Device silence, per *device* slot: tick() raises, the next reading clears.
+
+    A tick scans every slot, so the processor keeps a lower bound of the last-seen time of
+    the devices that could still go offline (seen and online): while ``now - bound`` is within
+    the timeout no device can be overdue and the tick skips its scan (same events, no work).
+    Each scan recomputes the bound; each batch lowers it to the batch's earliest timestamp.
+    """
 
     kind = "offline"
     input = "sensor"
@@ -242,16 +297,24 @@ class Offline(Processor):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"last_seen": self.last_seen, "offline": self.offline}
 
+    def _bind(self) -> None:
+        super()._bind()
+        self._oldest: int | None = None  # the bound; None = unknown (state replaced): scan
+
     def process(self, batch: SensorBatch) -> Events:
-        out = Events.alloc(len(batch))
-        n = sk.offline_seen(batch.device, batch.ts, self.enabled, self.last_seen, self.offline, *out)
-        return out.head(n)
+        if self._oldest is not None and len(batch):
+            self._oldest = min(self._oldest, int(batch.ts.min()))
+        return _run_rows(sk.offline_seen, (batch.device, batch.ts), (self.enabled, *self._state), ())
 
     def tick(self, now_ms: int) -> Events:
-        out = Events.alloc(self.capacity)
-        n = sk.offline_tick(np.int64(now_ms), _ms(self.params.timeout_s), self.enabled,
-                            self.last_seen, self.offline, *out)
-        return out.head(n)
+        timeout = _ms(self.params.timeout_s)
+        if self._oldest is not None and now_ms - self._oldest <= timeout:
+            return Events.empty()
+        oldest = np.empty(1, np.int64)
+        ev = _run_scan(sk.offline_scan, (np.int64(now_ms), timeout), (self.enabled, *self._state), self.capacity,
+                       oldest)
+        self._oldest = int(oldest[0])
+        return ev
 
 
 # --- speeding ----------------------------------------------------------------------------

@@ -6,12 +6,22 @@ place and writes one output row per state transition, returning how many it wrot
 slot is outside the state arrays or not enabled is skipped without touching any state. Each
 row causes at most one transition, so output arrays as long as the batch always suffice.
 
+Shorter output arrays are allowed: a kernel stops right after the row (or, for a timer scan,
+the slot) whose transition filled them, with that row's state fully updated, and returns
+``n == len(out_row)``. The caller then continues with the rows after ``out_row[n - 1]`` (a
+timer scan: the slots after ``out_slot[n - 1]``) into fresh output arrays. So callers can start
+with small buffers, since transitions are rare, and grow only when a batch is eventful.
+
+State arrays may be strided views (e.g. the fields of one structured per-slot record array,
+which keeps all of a slot's state in one cache line); the same code is compiled for both.
+
 Output arrays are, in order, the columns of :class:`~gridwatch.streams.processor.Events`:
 ``out_row, out_slot, out_kind, out_ts, out_value, out_aux``; kernels leave ``out_aux`` as
 allocated (-1) unless said otherwise.
 
 Time is int64 epoch milliseconds; durations arrive already converted to milliseconds.
-``NO_TS`` marks "no timestamp yet" in state arrays.
+``NO_TS`` marks "no timestamp yet" in state arrays. Divisions follow IEEE rules (no Python
+ZeroDivisionError): the processors' parameter checks keep divisors positive.
 """
 from __future__ import annotations
 
@@ -24,8 +34,10 @@ NO_TS = np.iinfo(np.int64).min
 RAISE = 1
 CLEAR = -1
 
+_JIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 
-@njit(cache=True, nogil=True)
+
+@njit(**_JIT)
 def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, out_value):
     out_row[n] = row
     out_slot[n] = slot
@@ -35,7 +47,7 @@ def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, ou
     return n + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def threshold(slot, ts, value, enabled,
               active, since,
               has_above, above, clear_above, has_below, below, clear_below, min_dur_ms,
@@ -49,30 +61,35 @@ def threshold(slot, ts, value, enabled,
     Event value: the reading.
     """
     n = 0
+    full = out_row.shape[0]
     cap = enabled.shape[0]
     for i in range(slot.shape[0]):
         s = slot[i]
         if s < 0 or s >= cap or not enabled[s]:
             continue
         v = value[i]
-        t = ts[i]
         if active[s]:
             if (not has_above or v < clear_above) and (not has_below or v > clear_below):
                 active[s] = 0
                 since[s] = NO_TS
-                n = _emit(n, i, s, CLEAR, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+                n = _emit(n, i, s, CLEAR, ts[i], v, out_row, out_slot, out_kind, out_ts, out_value)
+                if n == full:
+                    break
         elif (has_above and v >= above) or (has_below and v <= below):
+            t = ts[i]
             if since[s] == NO_TS:
                 since[s] = t
             if t - since[s] >= min_dur_ms:
                 active[s] = 1
                 n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
-        else:
+                if n == full:
+                    break
+        elif since[s] != NO_TS:
             since[s] = NO_TS
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def rate_of_change(slot, ts, value, enabled,
                    last_ts, last_value, active,
                    max_per_s, clear_per_s, direction,
@@ -86,6 +103,7 @@ def rate_of_change(slot, ts, value, enabled,
     Event value: the rate (units per second, signed).
     """
     n = 0
+    full = out_row.shape[0]
     cap = enabled.shape[0]
     for i in range(slot.shape[0]):
         s = slot[i]
@@ -93,14 +111,17 @@ def rate_of_change(slot, ts, value, enabled,
             continue
         t = ts[i]
         v = value[i]
-        if last_ts[s] == NO_TS:
+        prev_t = last_ts[s]
+        if prev_t == NO_TS:
             last_ts[s] = t
             last_value[s] = v
             continue
-        dt = t - last_ts[s]
+        dt = t - prev_t
         if dt <= 0:
             continue
         rate = (v - last_value[s]) * 1000.0 / dt
+        last_ts[s] = t
+        last_value[s] = v
         if direction > 0:
             r = rate
         elif direction < 0:
@@ -111,15 +132,17 @@ def rate_of_change(slot, ts, value, enabled,
             if r < clear_per_s:
                 active[s] = 0
                 n = _emit(n, i, s, CLEAR, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
+                if n == full:
+                    break
         elif r > max_per_s:
             active[s] = 1
             n = _emit(n, i, s, RAISE, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
-        last_ts[s] = t
-        last_value[s] = v
+            if n == full:
+                break
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def zscore(slot, ts, value, enabled,
            mean, var, count, active,
            alpha, warmup, z_raise, z_clear, min_std, freeze,
@@ -140,6 +163,7 @@ def zscore(slot, ts, value, enabled,
     Event value: z.
     """
     n = 0
+    full = out_row.shape[0]
     cap = enabled.shape[0]
     for i in range(slot.shape[0]):
         s = slot[i]
@@ -152,28 +176,36 @@ def zscore(slot, ts, value, enabled,
             var[s] = 0.0
             count[s] = 1
             continue
+        m = mean[s]
+        q = var[s]
+        kind = 0
         update = True
         if c >= warmup:
-            z = (v - mean[s]) / max(math.sqrt(var[s]), min_std)
+            z = (v - m) / max(math.sqrt(q), min_std)
             az = abs(z)
             if active[s]:
                 if az < z_clear:
                     active[s] = 0
-                    n = _emit(n, i, s, CLEAR, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
+                    kind = CLEAR
             elif az >= z_raise:
                 active[s] = 1
-                n = _emit(n, i, s, RAISE, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
+                kind = RAISE
             update = not (freeze and az >= z_raise)
         else:
+            z = 0.0
             count[s] = c + 1
         if update:
-            d = v - mean[s]
-            mean[s] = mean[s] + alpha * d
-            var[s] = (1.0 - alpha) * (var[s] + alpha * d * d)
+            d = v - m
+            mean[s] = m + alpha * d
+            var[s] = (1.0 - alpha) * (q + alpha * d * d)
+        if kind != 0:
+            n = _emit(n, i, s, kind, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def flatline(slot, ts, value, enabled,
              run_value, run_ts, active,
              epsilon, dur_ms,
@@ -186,6 +218,7 @@ def flatline(slot, ts, value, enabled,
     Event value: the reading (the stuck value on raise, the new value on clear).
     """
     n = 0
+    full = out_row.shape[0]
     cap = enabled.shape[0]
     for i in range(slot.shape[0]):
         s = slot[i]
@@ -193,23 +226,28 @@ def flatline(slot, ts, value, enabled,
             continue
         t = ts[i]
         v = value[i]
-        if run_ts[s] == NO_TS:
+        r0 = run_ts[s]
+        if r0 == NO_TS:
             run_ts[s] = t
             run_value[s] = v
         elif abs(v - run_value[s]) <= epsilon:
-            if not active[s] and t - run_ts[s] >= dur_ms:
+            if not active[s] and t - r0 >= dur_ms:
                 active[s] = 1
                 n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
+                if n == full:
+                    break
         else:
+            run_ts[s] = t
+            run_value[s] = v
             if active[s]:
                 active[s] = 0
                 n = _emit(n, i, s, CLEAR, t, v, out_row, out_slot, out_kind, out_ts, out_value)
-            run_ts[s] = t
-            run_value[s] = v
+                if n == full:
+                    break
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def offline_seen(device, ts, enabled,
                  last_seen, offline,
                  out_row, out_slot, out_kind, out_ts, out_value, out_aux):
@@ -219,22 +257,25 @@ def offline_seen(device, ts, enabled,
     last seen; negative for a reading older than the last one seen).
     """
     n = 0
+    full = out_row.shape[0]
     cap = enabled.shape[0]
     for i in range(device.shape[0]):
         s = device[i]
         if s < 0 or s >= cap or not enabled[s]:
             continue
         t = ts[i]
+        seen = last_seen[s]
+        if t > seen:
+            last_seen[s] = t
         if offline[s]:
             offline[s] = 0
-            n = _emit(n, i, s, CLEAR, t, (t - last_seen[s]) / 1000.0,
-                      out_row, out_slot, out_kind, out_ts, out_value)
-        if t > last_seen[s]:
-            last_seen[s] = t
+            n = _emit(n, i, s, CLEAR, t, (t - seen) / 1000.0, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def offline_tick(now_ms, timeout_ms, enabled,
                  last_seen, offline,
                  out_row, out_slot, out_kind, out_ts, out_value, out_aux):
@@ -243,12 +284,31 @@ def offline_tick(now_ms, timeout_ms, enabled,
     Devices never seen (``last_seen == NO_TS``) are not offline. Event row -1, ts ``now_ms``,
     value: seconds since last seen. At most one event per slot.
     """
+    return offline_scan(now_ms, timeout_ms, enabled, last_seen, offline, np.empty(1, np.int64),
+                        out_row, out_slot, out_kind, out_ts, out_value, out_aux)
+
+
+@njit(**_JIT)
+def offline_scan(now_ms, timeout_ms, enabled,
+                 last_seen, offline, oldest,
+                 out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """:func:`offline_tick` that also sets ``oldest[0]`` to the earliest ``last_seen`` among the
+    scanned slots still seen and online afterwards, enabled or not (int64 max when there are
+    none): until ``now - oldest[0] > timeout_ms`` no later tick can raise any of them."""
     n = 0
+    full = out_row.shape[0]
+    lo = np.iinfo(np.int64).max
     for s in range(enabled.shape[0]):
-        if not enabled[s] or offline[s] or last_seen[s] == NO_TS:
+        seen = last_seen[s]
+        if offline[s] or seen == NO_TS:
             continue
-        if now_ms - last_seen[s] > timeout_ms:
+        if enabled[s] and now_ms - seen > timeout_ms:
             offline[s] = 1
-            n = _emit(n, -1, s, RAISE, now_ms, (now_ms - last_seen[s]) / 1000.0,
+            n = _emit(n, -1, s, RAISE, now_ms, (now_ms - seen) / 1000.0,
                       out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
+        elif seen < lo:
+            lo = seen
+    oldest[0] = lo
     return n
