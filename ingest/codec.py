@@ -404,6 +404,8 @@ def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):
     first = items[0]
     if type(first) is not dict or (pos and (pos["lat"][0] in first or pos["lon"][0] in first)):
         return None
+    if any("." in k for k in fmap):  # nested fields ("a.b") are looked up by the item path only
+        return None
     nk = len(first)
     try:
         if set(map(len, items)) != {nk}:
