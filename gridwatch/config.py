@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from gridwatch.detectors.settings import VideoCameraConfig, VideoConfig
 
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # inf would pass ge=/gt= checks
 
 
 class SiteConfig(_Model):
@@ -37,7 +37,7 @@ class TlsConfig(_Model):
     ca_file: str | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate; system CAs when omitted.")
     cert_file: str | None = Field(None, description="Client certificate (PEM) for certificate authentication.")
     key_file: str | None = Field(None, description="Private key (PEM) of the client certificate.")
-    verify: bool = Field(True, description="Verify the broker's certificate and host name. Turning this off is for lab use only.")
+    verify: StrictBool = Field(True, description="Verify the broker's certificate and host name. Turning this off is for lab use only (a TOML true/false; a string such as \"no\" is an error, not a silent off).")
 
 
 class MqttConfig(_Model):
@@ -249,6 +249,9 @@ def substitute_env(value: Any, env: dict[str, str] | None = None, where: str = "
     return value
 
 
+_SECRET_KEY = re.compile(r"(?i)pass|token|secret|key|cred|auth")
+
+
 def _describe(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
@@ -259,6 +262,8 @@ def _describe(err: ValidationError) -> str:
             continue
         got = e.get("input")
         got_s = repr(got) if not isinstance(got, dict) else "a table"
+        if e["type"] == "extra_forbidden" or _SECRET_KEY.search(str(e["loc"][-1])):
+            got_s = "value not shown"  # a secret, or possibly one under a misspelled key
         if len(got_s) > 80:
             got_s = got_s[:77] + "..."
         parts.append(f"{loc}: {msg} (got {got_s})")

@@ -85,7 +85,7 @@ def conversion(unit: str, metric: Metric, where: str) -> tuple[float, float]:
     """(factor, offset) taking a value in ``unit`` to the metric's canonical unit."""
     try:
         dim, f, o = UNITS[unit]
-    except KeyError:
+    except (KeyError, TypeError):  # TypeError: not a string (an unhashable TOML array/table)
         raise ProfileError(f"{where}: unknown unit {unit!r}; known units: {sorted(UNITS)}") from None
     cdim, cf, co = UNITS[metric.unit]
     if dim != cdim:
@@ -120,6 +120,14 @@ class Profile:
             raise ProfileError(f"{where}: unknown keys {sorted(extra)}; expected {sorted(known)}")
         if "vendor" not in d:
             raise ProfileError(f"{where}: 'vendor' is required")
+        for k in ("vendor", "description", "timestamp", "timestamp_unit", "root", "device_id"):
+            if k in d and not isinstance(d[k], str):
+                raise ProfileError(f"{where}.{k}: expected a string, got {type(d[k]).__name__}")
+        if not d["vendor"]:
+            raise ProfileError(f"{where}.vendor: must not be empty")
+        for k in ("fields", "position"):
+            if not isinstance(d.get(k) or {}, dict):
+                raise ProfileError(f"{where}.{k}: expected a table, got {type(d[k]).__name__}")
         tu = d.get("timestamp_unit", "auto")
         if tu not in ("auto", "s", "ms", "us", "ns", "iso"):
             raise ProfileError(f"{where}.timestamp_unit: {tu!r} is not one of auto, s, ms, us, ns, iso")
@@ -128,8 +136,10 @@ class Profile:
             w = f"{where}.fields.{key}"
             if isinstance(spec, str):
                 spec = {"metric": spec}
+            if not isinstance(spec, dict):
+                raise ProfileError(f"{w}: expected a metric name or a table {{ metric = ..., unit = ... }}")
             mname = spec.get("metric")
-            if mname not in METRIC_ID:
+            if not isinstance(mname, str) or mname not in METRIC_ID:
                 raise ProfileError(f"{w}: unknown metric {mname!r}; canonical metrics: {sorted(METRIC_ID)}")
             m = METRICS[METRIC_ID[mname]]
             f, o = conversion(spec.get("unit", m.unit), m, w)
@@ -140,6 +150,8 @@ class Profile:
                 raise ProfileError(f"{where}.position.{role}: expected lat, lon, speed or alt")
             if isinstance(spec, str):
                 spec = {"field": spec}
+            if not isinstance(spec, dict) or not isinstance(spec.get("field"), str) or not spec["field"]:
+                raise ProfileError(f"{where}.position.{role}: expected a field name or a table {{ field = ..., unit = ... }}")
             factor = 1.0
             if role == "speed":
                 factor, _ = conversion(spec.get("unit", "km/h"), METRICS[METRIC_ID["speed"]], f"{where}.position.speed")

@@ -23,6 +23,7 @@ JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float
 """
 from __future__ import annotations
 
+import reprlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -113,6 +114,8 @@ class Codec:
             parts = topic.split("/")
             if len(parts) < 4 or parts[0] != TOPIC_ROOT or not all(parts[1:4]):
                 r = ("bad_topic", f"topic {topic!r} does not match {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id>")
+            elif "\0" in parts[3]:  # NUL separates ids in the Kafka wire tables (and MQTT forbids it)
+                r = ("bad_device_id", f"device id {parts[3]!r} in topic {topic!r} contains a NUL character")
             elif parts[1] not in self.profiles:
                 r = ("unknown_vendor", f"no device profile for vendor {parts[1]!r} (topic {topic!r})")
             else:
@@ -215,8 +218,8 @@ class Codec:
                 d = dev
                 if idf:
                     did = it.get(idf, body.get(idf))
-                    if type(did) is not str or not did:
-                        reject(mi, "bad_device_id", f"field {idf!r} must be a non-empty string, got {did!r}"[:300])
+                    if type(did) is not str or not did or "\0" in did:
+                        reject(mi, "bad_device_id", f"field {idf!r} must be a non-empty string without NUL, got {_short(did, 200)}")
                         continue
                     d, why = resolve(did, vendor, kind)
                     if why is not None:
@@ -419,6 +422,11 @@ def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):
     return len(items), t_col, fcols
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 60, 60
+
+
 def _short(v: object, n: int = 60) -> str:
-    s = repr(v)
+    # bounded depth: repr() of a value nested ~1000 deep (JSON allows it) raises RecursionError
+    s = _REPR.repr(v) if type(v) in (list, dict) else repr(v)
     return s if len(s) <= n else s[: n - 3] + "..."
