@@ -46,13 +46,16 @@ class _Reader(CalibrationDataReader):
 
 
 def quantize(fp32: Path, int8: Path, calib: list[np.ndarray]) -> None:
-    """Static int8, QDQ format, per-channel weights, calibrated on ``calib`` batches (MinMax)."""
+    """Static int8, QDQ format, per-channel weights, convolutions only, calibrated on ``calib`` batches (MinMax)."""
     pre = int8.with_suffix(".pre.onnx")
     from onnxruntime.quantization.shape_inference import quant_pre_process
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     name = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    # only the convolutions: a detector's decode tail concatenates pixel coordinates (0..640) with
+    # scores (0..1) in one tensor, and one int8 scale for both would wipe out the scores
     quantize_static(str(pre), str(int8), _Reader(name, calib), quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    op_types_to_quantize=["Conv"])
     pre.unlink()
     meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
     meta["precision"] = "int8-qdq"

@@ -5,7 +5,7 @@
 Architecture: a plain ReLU/BN conv backbone (strides 2..32), a top-down feature pyramid over
 strides 8/16/32 and one shared anchor-free head per level (FCOS-style centre sampling with objects
 assigned to a level by size; box = distances to the four sides; quality-focal classification whose
-target is the predicted box's IoU). The exported graph decodes the boxes itself and emits the
+target is 0.5 + 0.5 × the predicted box's IoU). The exported graph decodes the boxes itself and emits the
 **YOLOv8 layout** ``[B, 4+C, N]`` (cx, cy, w, h in input pixels; sigmoid class scores), so it goes
 through the same decoder and NMS as users' YOLOv8/YOLO11 exports. Input: ``images``
 ``[B, 3, 256, 256]`` RGB 0..1, letterboxed with grey 114 (dynamic batch axis).
@@ -157,7 +157,7 @@ def loss_fn(model, images, targets):
             pb, tb = boxes[b, pos], gb[idx[pos]]
             iou, giou = box_iou_giou(pb, tb)
             reg_loss = reg_loss + (1 - giou).sum()
-            cls_t[b, pos, gc[idx[pos]]] = iou.detach().clamp(min=0.05)
+            cls_t[b, pos, gc[idx[pos]]] = 0.5 + 0.5 * iou.detach().clamp(min=0)  # rank by IoU, confident ≥ 0.5
             npos += int(pos.sum())
     p = logits.sigmoid()
     qfl = F.binary_cross_entropy_with_logits(logits, cls_t, reduction="none") * (p - cls_t).abs().pow(2)
@@ -191,9 +191,9 @@ def collate(items):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=550)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=HERE)
@@ -203,7 +203,7 @@ def main(argv=None):
     model = Detector()
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.998))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    warm = 200
+    warm = min(200, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     start_seed = args.seed * 10_000_000
