@@ -83,6 +83,8 @@ class MqttCollector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_connect_fail = self._on_connect_fail
+        self.last_error: str | None = None  # why the latest connection attempt failed (TLS, refused ...)
         self.topics = [f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t for t in cfg.topics]
 
     # paho's thread ------------------------------------------------------------------------
@@ -97,6 +99,25 @@ class MqttCollector:
         self.connected.set()
         log.info("mqtt connected", extra={"fields": {"host": self.cfg.host, "port": self.cfg.port, "topics": self.topics,
                                                      "session_present": bool(getattr(flags, "session_present", False))}})
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """paho calls this inside its ``except OSError`` around (re)connect: the exception is the
+        one being handled. Logged once per distinct error (paho keeps retrying with backoff)."""
+        import ssl
+        import sys
+
+        e = sys.exc_info()[1]
+        self.counters.add(self.source, "connect_failures")
+        msg = f"{type(e).__name__}: {e}" if e is not None else "connection failed"
+        if isinstance(e, ssl.SSLCertVerificationError):
+            msg += (" — the broker's certificate could not be verified: set mqtt.tls.ca_file to the CA that signed it"
+                    " (and connect by a host name or address the certificate names)")
+        elif isinstance(e, ssl.SSLError):
+            msg += " — TLS handshake failed: check mqtt.tls (ca_file, cert_file/key_file) and that the port speaks TLS"
+        if msg != self.last_error:
+            log.error("mqtt connection failed: %s; retrying with backoff", msg,
+                      extra={"fields": {"host": self.cfg.host, "port": self.cfg.port}})
+        self.last_error = msg
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -106,8 +106,10 @@ class Store:
             got = directory.series_slots(np.array([d], np.int32), np.array([m], np.int16))[0]
             if got != slot:
                 raise RuntimeError(f"store {self.path}: series {slot} restored at slot {got}")
-        self._devices_saved = len(directory)
-        self._series_saved = len(directory.series)
+        # what the store holds, not len(directory): devices from the config were added to the
+        # directory before this call and must still be saved by the next commit
+        self._devices_saved = self._db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM devices").fetchone()[0]
+        self._series_saved = self._db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM series").fetchone()[0]
 
     def commit(self, directory=None, sensor: SensorBatch | None = None, position: PositionBatch | None = None,
                warnings: Iterable[Warning] = (), dead: Iterable[DeadLetter] = (),
