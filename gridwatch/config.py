@@ -129,6 +129,14 @@ class KafkaConfig(_Model):
     replication_factor: int = Field(1, ge=1, description="Replication of the topics gridwatch creates (3 on a real cluster).")
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field("none", description="Producer compression (lz4/zstd/snappy need their Python packages).")
     linger_ms: int = Field(20, ge=0, description="Producer batching delay.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Kafka security protocol; SASL_SSL for a managed cluster.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("PLAIN", description="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL).")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: str | None = Field(None, description="SASL password; write it as ${KAFKA_PASSWORD}. Never logged.")
+    ssl_ca_file: str | None = Field(None, description="CA certificate (PEM) of the brokers; system CAs when omitted (SSL / SASL_SSL).")
+    ssl_cert_file: str | None = Field(None, description="Client certificate (PEM) for TLS client authentication.")
+    ssl_key_file: str | None = Field(None, description="Private key (PEM) of the client certificate.")
+    ssl_verify: StrictBool = Field(True, description="Verify the brokers' certificates and host names (lab use only when off).")
 
 
 class WorkerConfig(_Model):

@@ -297,7 +297,10 @@ async def ensure_topics(cfg: GridwatchConfig, timeout: float = 30.0) -> None:
     from aiokafka.errors import TopicAlreadyExistsError
 
     k = cfg.kafka
-    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    from gridwatch.ingest.kafka_security import client_kwargs
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers, request_timeout_ms=int(timeout * 1000),
+                                **client_kwargs(k))
     await admin.start()
     try:
         names = (k.readings_topic, k.warning_events_topic, k.warnings_topic)
