@@ -70,7 +70,7 @@ class Subscriber:
         self.client = c
         assert self.subscribed.wait(10), "subscriber did not get its SUBACK"
 
-    def get(self, timeout: float = 10.0):
+    def get(self, timeout: float = 30.0):
         topic, payload = self.q.get(timeout=timeout)
         return topic, orjson.loads(payload)
 
@@ -90,7 +90,7 @@ def mosquitto_pub(port: int, topic: str, lines: list[bytes | str], user: str | N
     return subprocess.run(cmd, input=data, capture_output=True, timeout=60, check=True)
 
 
-def wait_until(pred, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+def wait_until(pred, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.time() + timeout
     while time.time() < deadline:
         v = pred()

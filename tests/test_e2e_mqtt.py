@@ -46,7 +46,7 @@ def test_reading_to_warning_on_mqtt_and_in_store(mosquitto_factory, tmp_path, mo
             extra = ["--cafile", str(mq.ca_file)] if tls else []
             mosquitto_pub(port, "devices/aqualine/sewer_level/aq-sewer-002", good[:2] + bad + good[2:],
                           "aqualine", USERS["aqualine"], extra=extra)
-            topic, msg = sub.get(timeout=15)
+            topic, msg = sub.get(timeout=30)
             assert topic == "gridwatch/warnings/Jiangcheng/Riverside District/East Town/E-02/sewer_overflow"
             assert msg["event"] == "raised" and msg["schema"] == "gridwatch.warning-event/1"
             w = msg["warning"]

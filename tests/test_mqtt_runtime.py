@@ -32,7 +32,7 @@ def test_mqtt311_client_stores_and_raises(mosquitto, tmp_path):
     try:
         with RuntimeThread(_cfg(mosquitto.port, tmp_path, protocol="3.1.1"), tmp_path):
             publish_qos1(mosquitto.port, "devices/generic/sewer_level/s1", _readings(100) + [orjson.dumps({"ts": int(time.time() * 1000), "water_level": 9.0})])
-            _, ev = sub.get(15)
+            _, ev = sub.get(30)
             assert ev["event"] == "raised" and ev["warning"]["source"] == "s1"
             wait_until(lambda: Store(tmp_path / "gridwatch.db").count_readings() == 101, what="101 readings")
     finally:
