@@ -1,7 +1,9 @@
 """Smoke: a training-free candidate stage with temporal rules, and an optional ONNX classifier.
 
 On a small working frame (``work_width`` px wide) split into ``block``-px tiles, a tile is a
-*candidate* in a frame when, against a slowly learnt background (frozen where candidates are):
+*candidate* in a frame when, against a slowly learnt background (frozen where candidates are, and
+learnt only over ``foreground_tau_s`` where something opaque covers a tile, so that passers-by do
+not leave it out of date):
 
 * it changed: mean |luma − background luma| ≥ ``min_diff`` (smoke moves in);
 * it is grey: mean chroma ≤ ``max_chroma`` and not more colourful than the background was
@@ -10,12 +12,24 @@ On a small working frame (``work_width`` px wide) split into ``block``-px tiles,
   (smoke veils texture; a person or an object in front of a wall adds edges) — but not below
   ``min_edge_ratio`` × the background's: texture still shows through thin smoke, while dark
   clothing or a vehicle body hides it completely (dense, opaque smoke is then found by its
-  translucent fringe).
+  translucent fringe);
+* the change is soft: the gradient energy of the *difference* (frame − background) is at most
+  ``max_sharpness`` × its mean magnitude (+ ``sharpness_slack``). A veil of smoke changes a tile
+  smoothly (frame ≈ (1 − a)·background + a·grey with a slowly varying a), while a person, a bag
+  or a car in front of the background brings its own outline and texture into the difference,
+  even when its clothing is as grey and as dimly textured as the pavement.
+
+Smoke keeps moving: a candidate also needs ``min_flicker`` of recent frame-to-frame change. That
+memory is wiped in a tile whenever something opaque and sharp-edged covers it (a passer-by), so a
+person walking through a tile whose background is out of date does not lend it the movement
+that only smoke should supply.
 
 Evidence per tile accumulates in seconds while it is a candidate and decays otherwise; tiles with
 ``persist_s`` of evidence form the smoke region (someone walking through a tile never builds it
-up). A warning is raised when the region has existed for ``duration_s`` and has grown (area ×
-``growth`` or its top risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
+up). The region is followed from frame to frame: a largest patch that does not touch the previous
+one is a new region (scattered patches appearing in turn are not one growing plume). A warning is
+raised when the region has existed for ``duration_s`` and has grown (area × ``growth`` or its top
+risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
 With a classifier model (``model_kind = "classifier"``), the region's crop must also score
 ``classifier_min`` for the class named ``classifier_class``; otherwise the evidence is reset.
 The warning clears after ``clear_s`` without a region.
@@ -36,6 +50,8 @@ class SmokeParams(DetectorParams):
     work_width: int = Field(160, ge=32, le=640, description="Width of the working frame (height keeps the aspect).")
     block: int = Field(8, ge=2, le=64, description="Tile size in working-frame pixels.")
     background_tau_s: float = Field(30.0, gt=0, description="Time constant of the background (seconds).")
+    foreground_tau_s: float = Field(300.0, gt=0, description="…where something opaque covers a tile (a passer-by, a "
+                                    "parked car): learnt this slowly.")
     min_diff: float = Field(8.0, gt=0, description="Mean luma change of a tile against the background (0-255).")
     max_chroma: float = Field(28.0, gt=0, description="Mean chroma (max-min of B,G,R) of a candidate tile.")
     chroma_slack: float = Field(4.0, ge=0, description="A candidate may be at most this much more colourful than the background.")
@@ -43,6 +59,10 @@ class SmokeParams(DetectorParams):
     min_edge_ratio: float = Field(0.35, ge=0, description="…but not below this: texture still shows through thin smoke, "
                                   "while a person or vehicle in front of it hides it completely.")
     edge_slack: float = Field(1.0, ge=0, description="Absolute allowance added to the edge test (flat backgrounds).")
+    max_sharpness: float = Field(0.3, ge=0, description="Gradient energy of the difference frame - background, per unit of "
+                                 "mean difference, in a candidate tile: smoke changes a tile smoothly; a person or an object "
+                                 "brings its own outline and texture (typically 0.5-1.5, smoke below 0.2).")
+    sharpness_slack: float = Field(1.0, ge=0, description="Absolute allowance added to the sharpness test (sensor noise).")
     min_flicker: float = Field(1.0, ge=0, description="Smoke keeps moving: a candidate tile's mean frame-to-frame luma "
                                "change (averaged over about a second) must reach this. Stops ghosts of things that left.")
     persist_s: float = Field(1.0, gt=0, description="Seconds of evidence before a tile belongs to the smoke region.")
@@ -73,6 +93,8 @@ class SmokeDetector(VideoDetector):
         self.last_region_ts: int | None = None
         self.active = False
         self.shape_history: deque[tuple[int, int, int]] = deque()  # (ts, tiles, top tile row) of the region
+        self.region: np.ndarray | None = None  # the previous frame's region (bool tiles)
+        self.sharp: np.ndarray | None = None  # tiles an opaque, sharp-edged thing covers in this frame
 
     def _work(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
@@ -85,7 +107,10 @@ class SmokeDetector(VideoDetector):
         p = self.p
         s = self.stats
         k.block_stats(work, self.bg, p.block, s)
-        return ((s[..., 4] >= p.min_diff) & (s[..., 0] <= p.max_chroma) & (s[..., 0] <= s[..., 1] + p.chroma_slack)
+        changed = s[..., 4] >= p.min_diff
+        soft = s[..., 5] <= p.max_sharpness * s[..., 4] + p.sharpness_slack
+        self.sharp = changed & ~soft
+        return (changed & soft & (s[..., 0] <= p.max_chroma) & (s[..., 0] <= s[..., 1] + p.chroma_slack)
                 & (s[..., 2] <= p.max_edge_ratio * s[..., 3] + p.edge_slack)
                 & (s[..., 2] >= p.min_edge_ratio * s[..., 3] - p.edge_slack))
 
@@ -97,7 +122,8 @@ class SmokeDetector(VideoDetector):
         if self.bg is None or self.bg.shape[:2] != (h, w) or f.motion.global_change:
             self.bg = work.astype(np.float32)
             self.evidence = np.zeros((nby, nbx), np.float32)
-            self.stats = np.zeros((nby, nbx, 5), np.float32)
+            self.stats = np.zeros((nby, nbx, 6), np.float32)
+            self.region = None
             self.watched = (polygons_mask(self.masks, nbx, nby, inside=0) if self.masks else np.ones((nby, nbx), np.uint8)) != 0
             self.flicker = np.zeros((nby, nbx), np.float32)
             self.prev = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
@@ -110,17 +136,30 @@ class SmokeDetector(VideoDetector):
                             (nbx, nby), interpolation=cv2.INTER_AREA)  # tile means
         self.prev = luma
         self.flicker += np.float32(1.0 - np.exp(-dt / 1.0)) * (change - self.flicker)
-        cand = self.candidates(work) & self.watched & (self.flicker >= p.min_flicker)
+        cand = self.candidates(work) & self.watched
+        self.flicker[self.sharp] = 0.0  # a passer-by's movement is not smoke's
+        cand &= self.flicker >= p.min_flicker
         ev = self.evidence
         ev[cand] = np.minimum(ev[cand] + dt, p.duration_s + p.persist_s)
         ev[~cand] = np.maximum(ev[~cand] - p.decay * dt, 0.0)
         region = self._largest(ev >= p.persist_s)
         alpha = np.float32(1.0 - np.exp(-dt / p.background_tau_s))
-        k.update_background_blocks(work, self.bg, (ev > 0).astype(np.uint8), p.block, alpha)
+        # not learnt: tiles building up evidence; learnt only slowly: tiles something opaque covers
+        # (passers-by would drag the background towards their clothes, and the empty scene's
+        # lighting would then drift away from it; a car that parks is learnt in minutes)
+        building = ev > 0
+        k.update_background_blocks(work, self.bg, (building | self.sharp).astype(np.uint8), p.block, alpha)
+        slow = self.sharp & ~building
+        if slow.any():
+            a_fg = np.float32(1.0 - np.exp(-dt / p.foreground_tau_s))
+            k.update_background_blocks(work, self.bg, (~slow).astype(np.uint8), p.block, a_fg)
         n = int(region.sum())
+        previous, self.region = self.region, region
         if n == 0:
             self.region_since = None
             return self._maybe_clear(f)
+        if previous is not None and not (cv2.dilate(previous.astype(np.uint8), np.ones((3, 3), np.uint8)) & region).any():
+            self.region_since = None  # a patch elsewhere: a new region, not the old one grown
         self.last_region_ts = f.ts_ms
         ys, xs = np.nonzero(region)
         top = int(ys.min())

@@ -23,8 +23,11 @@ def block_stats(img, bg, block, out):
     out[by, bx, 2] mean gradient energy of the frame's luma (|dx| + |dy|, forward differences)
     out[by, bx, 3] mean gradient energy of the background's luma
     out[by, bx, 4] mean |luma - background luma|
+    out[by, bx, 5] mean gradient energy of the difference ``luma - background luma`` (how sharp the
+                   change is: a translucent veil changes a tile smoothly, an opaque thing in front
+                   of it brings its own outline and texture)
 
-    img: uint8[H, W, 3]; bg: float32[H, W, 3]; out: float32[H // block, W // block, 5].
+    img: uint8[H, W, 3]; bg: float32[H, W, 3]; out: float32[H // block, W // block, 6].
     Pixels beyond the last full tile are ignored; differences at a tile's right/bottom edge use
     the next pixel when it exists in the frame.
     """
@@ -33,6 +36,7 @@ def block_stats(img, bg, block, out):
     for by in range(nby):
         for bx in range(nbx):
             s0 = np.float32(0.0); s1 = np.float32(0.0); s2 = np.float32(0.0); s3 = np.float32(0.0); s4 = np.float32(0.0)
+            s5 = np.float32(0.0)
             for y in range(by * block, by * block + block):
                 for x in range(bx * block, bx * block + block):
                     b = np.float32(img[y, x, 0]); g = np.float32(img[y, x, 1]); r = np.float32(img[y, x, 2])
@@ -47,17 +51,20 @@ def block_stats(img, bg, block, out):
                         lb1 = _WB * bg[y, x + 1, 0] + _WG * bg[y, x + 1, 1] + _WR * bg[y, x + 1, 2]
                         s2 += abs(l1 - l)
                         s3 += abs(lb1 - lb)
+                        s5 += abs((l1 - lb1) - (l - lb))
                     if y + 1 < h:
                         l1 = _WB * np.float32(img[y + 1, x, 0]) + _WG * np.float32(img[y + 1, x, 1]) + _WR * np.float32(img[y + 1, x, 2])
                         lb1 = _WB * bg[y + 1, x, 0] + _WG * bg[y + 1, x, 1] + _WR * bg[y + 1, x, 2]
                         s2 += abs(l1 - l)
                         s3 += abs(lb1 - lb)
+                        s5 += abs((l1 - lb1) - (l - lb))
             n = np.float32(block * block)
             out[by, bx, 0] = s0 / n
             out[by, bx, 1] = s1 / n
             out[by, bx, 2] = s2 / n
             out[by, bx, 3] = s3 / n
             out[by, bx, 4] = s4 / n
+            out[by, bx, 5] = s5 / n
 
 
 def block_stats_ref(img: np.ndarray, bg: np.ndarray, block: int) -> np.ndarray:
@@ -79,7 +86,7 @@ def block_stats_ref(img: np.ndarray, bg: np.ndarray, block: int) -> np.ndarray:
         return a[: nby * block, : nbx * block].reshape(nby, block, nbx, block).mean(axis=(1, 3))
 
     return np.stack([tiles(chroma), tiles(chromab), tiles(grad(luma)), tiles(grad(lumab)),
-                     tiles(np.abs(luma - lumab))], axis=2).astype(np.float32)
+                     tiles(np.abs(luma - lumab)), tiles(grad(luma - lumab))], axis=2).astype(np.float32)
 
 
 @njit(cache=True, nogil=True)
