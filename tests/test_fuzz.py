@@ -87,7 +87,7 @@ SECRET = "Zq9-corpus-SECRET-value"
 @pytest.mark.parametrize("tree", [
     {"mqtt": {"passwd": SECRET}}, {"mqtt": {"password": [SECRET]}}, {"mqtt": {"pasword": SECRET, "port": "x"}},
     {"influx": {"url": "http://x", "token": {"t": SECRET}}}, {"mqtt": {"tls": {"key_file": [SECRET]}}},
-    {"kafka": {"sasl_password": SECRET}}, {"mqtt": {"username": "u", "password": SECRET, "port": 0}},
+    {"kafka": {"sasl_pasword": SECRET}}, {"mqtt": {"username": "u", "password": SECRET, "port": 0}},
 ])
 def test_config_errors_never_echo_a_secret(tree):
     with pytest.raises(ConfigError) as e:

@@ -229,7 +229,7 @@ def _toml(d: dict, prefix: str = "") -> str:
     return "\n".join(out)
 
 
-def _run_gridwatch(tmp_path: Path, name: str, cfg_text: str, duration: float = 3.0) -> tuple[int, str]:
+def _run_gridwatch(tmp_path: Path, name: str, cfg_text: str, duration: float = 2.0) -> tuple[int, str]:
     d = tmp_path / name
     d.mkdir()
     f = d / "gridwatch.toml"
