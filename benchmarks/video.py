@@ -1,7 +1,8 @@
 """``gridwatch bench video``: the video path against baselines measured in the same run, as ratios.
 
 1. **Still scene**: CPU per camera (decode + analysis at 5 fps: motion gate, smoke, dumping)
-   vs OpenCV decoding the same stream alone (every frame ``grab``-bed). Target ≤ 1.15×.
+   vs OpenCV decoding the same stream alone (every frame ``grab``-bed). Target ≤ 1.15×. Also
+   both paced like a live camera, and the pipeline with ``decoder="opencv"`` (BGR for every kept frame).
 2. **Busy scene**: the split decode / gate / model / detectors per analysed frame.
 3. **Keyframe-only vs full decode** for a 720p25 stream with a 2 s GOP: cameras per core in each
    mode (target ≥ 10× more with keyframes), and the most cameras this box would sustain
@@ -35,25 +36,31 @@ def _cpu() -> float:
     return time.process_time()
 
 
-def _decode_alone(path: Path, convert: bool = False) -> tuple[float, int]:
+def _decode_alone(path: Path, convert: bool = False, paced_fps: float = 0.0) -> tuple[float, int]:
     """CPU seconds and frames for OpenCV decoding every frame of ``path``: ``grab`` only (decode,
-    no colour conversion), or ``read`` (decode + BGR conversion, the usual OpenCV loop)."""
+    no colour conversion), or ``read`` (decode + BGR conversion, the usual OpenCV loop); with
+    ``paced_fps``, at that rate like a live camera (a decoder woken per frame runs on cold caches)."""
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    c0, n = _cpu(), 0
+    c0, n, w0 = _cpu(), 0, time.monotonic()
     while (cap.read()[0] if convert else cap.grab()):
         n += 1
+        if paced_fps:
+            ahead = n / paced_fps - (time.monotonic() - w0)
+            if ahead > 0:
+                time.sleep(ahead)
     cpu = _cpu() - c0
     cap.release()
     return cpu, n
 
 
 def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict], decode: str = "all",
-                     fps: float = 5.0, zones=None, extra_models=None):
-    """Run the video runtime over one file camera as fast as it decodes; (cpu s, runtime)."""
+                     fps: float = 5.0, zones=None, extra_models=None, realtime: bool = False, decoder: str = "pyav"):
+    """Run the video runtime over one file camera, as fast as it decodes or (``realtime``) paced at
+    its frame rate like a live camera; (cpu s, runtime)."""
     from gridwatch.config import parse
     from gridwatch.streams.video import VideoRuntime
 
-    cam = {"name": "bench", "url": str(path), "realtime": False, "analysis_fps": fps, "decode": decode,
+    cam = {"name": "bench", "url": str(path), "realtime": realtime, "analysis_fps": fps, "decode": decode, "decoder": decoder,
            "rules": [r["name"] for r in rules], "zones": zones or []}
     cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)}, "video": {"rules": rules, "models": models},
                  "cameras": [cam]}, base_dir=tmp)
@@ -62,7 +69,7 @@ def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict
     rt.on_status_cb = lambda ch: done.set() if ch.new.value == "offline" else None
     c0 = _cpu()
     rt.start()
-    done.wait(120)
+    done.wait(180)
     time.sleep(0.3)  # the last frame's analysis
     cpu = _cpu() - c0
     rt.stop()
@@ -86,20 +93,39 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict) -> None:
     warm = encode_h264(_frames_720p(50, "still"), tmp / "warm.mp4", fps=25, keyint=50)
     _runtime_on_file(warm, tmp, street, [])  # load the compiled kernels, open FFmpeg once: not per-camera cost
     _runtime_on_file(warm, tmp, street, [], decode="keyframes")
-    dec_cpu, frames = _decode_alone(still)
-    read_cpu, _ = _decode_alone(still, convert=True)
-    cpu, rt = _runtime_on_file(still, tmp, street, [])
+    # Still scene. As fast as it decodes (comparable with earlier runs), and paced like a live
+    # camera against OpenCV decoding paced alike: the rules' periodic re-check (still_recheck_s)
+    # runs on the wall clock, so a replay faster than real time hides part of its cost.
+    # Interleaved runs, best of each: other load on this shared box hits both alike.
+    best = {k: float("inf") for k in ("grab", "read", "pipe", "grab_paced", "pipe_paced")}
+    for _ in range(2):
+        c, frames = _decode_alone(still)
+        best["grab"] = min(best["grab"], c)
+        best["read"] = min(best["read"], _decode_alone(still, convert=True)[0])
+        c, rt = _runtime_on_file(still, tmp, street, [])
+        best["pipe"] = min(best["pipe"], c)
+        best["grab_paced"] = min(best["grab_paced"], _decode_alone(still, paced_fps=25)[0])
+        c, rt_p = _runtime_on_file(still, tmp, street, [], realtime=True)
+        best["pipe_paced"] = min(best["pipe_paced"], c)
+    cpu_cv, rt_cv = _runtime_on_file(still, tmp, street, [], decoder="opencv")
     per_s = frames / 25
+    dec_cpu, read_cpu, cpu = best["grab"], best["read"], best["pipe"]
     out["still_decode_alone_cpu_per_stream_s"] = dec_cpu / per_s
     out["still_read_alone_cpu_per_stream_s"] = read_cpu / per_s
     out["still_pipeline_cpu_per_stream_s"] = cpu / per_s
     out["still_ratio_vs_decode"] = cpu / dec_cpu
     out["still_ratio_vs_read"] = cpu / read_cpu
-    out["still_frames_analysed"] = rt.frames_analysed
+    out["still_paced_ratio_vs_paced_decode"] = best["pipe_paced"] / best["grab_paced"]
+    out["still_opencv_decoder_ratio_vs_decode"] = cpu_cv / dec_cpu
+    out["still_frames_analysed"] = rt_p.frames_analysed
+    out["still_frames_gated"] = rt_p.frames_gated
     print(f"[still 720p25, 5 fps analysis, smoke+dumping] CPU per stream-second: OpenCV grab() every frame "
           f"{dec_cpu / per_s * 1000:.0f} ms, read() every frame {read_cpu / per_s * 1000:.0f} ms; pipeline "
           f"{cpu / per_s * 1000:.0f} ms -> {cpu / dec_cpu:.2f}x grab-only, {cpu / read_cpu:.2f}x read (target <= 1.15x); "
-          f"{rt.frames_analysed} frames analysed, model runs: {sum(rt.model_runs.values())}")
+          f"paced like a live camera: grab() {best['grab_paced'] / per_s * 1000:.0f} ms, pipeline "
+          f"{best['pipe_paced'] / per_s * 1000:.0f} ms -> {best['pipe_paced'] / best['grab_paced']:.2f}x, gate on "
+          f"{rt_p.frames_gated + rt_p.frames_analysed} frames, rules on {rt_p.frames_analysed} (the others never converted "
+          f"to BGR); decoder='opencv' (BGR for every kept frame): {cpu_cv / dec_cpu:.2f}x grab-only")
 
     # busy: something moves all the time, the e-bike model runs on every analysed frame
     model = testkit.colour_blob_yolov8(size=320)
@@ -130,7 +156,7 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict) -> None:
                full_cameras_estimate=int(cores / full_per_s), keyframe_cameras_estimate=int(cores / key_per_s))
     print(f"[720p25, GOP 2 s] full decode + 5 fps analysis: {full_per_s * 1000:.0f} ms CPU per stream-s "
           f"({1 / full_per_s:.1f} cameras/core); keyframes only: {key_per_s * 1000:.1f} ms ({1 / key_per_s:.0f} cameras/core, "
-          f"{rt_k.frames_analysed} keyframes analysed) -> {full_per_s / key_per_s:.1f}x more cameras per core (target >= 10x); "
+          f"{rt_k.frames_analysed + rt_k.frames_gated} keyframes through the gate) -> {full_per_s / key_per_s:.1f}x more cameras per core (target >= 10x); "
           f"this {cores}-core box: about {int(cores / full_per_s)} cameras at 5 fps full decode, "
           f"{int(cores / key_per_s)} at keyframe rate (estimate = cores / CPU per camera)")
 

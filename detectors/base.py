@@ -244,6 +244,11 @@ class VideoDetector(ABC):
         """Whether this frame should go through the camera's detector model (batched across cameras)."""
         return False
 
+    def busy(self) -> bool:
+        """Whether the rule needs every analysed frame even when nothing moves (evidence building
+        up, a warning to clear). When no rule of a camera is busy, a still frame skips the rules."""
+        return True
+
     @abstractmethod
     def update(self, f: FrameInput) -> list[Hit]:
         """Advance the rule by one analysed frame."""

@@ -83,6 +83,9 @@ class DumpingDetector(VideoDetector):
 
     _near_threshold = False
 
+    def busy(self) -> bool:
+        return self.bg_long is None or bool(self.active) or bool(self.evidence.any())
+
     def _setup(self, gray: np.ndarray) -> None:
         h, w = gray.shape
         self.bg_long = gray.astype(np.float32)

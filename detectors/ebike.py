@@ -65,6 +65,9 @@ class EbikeDetector(VideoDetector):
             return True
         return ts_ms - self._last_model_ts >= self.p.idle_check_s * 1000
 
+    def busy(self) -> bool:
+        return bool(self.tracker.tracks or self.zone_active)
+
     def _zone_of(self, box: np.ndarray, w: int, h: int) -> int:
         if not self.zones:
             return -1  # the whole image

@@ -90,21 +90,37 @@ class MotionDetector:
         self._boxes = np.zeros((mh * mw // self.params.min_area + 1, 5), np.int32)
         self.background = None
 
-    def luminance(self, frame: np.ndarray) -> np.ndarray:
-        """The small blurred grey frame the gate compares (uint8, C-contiguous)."""
-        gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    def luminance(self, frame: np.ndarray, limited_range: bool = False) -> np.ndarray:
+        """The small blurred grey frame the gate compares (uint8, C-contiguous).
+
+        ``frame``: BGR, or a luminance plane (any size; e.g. the decoder's own, which is then
+        first reduced by a whole factor, the cheap case of area averaging). ``limited_range``:
+        the plane is in video range (16-235) and is stretched to 0-255 like a BGR frame's grey.
+        """
         mh, mw = self._mask.shape
+        if frame.ndim == 2:
+            gray = frame
+            q = min(gray.shape[0] // mh, gray.shape[1] // mw)
+            if q >= 2:
+                hq, wq = gray.shape[0] // q, gray.shape[1] // q
+                gray = cv2.resize(gray[: hq * q, : wq * q], (wq, hq), interpolation=cv2.INTER_AREA)
+        else:
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_AREA)
+        if limited_range:
+            small = cv2.LUT(small, _VIDEO_TO_FULL)
         b = self.params.blur
         if b > 1:
             small = cv2.GaussianBlur(small, (b | 1, b | 1), 0)
         return np.ascontiguousarray(small)
 
-    def detect(self, frame: np.ndarray) -> MotionResult:
-        h, w = frame.shape[:2]
+    def detect(self, frame: np.ndarray, size: tuple[int, int] | None = None, limited_range: bool = False) -> MotionResult:
+        """Motion in ``frame`` (BGR or a luminance plane, see :meth:`luminance`); boxes in the
+        pixels of an image of ``size`` = (width, height), by default the frame's own."""
+        w, h = size if size is not None else (frame.shape[1], frame.shape[0])
         if self._shape != (h, w):
             self._setup(h, w)
-        small = self.luminance(frame)
+        small = self.luminance(frame, limited_range)
         if self.background is None:
             self.background = small.astype(np.float32)
             return _no_motion(0.0, False)
@@ -133,6 +149,9 @@ class MotionDetector:
         boxes[:, 2] = np.minimum(np.ceil(rows[:, 2] * sx), w)
         boxes[:, 3] = np.minimum(np.ceil(rows[:, 3] * sy), h)
         return MotionResult(boxes, rows[:, 4].copy(), frac, False)
+
+
+_VIDEO_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)
 
 
 def _no_motion(frac: float, global_change: bool) -> MotionResult:

@@ -70,6 +70,8 @@ class VideoCameraConfig(CameraConfig):
                                                    "timestamps, trees, roads outside the watched area.")
     motion: dict[str, Any] = Field(default_factory=dict, description="Motion gate settings (MotionParams) for this camera.")
     recheck_s: float = Field(30.0, gt=0, description="On a still scene, run the camera's model at least this often.")
+    still_recheck_s: float = Field(5.0, gt=0, le=5.0, description="On a still scene (no motion, nothing building up), "
+                                   "the rules see a frame this often; the others only go through the motion gate.")
 
 
 class VideoConfig(_M):

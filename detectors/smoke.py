@@ -96,6 +96,9 @@ class SmokeDetector(VideoDetector):
         self.region: np.ndarray | None = None  # the previous frame's region (bool tiles)
         self.sharp: np.ndarray | None = None  # tiles an opaque, sharp-edged thing covers in this frame
 
+    def busy(self) -> bool:
+        return self.bg is None or self.active or bool(self.evidence.any())
+
     def _work(self, img: np.ndarray) -> np.ndarray:
         h, w = img.shape[:2]
         ww = min(self.p.work_width, w)

@@ -12,8 +12,8 @@ How it behaves:
 * **Latest-frame slot, never a queue.** Each camera keeps only its newest analysable frame. When
   the consumer is slower, the older frame is replaced and counted in ``dropped``.
 * **Analysis-rate skipping and early downscale.** Frames closer than ``1/analysis_fps`` to the
-  last kept frame are skipped before colour conversion (``grab`` without ``retrieve``); kept
-  frames are scaled to ``analysis_width`` straight away.
+  last kept frame are skipped before colour conversion; kept frames are scaled to
+  ``analysis_width`` in the same pass as their conversion to BGR.
 * **Watchdog.** A camera that delivers no frame for ``stale_after_s`` is marked stale and its
   thread reconnects. A thread that stops making progress altogether (stuck inside FFmpeg for longer
   than any timeout allows) is abandoned and replaced; whatever it returns later is ignored.
@@ -25,11 +25,16 @@ How it behaves:
   paced at the file's own frame rate. A missing, corrupt or truncated file is a terminal error on
   that camera only (*offline*, with the reason).
 
-Two decoders: ``decode="all"`` uses OpenCV's FFmpeg backend. ``decode="keyframes"`` uses PyAV
-(package ``av``) and decodes only keyframes (``skip_frame = "NONKEY"`` plus dropping non-key
-packets before the decoder), for slow events on a camera with a short GOP: decode cost then
-follows the keyframe rate instead of the camera's frame rate. OpenCV's VideoCapture cannot do
-this (it does not expose the decoder's ``skip_frame``). Credentials in URLs never reach a log line
+Decoders: ``decode="all"`` decodes every frame with PyAV (``decoder="pyav"``, the default) or
+OpenCV's FFmpeg backend (``decoder="opencv"``). With PyAV a kept frame is handed over
+*unconverted*: its luminance plane (a view of the decoder's frame) feeds the motion gate, and the
+BGR picture is made only when analysis asks for ``Frame.image`` — on a still scene most kept frames
+never pay for colour conversion. OpenCV's backend cannot return the luminance plane without a
+warning per frame, so there every kept frame is converted. ``decode="keyframes"`` uses PyAV and
+decodes only keyframes (``skip_frame = "NONKEY"`` plus dropping non-key packets before the
+decoder), for slow events on a camera with a short GOP: decode cost then follows the keyframe rate
+instead of the camera's frame rate. OpenCV's VideoCapture cannot do this (it does not expose the
+decoder's ``skip_frame``). Credentials in URLs never reach a log line
 or a reason string.
 """
 from __future__ import annotations
@@ -72,8 +77,11 @@ class CameraConfig(BaseModel):
                                        "the rest are skipped before colour conversion. None = every frame.")
     analysis_width: int | None = Field(640, ge=16, description="Kept frames are downscaled to this width "
                                        "(aspect kept; never upscaled). None = original size.")
-    decode: Literal["all", "keyframes"] = Field("all", description="'all' decodes every frame (OpenCV); "
+    decode: Literal["all", "keyframes"] = Field("all", description="'all' decodes every frame; "
                                                 "'keyframes' decodes keyframes only (PyAV), for slow events.")
+    decoder: Literal["pyav", "opencv"] = Field("pyav", description="decode='all' through PyAV (kept frames carry their "
+                                               "luma plane; the BGR picture is made only when analysis asks for it) or "
+                                               "OpenCV's FFmpeg backend (BGR for every kept frame).")
     loop: bool = Field(False, description="Files only: start again at the end instead of going offline.")
     realtime: bool = Field(True, description="Files only: pace reading at the file's frame rate, like a camera.")
     stale_after_s: float = Field(5.0, gt=0, description="No frame for this long: stale, reconnect.")
@@ -117,17 +125,45 @@ class StatusChange:
     ts_ms: int
 
 
-@dataclass(slots=True)
 class Frame:
-    """A decoded frame handed to analysis (a reference to the camera and time plus the pixels)."""
+    """A decoded frame handed to analysis (a reference to the camera and time plus the pixels).
 
-    camera: str
-    seq: int  # index among the frames this camera decoded since start
-    ts_ms: int  # wall-clock capture time, epoch ms
-    pts_ms: float  # stream position in ms (NaN when the stream does not say)
-    image: np.ndarray  # BGR uint8, downscaled to analysis_width
-    scale: float  # image pixels per original pixel (<= 1); original = image / scale
-    keyframe_only: bool = False
+    ``image`` is the BGR picture downscaled to ``analysis_width``. A PyAV source hands it over
+    unconverted: ``luma`` is then the decoder's own luminance plane (full size, no copy), enough
+    for the motion gate, and the BGR picture is made on first access of ``image`` (one swscale
+    pass: colour conversion and downscale together), in the thread that asks for it.
+    """
+
+    __slots__ = ("camera", "seq", "ts_ms", "pts_ms", "_image", "scale", "keyframe_only", "luma", "limited_range",
+                 "_convert", "size")
+
+    def __init__(self, camera: str, seq: int, ts_ms: int, pts_ms: float, image: np.ndarray | None, scale: float,
+                 keyframe_only: bool = False, *, luma: np.ndarray | None = None, limited_range: bool = False,
+                 convert: Callable[[], np.ndarray] | None = None, size: tuple[int, int] | None = None) -> None:
+        self.camera = camera
+        self.seq = seq  # index among the frames this camera decoded since start
+        self.ts_ms = ts_ms  # wall-clock capture time, epoch ms
+        self.pts_ms = pts_ms  # stream position in ms (NaN when the stream does not say)
+        self._image = image
+        self.scale = scale  # image pixels per original pixel (<= 1); original = image / scale
+        self.keyframe_only = keyframe_only
+        self.luma = luma  # uint8[H, W] luminance at the decoded size, or None
+        self.limited_range = limited_range  # luma in video range (16-235) rather than 0-255
+        self._convert = convert
+        # (width, height) of ``image``, known without converting it
+        self.size = size if size is not None else (None if image is None else (image.shape[1], image.shape[0]))
+
+    @property
+    def image(self) -> np.ndarray:
+        """BGR uint8, downscaled to analysis_width (converted now if it was not yet)."""
+        if self._image is None:
+            self._image = self._convert()
+            self._convert = None
+        return self._image
+
+    @property
+    def converted(self) -> bool:
+        return self._image is not None
 
 
 @dataclass(slots=True)
@@ -241,25 +277,42 @@ class OpenCvSource:
         self.cap.release()
 
 
-class KeyframeSource:
-    """Keyframes only, through PyAV: non-key packets never reach the decoder."""
+# 8-bit formats whose first plane is the luminance at full size
+_LUMA_FIRST = {"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12", "nv21", "gray"}
 
-    def __init__(self, cfg: CameraConfig) -> None:
+
+class PyAvSource:
+    """Frames through PyAV: every frame, or keyframes only (non-key packets never reach the decoder).
+
+    Besides ``image`` (BGR now), ``deferred`` hands over the decoded frame unconverted: its luma
+    plane as a view, and a function that makes the BGR picture later. The decoder's frames are
+    reference-counted, so a kept frame stays valid while the decoder goes on.
+    """
+
+    def __init__(self, cfg: CameraConfig, keyframes_only: bool) -> None:
         try:
             import av
         except ImportError as e:  # pragma: no cover - depends on the installation
-            raise SourceError("config", "decode='keyframes' needs the PyAV package (av)", terminal=True) from e
+            raise SourceError("config", "decoding with PyAV needs the package (av)", terminal=True) from e
         self._av = av
+        self.keyframes_only = keyframes_only
         options = {"rtsp_transport": "tcp"} if cfg.path.startswith("rtsp") else {}
         try:
             self.container = av.open(cfg.path, options=options, timeout=(cfg.open_timeout_s, cfg.read_timeout_s))
         except av.FFmpegError as e:
-            raise SourceError("open_failed", f"cannot open: {e.strerror or e}", terminal=cfg.is_file) from e
+            if cfg.is_file:
+                raise SourceError("open_failed", f"cannot open file (corrupt, truncated or not a video): {e.strerror or e}",
+                                  terminal=True) from e
+            raise SourceError("open_failed", f"cannot open: {e.strerror or e}") from e
         if not self.container.streams.video:
             self.container.close()
-            raise SourceError("open_failed", "no video stream", terminal=cfg.is_file)
+            raise SourceError("open_failed", "no video stream (corrupt or not a video)", terminal=cfg.is_file)
         self.stream = self.container.streams.video[0]
-        self.stream.codec_context.skip_frame = "NONKEY"
+        if keyframes_only:
+            self.stream.codec_context.skip_frame = "NONKEY"
+        else:
+            # slice threads only: frame threads add a frame of latency per thread and cost more CPU
+            self.stream.thread_type = "SLICE"
         self.fps = float(self.stream.average_rate or 0)
         self.size = (self.stream.codec_context.width, self.stream.codec_context.height)
         self._packets = self.container.demux(self.stream)
@@ -272,7 +325,8 @@ class KeyframeSource:
                 packet = next(self._packets, None)
                 if packet is None:
                     return None
-                if packet.is_keyframe or packet.size == 0:  # the empty packet flushes the decoder
+                # keyframes only: drop the others before the decoder; the empty packet flushes it
+                if not self.keyframes_only or packet.is_keyframe or packet.size == 0:
                     self._pending = list(self.stream.codec_context.decode(packet))
         except self._av.FFmpegError as e:
             raise SourceError("read_failed", f"read failed: {e.strerror or e}") from e
@@ -285,8 +339,25 @@ class KeyframeSource:
         tw, th = _target_size(self._frame.width, self._frame.height, width)
         return self._frame.to_ndarray(format="bgr24", width=tw, height=th)  # one swscale: convert + resize
 
+    def deferred(self, width: int | None) -> dict:
+        """The current frame unconverted: Frame keyword arguments (luma view, converter, size)."""
+        f = self._frame
+        tw, th = _target_size(f.width, f.height, width)
+        luma = None
+        if f.format.name in _LUMA_FIRST:
+            p = f.planes[0]
+            luma = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
+        # yuvj* and streams flagged full range (AVCOL_RANGE_JPEG = 2) carry 0-255 luma
+        limited = not f.format.name.startswith("yuvj") and getattr(f, "color_range", 1) != 2 and f.format.name != "gray"
+        return {"luma": luma, "limited_range": limited, "size": (tw, th),
+                "convert": lambda: f.to_ndarray(format="bgr24", width=tw, height=th)}
+
     def close(self) -> None:
         self.container.close()
+
+
+def KeyframeSource(cfg: CameraConfig) -> PyAvSource:  # noqa: N802 - the old name of the keyframe mode
+    return PyAvSource(cfg, keyframes_only=True)
 
 
 def _tcp_refusal(url: str, timeout: float) -> str | None:
@@ -315,7 +386,9 @@ def open_source(cfg: CameraConfig) -> Source:
         refusal = _tcp_refusal(cfg.path, cfg.open_timeout_s)
         if refusal:
             raise SourceError("open_failed", refusal)
-    return KeyframeSource(cfg) if cfg.decode == "keyframes" else OpenCvSource(cfg)
+    if cfg.decode == "keyframes":
+        return PyAvSource(cfg, keyframes_only=True)
+    return PyAvSource(cfg, keyframes_only=False) if cfg.decoder == "pyav" else OpenCvSource(cfg)
 
 
 # --- one camera ----------------------------------------------------------------------------------
@@ -518,13 +591,18 @@ class Camera:
                     self.counters.skipped += 1
                 continue
             last_kept = t
-            try:
-                img = src.image(cfg.analysis_width)
-            except SourceError as e:
-                self._error(e.code)
-                continue
             full_w = src.size[0]
-            frame = Frame(self.name, seq, int(time.time() * 1000), pts, img, img.shape[1] / full_w, keyframes)
+            if isinstance(src, PyAvSource):  # converted only if analysis needs the picture
+                extra = src.deferred(cfg.analysis_width)
+                frame = Frame(self.name, seq, int(time.time() * 1000), pts, None, extra["size"][0] / full_w, keyframes,
+                              **extra)
+            else:
+                try:
+                    img = src.image(cfg.analysis_width)
+                except SourceError as e:
+                    self._error(e.code)
+                    continue
+                frame = Frame(self.name, seq, int(time.time() * 1000), pts, img, img.shape[1] / full_w, keyframes)
             if gen == self._gen and self.slot.put(frame):
                 with self._lock:
                     self.counters.dropped += 1

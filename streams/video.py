@@ -5,10 +5,14 @@
         ...
 
 Per analysis cycle the thread takes the newest frame of every camera that has one
-(:class:`~gridwatch.ingest.video.VideoCollector`), runs the camera's motion gate, asks each of the
-camera's detectors whether the frame should go through its model, runs every model **once** over
+(:class:`~gridwatch.ingest.video.VideoCollector`), runs the camera's motion gate (on the decoder's
+luminance plane when the frame has one), asks each of the camera's detectors whether the frame
+should go through its model, runs every model **once** over
 the frames of all cameras that need it (one batched onnxruntime call per model and cycle), then
-hands each detector its frame, motion result and detections.
+hands each detector its frame, motion result and detections. On a still scene — no motion, no
+model due, no detector building up evidence (``VideoDetector.busy``) — the detectors skip the
+frame, except one every ``still_recheck_s``: such frames cost the gate only, never a colour
+conversion.
 
 Detector hits become warnings through the same :class:`~gridwatch.streams.lifecycle.Lifecycle`
 rules as the sensors (deterministic ids, cooldown, minimum active time), with ``source`` = camera
@@ -94,6 +98,7 @@ class CameraPipeline:
     models: list[str]  # detector models this camera's rules use
     last_model_ts: dict[str, int] = field(default_factory=dict)
     last_frame: Frame | None = None
+    last_rules_ts: int = -10**15  # capture time of the last frame the rules saw
 
 
 class VideoRuntime:
@@ -138,7 +143,8 @@ class VideoRuntime:
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status)
         self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
-        self.frames_analysed = 0
+        self.frames_analysed = 0  # frames the rules saw
+        self.frames_gated = 0  # frames only the motion gate saw (still scene)
         self.model_frames: Counter = Counter()  # model name -> frames run
         self.model_runs: Counter = Counter()  # model name -> batched calls
         self.status: dict[str, tuple[str, str]] = {c.cfg.name: ("connecting", "starting") for c in self.cameras}
@@ -234,13 +240,27 @@ class VideoRuntime:
             if cam is None:
                 continue
             cam.last_frame = fr
-            m = cam.motion.detect(fr.image)
-            idx = len(work)
-            work.append((cam, fr, m))
+            if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
+                m = cam.motion.detect(fr.luma, fr.size, fr.limited_range)
+            else:
+                m = cam.motion.detect(fr.image)
+            models = []
             for model in cam.models:
                 due = fr.ts_ms - cam.last_model_ts.get(model, -10**15) >= cam.cfg.recheck_s * 1000
                 if due or any(r.model == model and r.detector.wants_model(fr.ts_ms, m) for r in cam.rules):
-                    wants[model].append(idx)
+                    models.append(model)
+            # still scene, nothing building up, no model due: the rules skip this frame (its BGR
+            # picture is never made); they still see one every still_recheck_s
+            if (not models and not len(m.boxes) and not m.global_change
+                    and fr.ts_ms - cam.last_rules_ts < cam.cfg.still_recheck_s * 1000
+                    and not any(r.detector.busy() for r in cam.rules)):
+                self.frames_gated += 1
+                continue
+            cam.last_rules_ts = fr.ts_ms
+            idx = len(work)
+            work.append((cam, fr, m))
+            for model in models:
+                wants[model].append(idx)
         t1 = time.perf_counter()
         dets: dict[tuple[int, str], Any] = {}
         for model, idxs in wants.items():
@@ -270,6 +290,8 @@ class VideoRuntime:
         st["detectors"] += t3 - t2
         st["evidence"] += t4 - t3
         self.counters.add("video", "frames_analysed", len(work))
+        if self.frames_gated:
+            self.counters.set("video", "frames_gated", float(self.frames_gated))
         self._emit(events)
         return events
 

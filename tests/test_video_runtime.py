@@ -218,3 +218,31 @@ def test_server_outage_gives_status_events(gstreamer, mosquitto, tmp_path):
         pub.stop()
         sub.close()
         srv.stop()
+
+
+def test_still_frames_go_through_the_gate_only_and_are_never_converted(tmp_path):
+    """A frame with its luma plane and no BGR picture yet: on a still scene the rules see one
+    every still_recheck_s (the picture is made for those only); a moving thing makes every one."""
+    from gridwatch.ingest.video import Frame
+
+    cfg = parse({"site": {"name": "vt", "data_dir": str(tmp_path)},
+                 "video": {"rules": [{"name": "smoke", "kind": "smoke"}, {"name": "dumping", "kind": "dumping"}]},
+                 "cameras": [{"name": "c", "url": "rtsp://127.0.0.1:9/x", "still_recheck_s": 2}]}, base_dir=tmp_path)
+    rt = VideoRuntime(cfg)
+    converted: list[int] = []
+
+    def frame(i: int, img):
+        def convert():
+            converted.append(i)
+            return img
+        return Frame("c", i, 1_700_000_000_000 + i * 200, i * 200.0, None, 1.0,  # 5 fps
+                     luma=cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), size=(img.shape[1], img.shape[0]), convert=convert)
+
+    for i, img in enumerate(testscenes.empty_scene(50, 640, 360)):
+        rt.analyse([frame(i, img)])
+    assert converted == [0, 10, 20, 30, 40]  # the first (backgrounds start), then one per 2 s
+    assert rt.frames_gated == 45 and rt.frames_analysed == 5
+    converted.clear()
+    for i, img in enumerate(testscenes.moving_blob_scene(20, 640, 360), start=50):
+        rt.analyse([frame(i, img)])
+    assert converted == list(range(50, 70))  # something moves: the rules see every frame
