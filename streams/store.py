@@ -51,27 +51,42 @@ CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, source TEXT NOT N
 
 
 class Store:
+    """Opening a Store costs nothing until it writes: readers (the CLI, tests, benchmarks) use a
+    short read-only connection per query; the first write opens the single writer connection and
+    starts the WAL checkpoint thread."""
+
     def __init__(self, path: str | Path, fsync: str = "normal", retention_days: float = 30.0,
                  dead_letter_keep: int = 100_000) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
         self.retention_ms = int(retention_days * 86400e3)
         self.dead_letter_keep = dead_letter_keep
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if fsync == 'commit' else 'NORMAL'}")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
-        # WAL checkpoints (the only fsyncs with synchronous=NORMAL) run on their own thread and
-        # connection, not inside a commit on the ingest path
-        self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpoint_stop = threading.Event()
-        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gridwatch-wal-checkpoint", daemon=True)
-        self._checkpointer.start()
         self._lock = threading.Lock()
+        self._db_rw: sqlite3.Connection | None = None
+        self._checkpoint_stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._deliveries_since_prune = 0
-        self._devices_saved = self._db.execute("SELECT count(*) FROM devices").fetchone()[0]
-        self._series_saved = self._db.execute("SELECT count(*) FROM series").fetchone()[0]
+        if not self.path.exists():
+            self._db  # create the file and its schema now, so readers find the tables
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._db_rw is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.fsync == 'commit' else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(SCHEMA)
+            # WAL checkpoints (the only fsyncs with synchronous=NORMAL) run on their own thread and
+            # connection, not inside a commit on the ingest path
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._devices_saved = db.execute("SELECT count(*) FROM devices").fetchone()[0]
+            self._series_saved = db.execute("SELECT count(*) FROM series").fetchone()[0]
+            self._db_rw = db
+            self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gridwatch-wal-checkpoint", daemon=True)
+            self._checkpointer.start()
+        return self._db_rw
 
     def _checkpoint_loop(self, every_s: float = 1.0) -> None:
         con = sqlite3.connect(self.path, timeout=10)
@@ -85,14 +100,18 @@ class Store:
             con.close()
 
     def close(self) -> None:
+        if self._db_rw is None:
+            return
         self._checkpoint_stop.set()
-        self._checkpointer.join(5)
+        if self._checkpointer is not None:
+            self._checkpointer.join(5)
         with self._lock:
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db_rw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error:
                 pass
-            self._db.close()
+            self._db_rw.close()
+            self._db_rw = None
 
     # --- writing ---------------------------------------------------------------------------
     def load_directory(self, directory) -> None:
