@@ -338,7 +338,8 @@ class Codec:
             for i in np.flatnonzero(old):
                 keep[i] = False
                 reject(int(mi[i]), "stale_timestamp", lambda i=i: f"timestamp {_short(raw[i])} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
-        return ts.astype(np.int64), missing
+        with np.errstate(invalid="ignore"):  # rows already rejected may hold out-of-range values
+            return ts.astype(np.int64), missing
 
     def _finish_sensor(self, messages, out: Decoded, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val) -> None:
         n = len(r_ts)
@@ -349,7 +350,8 @@ class Codec:
         raw = self._numbers(r_val, "value", mi, reject, keep)
         ts, missing = self._timestamps(r_ts, mi, m_unit, m_recv, reject, keep, now_ms)
         out.no_timestamp += missing
-        val = raw * self._sf[spec] + self._so[spec]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, rejected below as non_finite
+            val = raw * self._sf[spec] + self._so[spec]
         nonfin = keep & ~np.isfinite(val)
         for i in np.flatnonzero(nonfin):
             keep[i] = False

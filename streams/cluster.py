@@ -175,28 +175,9 @@ class PartitionState:
 
     def _process(self, sens: list[SensorBatch], poss: list[PositionBatch]) -> list[tuple[str, Warning]]:
         """The rule loop of Pipeline.process, on already normalised batches."""
-        pl = self.pl
         s = SensorBatch.concat(sens) if sens else SensorBatch.empty()
         pos = PositionBatch.concat(poss) if poss else PositionBatch.empty()
-        events: list[tuple[str, Warning]] = []
-        if len(pos):
-            if len(pl.directory) > pl.last_lat.shape[0]:
-                n = len(pl.directory) + 1024
-                pl.last_lat = np.concatenate([pl.last_lat, np.full(n - pl.last_lat.shape[0], np.nan)])
-                pl.last_lon = np.concatenate([pl.last_lon, np.full(n - pl.last_lon.shape[0], np.nan)])
-            pl.last_lat[pos.device] = pos.lat
-            pl.last_lon[pos.device] = pos.lon
-        for r, p, info in pl.rules:
-            if p.input == "sensor":
-                if len(s):
-                    events += pl.lifecycle.on_events(info, p.process(s))
-            elif len(pos):
-                events += pl.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
-        if len(s):
-            pl.lifecycle.observe("series", s.series, s.ts, s.value)
-        if len(pos):
-            pl.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
-        return events
+        return self.pl.run_rules(s, pos)
 
     # -- snapshot ---------------------------------------------------------------------------
     def dump(self) -> bytes:

@@ -18,7 +18,7 @@ from gridwatch.hw.profiles import METRICS, load_profiles
 from gridwatch.ingest.codec import Codec, Message
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.observability import Counters
-from gridwatch.records import RegionPath, Warning
+from gridwatch.records import PositionBatch, RegionPath, SensorBatch, Warning
 from gridwatch.regions import RegionMapper
 from gridwatch.streams.lifecycle import Lifecycle, RuleInfo
 from gridwatch.streams.processor import Processor, create
@@ -114,25 +114,8 @@ class Pipeline:
     def process(self, messages: list[Message], now_ms: int, deliveries: tuple[str, bytes] | None = None) -> list[tuple[str, Warning]]:
         """One batch; ``deliveries`` (which broker messages these are) is committed with it."""
         dec = self.codec.decode(messages, now_ms)
-        events: list[tuple[str, Warning]] = []
         s, pos = dec.sensor, dec.position
-        if len(pos):
-            if len(self.directory) > self.last_lat.shape[0]:
-                n = len(self.directory) + 1024
-                self.last_lat = np.concatenate([self.last_lat, np.full(n - self.last_lat.shape[0], np.nan)])
-                self.last_lon = np.concatenate([self.last_lon, np.full(n - self.last_lon.shape[0], np.nan)])
-            self.last_lat[pos.device] = pos.lat
-            self.last_lon[pos.device] = pos.lon
-        for r, p, info in self.rules:
-            if p.input == "sensor":
-                if len(s):
-                    events += self.lifecycle.on_events(info, p.process(s))
-            elif len(pos):
-                events += self.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
-        if len(s):
-            self.lifecycle.observe("series", s.series, s.ts, s.value)
-        if len(pos):
-            self.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
+        events = self.run_rules(s, pos)
         if self.store is not None:
             self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead, deliveries)
         c, src = self.counters, self.source
@@ -148,6 +131,28 @@ class Pipeline:
         if len(s):
             c.set(src, "lag_ms", float(now_ms - s.ts.max()))
         c.add("warnings", "events", len(events))
+        return events
+
+    def run_rules(self, s: SensorBatch, pos: PositionBatch) -> list[tuple[str, Warning]]:
+        """Every rule over normalised batches -> warning events (shared with the cluster workers)."""
+        if len(pos):
+            if len(self.directory) > self.last_lat.shape[0]:
+                n = len(self.directory) + 1024
+                self.last_lat = np.concatenate([self.last_lat, np.full(n - self.last_lat.shape[0], np.nan)])
+                self.last_lon = np.concatenate([self.last_lon, np.full(n - self.last_lon.shape[0], np.nan)])
+            self.last_lat[pos.device] = pos.lat
+            self.last_lon[pos.device] = pos.lon
+        events: list[tuple[str, Warning]] = []
+        for r, p, info in self.rules:
+            if p.input == "sensor":
+                if len(s):
+                    events += self.lifecycle.on_events(info, p.process(s))
+            elif len(pos):
+                events += self.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
+        if len(s):
+            self.lifecycle.observe("series", s.series, s.ts, s.value)
+        if len(pos):
+            self.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
         return events
 
     def tick(self, now_ms: int) -> list[tuple[str, Warning]]:
