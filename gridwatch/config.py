@@ -162,7 +162,21 @@ class InfluxConfig(_Model):
     write_readings: bool = Field(False, description="Also write every reading (workers), not only warnings.")
     warnings_measurement: str = Field("warnings", description="Measurement (QuestDB: table) of warnings.")
     readings_measurement: str = Field("readings", description="Measurement (QuestDB: table) of readings.")
-    questdb_dedup: bool = Field(False, description="The server is QuestDB: create the warnings table with DEDUP UPSERT KEYS so a re-sent warning replaces its row (InfluxDB upserts by itself).")
+    questdb_dedup: bool = Field(False, description="The server is QuestDB: create the warnings (and, for `gridwatch run`, readings) tables with DEDUP UPSERT KEYS so a re-sent warning or a replayed reading replaces its row (InfluxDB upserts by itself).")
+
+
+class SpoolConfig(_Model):
+    dir: str = Field("spool", description="Folder of the store-and-forward spools, relative to site.data_dir; one subfolder per remote sink (influx/, kafka/).")
+    max_mb: float = Field(512.0, gt=0, description="Most disk space of one sink's spool (MiB). When it is full: back-pressure - the MQTT messages of the next batch are not acknowledged (the broker keeps them, size its max_queued_messages) until the sink catches up; nothing is dropped.")
+    segment_mb: float = Field(16.0, gt=0, description="Spool segment file size (MiB); a segment is deleted once every record in it was delivered.")
+    fsync: Literal["always", "never"] = Field("always", description="'always': every spooled batch is fsync'ed before its MQTT messages are acknowledged (survives a power loss; one fsync per batch). 'never': page cache only (survives a crash of gridwatch, not of the machine).")
+    retry_min_s: float = Field(0.5, gt=0, description="First retry delay while a sink is unreachable; doubles up to retry_max_s.")
+    retry_max_s: float = Field(30.0, gt=0, description="Longest retry delay while a sink is unreachable.")
+
+
+class ForwardConfig(_Model):
+    influx: bool = Field(False, description="`gridwatch run` forwards readings and warnings to the [influx] server, through the spool (store-and-forward).")
+    kafka: bool = Field(False, description="`gridwatch run` forwards readings, position fixes and warnings to the [kafka] topics (cluster mode), through the spool (store-and-forward).")
 
 
 class GridwatchConfig(_Model):
@@ -180,7 +194,9 @@ class GridwatchConfig(_Model):
     video: VideoConfig = Field(default_factory=VideoConfig, description="Video rules, ONNX models and snapshot evidence.")
     kafka: KafkaConfig = Field(default_factory=KafkaConfig, description="Kafka (cluster mode).")
     worker: WorkerConfig = Field(default_factory=WorkerConfig, description="Cluster workers (`gridwatch worker`).")
-    influx: InfluxConfig | None = Field(None, description="Time-series store over the InfluxDB v2 write API (cluster mode). Omit to write none.")
+    influx: InfluxConfig | None = Field(None, description="Time-series store over the InfluxDB v2 write API (cluster workers; `gridwatch run` with forward.influx). Omit to write none.")
+    forward: ForwardConfig = Field(default_factory=ForwardConfig, description="Remote sinks `gridwatch run` forwards to through the spool.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Store-and-forward spool between ingest and the remote sinks of `gridwatch run`.")
 
     base_dir: str = Field(".", description="Folder relative paths are resolved against (the config file's folder; set by the loader).")
 
@@ -207,6 +223,12 @@ class GridwatchConfig(_Model):
                 cls.Params.model_validate(_resolve_param_paths(r.params, self.base_dir))
             except ValidationError as e:
                 raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e)}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _forward_valid(self) -> "GridwatchConfig":
+        if self.forward.influx and self.influx is None:
+            raise ValueError("forward.influx = true needs an [influx] table (url, token, bucket)")
         return self
 
     @model_validator(mode="after")
