@@ -475,6 +475,7 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
     import faust
 
     k, wc = cfg.kafka, cfg.worker
+    (cfg.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         wc.app_id, broker=[f"kafka://{h.strip()}" for h in k.bootstrap_servers.split(",")], store="memory://",
         autodiscover=False, web_enabled=False, topic_partitions=k.partitions,
@@ -485,6 +486,7 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
         producer_compression_type=None if k.compression == "none" else k.compression,
         producer_max_request_size=64 * 1024 * 1024, stream_wait_empty=False,
         key_serializer="raw", value_serializer="raw",
+        datadir=str(cfg.data_dir / "faust"),  # not ./<app_id>-data in the caller's cwd
     )
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     readings_topic = app.topic(k.readings_topic, partitions=k.partitions, **raw)
