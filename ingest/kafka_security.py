@@ -40,6 +40,20 @@ def client_kwargs(k: KafkaConfig) -> dict[str, Any]:
     return kw
 
 
+def faust_credentials(k: KafkaConfig):
+    """The same settings for a ``faust.App`` (``broker_credentials``): None for PLAINTEXT,
+    ``SSLCredentials`` for SSL, ``SASLCredentials`` (with the TLS context for SASL_SSL)."""
+    if k.security_protocol == "PLAINTEXT":
+        return None
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    kw = client_kwargs(k)  # validates (SASL needs a user and a password)
+    if k.security_protocol == "SSL":
+        return SSLCredentials(kw["ssl_context"])
+    return SASLCredentials(username=k.sasl_username, password=k.sasl_password, mechanism=k.sasl_mechanism,
+                           ssl_context=kw.get("ssl_context"))
+
+
 def forwarder(cfg, **kw):
     """A :class:`~gridwatch.ingest.kafka_forward.KafkaForwarder` for ``cfg`` (topics, batching,
     compression and the security settings above)."""
@@ -52,4 +66,4 @@ def forwarder(cfg, **kw):
                           **{**client_kwargs(k), **kw})
 
 
-__all__ = ["client_kwargs", "ssl_context", "forwarder"]
+__all__ = ["client_kwargs", "faust_credentials", "ssl_context", "forwarder"]

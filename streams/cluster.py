@@ -392,13 +392,38 @@ class WorkerCore:
                 mets = np.array(wb.metrics, object)[wb.cols["metric"]]
                 rows.append((ids, mets, wb.cols["ts"], wb.cols["value"]))
         sink = self.sink
+        done = [0]
 
-        def work():
-            for r in rows:
+        def work():  # resumable: a retry continues with the rows not yet queued
+            while done[0] < len(rows):
+                r = rows[done[0]]
+                done[0] += 1  # first: write_readings queues its lines before a full batch's send can raise
                 sink.write_readings(*r)
             sink.flush()
 
-        await asyncio.get_running_loop().run_in_executor(None, work)
+        await self._sink_write(work)
+
+    async def _sink_write(self, work) -> None:
+        """Run ``work`` (sink writes + flush) in an executor until the server accepted it.
+
+        No local spool here: Kafka is the worker's store-and-forward log. The agent does not
+        return (so its offsets are not acknowledged, and the partition snapshot is not written)
+        until the time-series server took the batch; while the server is down the worker waits
+        and retries with backoff, the backlog stays in Kafka (readings retention), and a worker
+        crash meanwhile replays from the last committed offset into an idempotent store."""
+        from gridwatch.streams.influx_sink import InfluxWriteError
+
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            try:
+                await loop.run_in_executor(None, work)
+                return
+            except InfluxWriteError as e:
+                self.stats["sink_failures"] += 1
+                log.warning("time-series write failed (%s); offsets are held, retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     # -- warnings -------------------------------------------------------------------------
     async def on_warning_events(self, events) -> None:
@@ -431,12 +456,15 @@ class WorkerCore:
                 # one line per id: the latest version (two versions of one point in one request
                 # are not reliably last-wins under QuestDB's dedup)
                 ws = list({w["id"]: w for _, w in accepted}.values())
+                queued = [False]
 
                 def work():
-                    sink.write_warnings(ws)
+                    if not queued[0]:
+                        queued[0] = True
+                        sink.write_warnings(ws)
                     sink.flush()
 
-                await asyncio.get_running_loop().run_in_executor(None, work)
+                await self._sink_write(work)
             futs = [await self.warnings_topic.send(key=str(w["id"]).encode(),
                                                    value=orjson.dumps({"schema": "gridwatch.warning-event/1", "event": ev, "warning": w}))
                     for ev, w in accepted]
@@ -474,6 +502,8 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
     """The Faust app with its agents; returns (app, core)."""
     import faust
 
+    from gridwatch.ingest.kafka_security import faust_credentials
+
     k, wc = cfg.kafka, cfg.worker
     (cfg.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -486,6 +516,7 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
         producer_compression_type=None if k.compression == "none" else k.compression,
         producer_max_request_size=64 * 1024 * 1024, stream_wait_empty=False,
         key_serializer="raw", value_serializer="raw",
+        broker_credentials=faust_credentials(k),  # [kafka] SASL/TLS, as the edge producers get them
         datadir=str(cfg.data_dir / "faust"),  # not ./<app_id>-data in the caller's cwd
     )
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

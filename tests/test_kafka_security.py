@@ -60,3 +60,34 @@ def test_sasl_password_never_in_config_errors():
     with pytest.raises(ConfigError) as e:
         _cfg(sasl_password=["kpw-Secret-1"])
     assert "kpw-Secret-1" not in str(e.value)
+
+
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL", "SSL", "PLAINTEXT"])
+def test_faust_workers_get_the_same_broker_credentials(tmp_path, protocol):
+    """The worker's faust.App (consumer, producer, table changelogs) authenticates like the edge:
+    what faust's aiokafka driver passes to its clients carries the [kafka] settings."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    from gridwatch.streams.cluster import build_app
+
+    ca = TestCA(tmp_path)
+    cfg = parse({"site": {"data_dir": str(tmp_path / "var")},
+                 "kafka": {"bootstrap_servers": "127.0.0.1:1", "security_protocol": protocol, "sasl_mechanism": "SCRAM-SHA-256",
+                           "sasl_username": "gw", "sasl_password": "${KAFKA_PW}", "ssl_ca_file": str(ca.ca_file)}},
+                env={"KAFKA_PW": "kpw-Secret-1"})
+    app, _core = build_app(cfg)
+    auth = credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context)
+    producer_auth = app.producer._settings_auth()  # what faust's producer is built with
+    assert producer_auth == auth
+    assert auth["security_protocol"] == protocol
+    if protocol.startswith("SASL_"):
+        assert (auth["sasl_mechanism"], auth["sasl_plain_username"], auth["sasl_plain_password"]) == ("SCRAM-SHA-256", "gw", "kpw-Secret-1")
+        assert "kpw-Secret-1" not in repr(app.conf.broker_credentials)
+    else:
+        assert "sasl_plain_password" not in auth
+    if protocol.endswith("SSL"):
+        ctx = auth["ssl_context"]
+        assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+        assert any("gridwatch test CA" in str(c.get("subject")) for c in ctx.get_ca_certs())
+    else:
+        assert auth.get("ssl_context") is None
