@@ -2,7 +2,8 @@
 
 A video detector is one *event rule* on one camera (e.g. "smoke on gate-3"), with temporal logic:
 it sees every analysed frame of its camera, keeps its own state, and reports :class:`Hit` s —
-``raise`` when its rule is satisfied, ``clear`` when the cause has gone. The runtime turns hits
+``raise`` when its rule is satisfied, ``update`` while a raised event is still seen (the warning's
+``updated`` events, at most every ``alerts_mqtt.update_interval_s``), ``clear`` when the cause has gone. The runtime turns hits
 into warnings through the same lifecycle, store and MQTT publisher as the sensor rules.
 
     class Smoke(VideoDetector):
@@ -32,7 +33,7 @@ if TYPE_CHECKING:  # kept out of the import path of the config loader
     from .motion import MotionResult
     from .onnx_decoders import Detections
 
-RAISE, CLEAR = "raise", "clear"
+RAISE, CLEAR, UPDATE = "raise", "clear", "update"
 
 
 class DetectorParams(BaseModel):
@@ -205,9 +206,10 @@ class FrameInput:
 
 @dataclass(slots=True)
 class Hit:
-    """A detector's verdict: ``raise`` (rule satisfied) or ``clear`` (cause gone), keyed by ``key``."""
+    """A detector's verdict: ``raise`` (rule satisfied), ``update`` (a raised event still seen; ``score``
+    is its latest value, NaN to keep the old one) or ``clear`` (cause gone), keyed by ``key``."""
 
-    kind: str  # RAISE or CLEAR
+    kind: str  # RAISE, UPDATE or CLEAR
     key: int  # distinguishes concurrent events of one detector (zone index, region); >= 0
     ts_ms: int  # capture time of the frame that satisfied (or ended) the rule
     score: float = float("nan")
@@ -226,6 +228,7 @@ class VideoDetector(ABC):
     Params: ClassVar[type[DetectorParams]] = DetectorParams
     registry: ClassVar[dict[str, type["VideoDetector"]]] = {}
     model_kind: ClassVar[str | None] = None  # "detector" / "classifier" when the rule can use a model
+    default_model: ClassVar[str | None] = None  # registry name of the shipped model used when a rule names none
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)

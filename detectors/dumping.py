@@ -8,7 +8,8 @@ longer from the short-term one is *static-object evidence*, which accumulates (s
 form static blobs; one above ``min_area`` (fraction of the frame) raises a warning, with a
 *before* snapshot (the scene just before the blob first appeared) and an *after* snapshot.
 
-With a person/vehicle detector configured (``model``):
+With a person/vehicle detector configured (``model``, e.g. the shipped ``objects-det``, whose
+``person`` and ``vehicle`` classes are in the default ``presence_classes``):
 
 * ``require_presence``: a ``presence_classes`` detection must have been near the blob within
   ``presence_window_s`` before it appeared (someone brought it);
@@ -26,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from . import video_kernels as k
-from .base import CLEAR, RAISE, BoxFilter, DetectorParams, FrameInput, Hit, VideoDetector, class_ids, polygons_mask
+from .base import CLEAR, RAISE, UPDATE, BoxFilter, DetectorParams, FrameInput, Hit, VideoDetector, class_ids, polygons_mask
 
 
 class DumpingParams(DetectorParams):
@@ -42,7 +43,7 @@ class DumpingParams(DetectorParams):
                              description="Area/aspect limits of the blob's box (a blob larger than max_area is a scene change).")
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after the blob has been gone this long.")
     require_presence: bool = Field(True, description="With a model: a person or vehicle must have been near the blob shortly before.")
-    presence_classes: list[str] = Field(["person", "car", "truck", "van", "bicycle", "motorcycle", "tricycle"],
+    presence_classes: list[str] = Field(["person", "vehicle", "car", "truck", "van", "bicycle", "motorcycle", "tricycle"],
                                         description="Model classes that can bring an object.")
     presence_window_s: float = Field(60.0, gt=0, description="How long before the blob appeared a presence counts.")
     presence_margin: float = Field(0.5, ge=0, description="'Near' = within the blob's box grown by this fraction of its size.")
@@ -131,6 +132,8 @@ class DumpingDetector(VideoDetector):
         for box, area in blobs:
             key = self._match(box)
             if key is not None:
+                if key not in seen_keys:  # still there: the warning's "updated" (latest area)
+                    out.append(Hit(UPDATE, key, f.ts_ms, float(area), [tuple(map(float, box))], "dumped object"))
                 seen_keys.add(key)
                 self.active[key] = (box, f.ts_ms)
                 continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from .base import CLEAR, RAISE, BoxFilter, DetectorParams, FrameInput, Hit, IouTracker, VideoDetector, class_ids
+from .base import CLEAR, RAISE, UPDATE, BoxFilter, DetectorParams, FrameInput, Hit, IouTracker, VideoDetector, class_ids
 
 
 class EbikeParams(DetectorParams):
@@ -45,6 +45,7 @@ class EbikeDetector(VideoDetector):
     kind = "ebike"
     Params = EbikeParams
     model_kind = "detector"
+    default_model = "objects-det"
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
@@ -108,9 +109,14 @@ class EbikeDetector(VideoDetector):
         zone_of_box = zones[inside]
         self.alerted = [(t, b) for t, b in self.alerted if f.ts_ms - t < p.cooldown_s * 1000]
         out: list[Hit] = []
+        updated: set[int] = set()
         for i, t in enumerate(seen):
             t.zone = int(zone_of_box[i])
             self.zone_last[t.zone] = f.ts_ms
+            if t.zone in self.zone_active and t.raised and t.zone not in updated:
+                updated.add(t.zone)  # the alerted e-bike is still there: the warning's "updated"
+                out.append(Hit(UPDATE, max(t.zone, 0), f.ts_ms, t.scores.median, [tuple(map(float, t.box))], "e-bike",
+                               zone=self._zone_name(t.zone)))
             if t.raised or sum(t.hits) < p.k or t.scores.median < p.min_score:
                 continue
             t.raised = True  # once per track, whatever happens next

@@ -2,15 +2,19 @@
 
     [[video.models]]
     name = "objects"
-    path = "models/objects.onnx"      # relative to the config file
+    path = "models/objects.onnx"      # a user's model, relative to the config file
     layout = "yolov8"
+
+    [[video.models]]
+    name = "objects-det"              # no path: the model registry's entry of that name
+    intra_op_threads = 1              # (shipped models/manifest.json, or video.model_manifest)
 
     [[video.rules]]
     name = "ebike-lift"
     kind = "ebike"                    # smoke | dumping | ebike
-    model = "objects"
-    severity = "critical"
-    params = { k = 3, n = 5 }
+    model = "objects-det"             # a [[video.models]] name or a registry name; omitted: the
+    severity = "critical"             # kind's default (ebike: objects-det, smoke: smoke-cls,
+    params = { k = 3, n = 5 }         # dumping: none); "" = no model
 
     [[cameras]]
     name = "block7-lift"
@@ -21,9 +25,10 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gridwatch.ingest.video import CameraConfig
 
@@ -36,12 +41,16 @@ class _M(BaseModel):
 
 class ModelConfig(_M):
     name: str = Field(min_length=1, description="Name rules use to refer to this model.")
-    path: str = Field(min_length=1, description="ONNX file, relative to the config file unless absolute.")
-    kind: Literal["detector", "classifier"] = Field("detector", description="Object detector (boxes) or image classifier (smoke check).")
+    path: str = Field("", description="ONNX file, relative to the config file unless absolute. Empty: the model "
+                      "registry's entry named `registry` (default: `name`), hash-checked, with its layout, kind, "
+                      "input size and classes from the manifest.")
+    registry: str = Field("", description="Registry name of a shipped (models/manifest.json) or registered "
+                          "(video.model_manifest) model; used when `path` is empty. Default: `name`.")
+    kind: Literal["detector", "classifier"] = Field("detector", description="Object detector (boxes) or image classifier (smoke check). Registry models: from the manifest.")
     layout: Literal["yolov5", "yolov8", "end2end", "rtdetr"] = Field("yolov8", description="Detector output layout "
-                                                                  "(yolov8 also covers YOLO11).")
+                                                                  "(yolov8 also covers YOLO11). Registry models: from the manifest.")
     input_size: tuple[int, int] | None = Field(None, description="(width, height) when the model's input size is dynamic.")
-    names: list[str] = Field(default_factory=list, description="Class names by id; default: from the model's metadata.")
+    names: list[str] = Field(default_factory=list, description="Class names by id; default: from the model's metadata (registry models: the manifest's classes).")
     conf: float = Field(0.25, ge=0, le=1, description="Detector score threshold before the rules' own.")
     iou: float = Field(0.45, gt=0, le=1, description="NMS IoU threshold.")
     softmax: bool = Field(False, description="Classifier outputs logits (apply softmax).")
@@ -50,11 +59,24 @@ class ModelConfig(_M):
     max_batch: int = Field(8, ge=1, description="Most frames (from all cameras) per run.")
     providers: list[str] = Field(default_factory=list, description="Execution providers in order; default TensorRT, CUDA, OpenVINO, CPU (those present).")
 
+    @model_validator(mode="after")
+    def _source(self) -> "ModelConfig":
+        if self.path and self.registry:
+            raise ValueError(f"model {self.name!r}: give either path (a file) or registry (a registered model), not both")
+        return self
+
+    @property
+    def registry_name(self) -> str | None:
+        """The registry entry this model comes from, or None for a file given by path."""
+        return None if self.path else (self.registry or self.name)
+
 
 class VideoRuleConfig(_M):
     name: str = Field(min_length=1, description="Rule name; part of every warning's id and MQTT topic. Unique among all rules.")
     kind: str = Field(description="Detector kind: smoke, dumping, ebike.")
-    model: str | None = Field(None, description="Name of a [[video.models]] entry (required for ebike; optional for smoke and dumping).")
+    model: str | None = Field(None, description="A [[video.models]] name, or the registry name of a shipped/registered "
+                              "model (e.g. objects-det, smoke-cls). Omitted: the kind's default shipped model "
+                              "(ebike: objects-det, smoke: smoke-cls, dumping: none); \"\" = no model (not for ebike).")
     severity: Literal["info", "minor", "major", "critical"] = Field("major", description="Severity of its warnings.")
     cooldown_s: float = Field(300.0, ge=0, description="After a warning clears, the same camera/zone raises nothing for this long.")
     min_active_s: float = Field(0.0, ge=0, description="A warning that clears sooner stays active until then.")
@@ -83,6 +105,9 @@ class VideoConfig(_M):
     gather_ms: float = Field(40.0, ge=0, description="After the first camera's frame arrives, wait this long for other "
                              "cameras' frames so their models run as one batch (adds at most this to latency).")
     status_topic_prefix: str = Field("gridwatch/cameras", description="Camera status goes to <prefix>/<site>/<camera> (retained JSON).")
+    model_manifest: str = Field("", description="Your own model manifest (same format as models/manifest.json, files "
+                                "relative to it; relative to the config file), read besides the shipped one; its "
+                                "entries override shipped ones of the same name. Default: $GRIDWATCH_MODEL_MANIFEST.")
 
     @field_validator("rules")
     @classmethod
@@ -94,13 +119,71 @@ class VideoConfig(_M):
         return rules
 
 
-def check(cameras: list[VideoCameraConfig], video: VideoConfig, sensor_rules: list[str]) -> None:
-    """Cross-references: detector kinds and params, model names, camera rule names. Raises ValueError."""
+def rule_model(rule: VideoRuleConfig) -> str | None:
+    """The model a rule uses: its ``model``, else its kind's default shipped model; None for none."""
     from .registry import VideoDetector
 
-    models = {m.name: m for m in video.models}
-    if len(models) != len(video.models):
+    if rule.model is not None:
+        return rule.model or None  # "" = explicitly no model
+    cls = VideoDetector.registry.get(rule.kind)
+    return getattr(cls, "default_model", None) if cls is not None else None
+
+
+def model_configs(video: VideoConfig) -> dict[str, ModelConfig]:
+    """Every model the rules use, by name: the [[video.models]] entries, plus an implicit registry
+    entry for each rule model that names a registered model directly (default settings, one
+    intra-op thread: the shipped models are small, and decoding needs the other cores; a
+    [[video.models]] entry of the same name sets them instead)."""
+    out = {m.name: m for m in video.models}
+    for r in video.rules:
+        name = rule_model(r)
+        if name is not None and name not in out:
+            out[name] = ModelConfig(name=name, intra_op_threads=1)
+    return out
+
+
+def manifest_path(video: VideoConfig, base_dir: str | Path) -> Path | None:
+    """The user's model manifest (resolved against the config's folder), or None."""
+    if not video.model_manifest:
+        return None
+    p = Path(video.model_manifest)
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+def registry_info(m: ModelConfig, manifest: Path | None):
+    """The registry entry of a model configured without a path (no file access, no hash check)."""
+    from gridwatch.models import registry
+
+    return registry.info(m.registry_name, manifest)
+
+
+def model_kind(m: ModelConfig, manifest: Path | None) -> str:
+    if m.registry_name is None:
+        return m.kind
+    return "classifier" if registry_info(m, manifest).layout == "classifier" else "detector"
+
+
+def check(cameras: list[VideoCameraConfig], video: VideoConfig, sensor_rules: list[str], base_dir: str | Path = ".") -> None:
+    """Cross-references: detector kinds and params, model names, camera rule names. Raises ValueError."""
+    from gridwatch.models.registry import RegistryError
+
+    from .registry import VideoDetector
+
+    if len({m.name for m in video.models}) != len(video.models):
         raise ValueError("video.models: model names must be unique")
+    manifest = manifest_path(video, base_dir)
+    models = model_configs(video)
+    kinds: dict[str, str] = {}
+    declared = [x.name for x in video.models]
+    for name, m in models.items():
+        try:
+            kinds[name] = model_kind(m, manifest)
+        except (RegistryError, OSError, ValueError) as e:  # unknown name, unreadable manifest
+            if name in declared:
+                where = f"video.models.{declared.index(name)}"
+            else:
+                where = f"video.rules.{[rule_model(r) for r in video.rules].index(name)}.model"
+            raise ValueError(f"{where}: {e} (nor in [[video.models]])" if name not in declared else f"{where}: {e}") from None
     for i, r in enumerate(video.rules):
         cls = VideoDetector.registry.get(r.kind)
         if cls is None:
@@ -112,12 +195,10 @@ def check(cameras: list[VideoCameraConfig], video: VideoConfig, sensor_rules: li
         except ValidationError as e:
             errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
             raise ValueError(f"video.rules.{i}.params ({r.name}): {errs}") from None
-        if r.model is not None:
-            m = models.get(r.model)
-            if m is None:
-                raise ValueError(f"video.rules.{i}.model: no model named {r.model!r} in [[video.models]]")
-            if m.kind != cls.model_kind:
-                raise ValueError(f"video.rules.{i}.model: {r.kind} needs a {cls.model_kind} model, {r.model!r} is a {m.kind}")
+        name = rule_model(r)
+        if name is not None:
+            if kinds[name] != cls.model_kind:
+                raise ValueError(f"video.rules.{i}.model: {r.kind} needs a {cls.model_kind} model, {name!r} is a {kinds[name]}")
         elif r.kind == "ebike":
             raise ValueError(f"video.rules.{i}: kind 'ebike' needs a model with an e-bike class")
     rule_names = {r.name for r in video.rules}

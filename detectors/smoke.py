@@ -30,8 +30,11 @@ up). The region is followed from frame to frame: a largest patch that does not t
 one is a new region (scattered patches appearing in turn are not one growing plume). A warning is
 raised when the region has existed for ``duration_s`` and has grown (area × ``growth`` or its top
 risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
-With a classifier model (``model_kind = "classifier"``), the region's crop must also score
-``classifier_min`` for the class named ``classifier_class``; otherwise the evidence is reset.
+With a classifier model (``model_kind = "classifier"``; by default the shipped ``smoke-cls``, a
+64×64 background/smoke classifier), the crop of the region's candidate tiles (their bounding box)
+must also score ``classifier_min`` for the class named ``classifier_class`` when the temporal rule
+is satisfied; otherwise the evidence is reset and the region has to build up again. The classifier
+is a veto: it can only remove warnings, and it costs one small inference per satisfied rule.
 The warning clears after ``clear_s`` without a region.
 """
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 from pydantic import Field
 
 from . import video_kernels as k
-from .base import CLEAR, RAISE, DetectorParams, FrameInput, Hit, VideoDetector, polygons_mask
+from .base import CLEAR, RAISE, UPDATE, DetectorParams, FrameInput, Hit, VideoDetector, polygons_mask
 
 
 class SmokeParams(DetectorParams):
@@ -81,6 +84,7 @@ class SmokeDetector(VideoDetector):
     kind = "smoke"
     Params = SmokeParams
     model_kind = "classifier"
+    default_model = "smoke-cls"
 
     def __init__(self, *a, **kw) -> None:
         super().__init__(*a, **kw)
@@ -95,6 +99,8 @@ class SmokeDetector(VideoDetector):
         self.shape_history: deque[tuple[int, int, int]] = deque()  # (ts, tiles, top tile row) of the region
         self.region: np.ndarray | None = None  # the previous frame's region (bool tiles)
         self.sharp: np.ndarray | None = None  # tiles an opaque, sharp-edged thing covers in this frame
+        self.classifier_runs = 0  # crops the classifier stage has seen
+        self.classifier_probs: deque[float] = deque(maxlen=64)  # its latest verdicts (probability of smoke)
 
     def busy(self) -> bool:
         return self.bg is None or self.active or bool(self.evidence.any())
@@ -172,8 +178,8 @@ class SmokeDetector(VideoDetector):
         self.shape_history.append((f.ts_ms, n, top))
         while len(self.shape_history) > 1 and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000:
             self.shape_history.popleft()
-        if self.active:
-            return []
+        if self.active:  # still smoke: the warning's "updated" (region size; the classifier is not re-run)
+            return [Hit(UPDATE, 0, f.ts_ms, float("nan") if self.model is not None else float(n), label="smoke")]
         t_then, n_then, top_then = self.shape_history[0]
         grown = f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and (n >= p.growth * n_then or top < top_then)
         if f.ts_ms - self.region_since < p.duration_s * 1000 or not grown or n < p.min_blocks:
@@ -182,6 +188,8 @@ class SmokeDetector(VideoDetector):
         box = (float(xs.min() * p.block * sx), float(ys.min() * p.block * sy),
                float((xs.max() + 1) * p.block * sx), float((ys.max() + 1) * p.block * sy))
         score = float(n)
+        detail = {"blocks": n, "blocks_at_start": self.start_area, "blocks_before": n_then, "top_before": top_then, "top": top,
+                  "seconds": round((f.ts_ms - self.region_since) / 1000, 2)}
         if self.model is not None:
             prob = self._classify(f.image, box)
             if prob < p.classifier_min:
@@ -189,10 +197,9 @@ class SmokeDetector(VideoDetector):
                 self.region_since = None
                 return []
             score = prob
+            detail["classifier_prob"] = round(prob, 3)
         self.active = True
-        return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image,
-                    detail={"blocks": n, "blocks_at_start": self.start_area, "blocks_before": n_then, "top_before": top_then, "top": top,
-                            "seconds": round((f.ts_ms - self.region_since) / 1000, 2)})]
+        return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image, detail=detail)]
 
     @staticmethod
     def _largest(region: np.ndarray) -> np.ndarray:
@@ -209,7 +216,10 @@ class SmokeDetector(VideoDetector):
         crop = image[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
         probs = self.model.classify([crop])[0]
         ids = [i for i, n in self.model.names.items() if n.lower() == self.p.classifier_class.lower()]
-        return float(probs[ids[0]]) if ids else 0.0
+        prob = float(probs[ids[0]]) if ids else 0.0
+        self.classifier_runs += 1
+        self.classifier_probs.append(prob)
+        return prob
 
     def _maybe_clear(self, f: FrameInput) -> list[Hit]:
         if self.active and (self.last_region_ts is None or f.ts_ms - self.last_region_ts >= self.p.clear_s * 1000):

@@ -236,7 +236,7 @@ class GridwatchConfig(_Model):
         if self.cameras or self.video.rules or self.video.models:
             from gridwatch.detectors.settings import check
 
-            check(self.cameras, self.video, [r.name for r in self.rules])
+            check(self.cameras, self.video, [r.name for r in self.rules], self.base_dir)
         return self
 
     def resolve(self, path: str) -> Path:

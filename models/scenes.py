@@ -10,7 +10,8 @@ model cards record it with the seeds they were trained and evaluated on.
   vehicles, waste piles and bags, and the look-alikes trolleys, prams and neat box stacks;
 * :mod:`.scene_smoke` — smoke plumes: noise advected upward, alpha-blended as low-chroma grey;
 * here — :func:`detector_sample` (a frame with boxes), :func:`smoke_sample` (a classifier crop with
-  its label) and the video scenes :func:`smoke_video`, :func:`dumping_video`, :func:`ebike_video`
+  its label) and the video scenes :func:`smoke_video`, :func:`dumping_video`, :func:`carried_dump_video`,
+  :func:`ebike_video`
   (frames plus ground truth) that tests encode and stream over RTSP.
 
 Seeds: training uses ``0 .. n-1``; held-out evaluation uses :data:`HELDOUT_SEED_BASE` + i. Every
@@ -190,3 +191,40 @@ def ebike_video(n: int, appear_at: int = 10, width: int = 320, height: int = 240
     elevator car or corridor from ``appear_at`` on."""
     kind = ("elevator", "corridor", "entrance")[seed % 3]
     yield from _appearing(n, appear_at, width, height, seed, noise, "bicycle" if bicycle else "e-bike", kind, 23)
+
+
+def carried_dump_video(n: int, drop_at: int = 30, leave_at: int = 45, width: int = 320, height: int = 240,
+                       seed: int = 0, noise: float = 2.0, stays: bool = False
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """(frame, waste-pile box or None, person box or None): a person walks in from the left to a
+    spot on a street/construction edge (frames ``0 .. drop_at``), leaves a waste pile there at
+    ``drop_at``, stands beside it until ``leave_at`` and walks off to the right — the dumping rule's
+    "someone brought it" case. With ``stays`` the person never leaves (and no pile appears): someone
+    standing still, which a person detector should veto.
+
+    The pictures of the other generators do not change (own random stream), so GENERATOR_VERSION
+    stays."""
+    kind = ("street", "construction", "entrance")[seed % 3]
+    bg, ground = _still(width, height, seed, kind)
+    rng = np.random.default_rng([seed, 24])
+    pile, pile_a = sp.draw("waste_pile", rng, int(height * 0.18))
+    person, person_a = sp.draw("person", rng, int(height * 0.6), facing_left=False)
+    px = int(width * rng.uniform(0.35, 0.55))
+    py = int(min(height - 2, ground + (height - ground) * 0.6) - pile_a.shape[0])
+    with_pile = bg.copy()
+    pile_box = np.asarray(sp.paste(with_pile, pile, pile_a, px, py), np.float32)
+    feet = int(min(height - 2, ground + (height - ground) * 0.75))
+    pw = person_a.shape[1]
+    beside = px + pile_a.shape[1] if stays else px + pile_a.shape[1] // 2
+    for i in range(n):
+        dropped = i >= drop_at and not stays
+        frame = (with_pile if dropped else bg).copy()
+        if i < drop_at:
+            x = int(-pw + (beside + pw) * i / drop_at)
+        elif i < leave_at or stays:
+            x = beside
+        else:
+            x = beside + (i - leave_at) * 8
+        pbox = sp.paste(frame, person, person_a, x, feet - person_a.shape[0])
+        yield (_noisy(frame, rng, noise), pile_box if dropped else None,
+               None if pbox is None else np.asarray(pbox, np.float32))

@@ -139,6 +139,20 @@ class Lifecycle:
                     a.warning.value = float(values[i])
                 a.dirty = True
 
+    def touch(self, rule: str, slot: int, aux: int, ts: int, value: float = float("nan")) -> bool:
+        """The cause of an active warning was seen again at ``ts`` (e.g. a video detector still sees
+        the smoke): newer ``last_ts`` and, when finite, ``value``; :meth:`tick` then emits ``updated``.
+        Returns whether such a warning is active."""
+        a = self.active.get((rule, slot, aux))
+        if a is None:
+            return False
+        if ts > a.warning.last_ts:
+            a.warning.last_ts = ts
+            if value == value:
+                a.warning.value = float(value)
+            a.dirty = True
+        return True
+
     def tick(self, now_ms: int, rules: dict[str, RuleInfo]) -> list[tuple[str, Warning]]:
         out: list[tuple[str, Warning]] = []
         for key, a in list(self.active.items()):

@@ -18,7 +18,10 @@ Detector hits become warnings through the same :class:`~gridwatch.streams.lifecy
 rules as the sensors (deterministic ids, cooldown, minimum active time), with ``source`` = camera
 name and the camera's configured region; every raised warning gets a JPEG snapshot (boxes and
 zones drawn, plus a *before* snapshot for dumping) under ``<data_dir>/<video.evidence_dir>``,
-referenced from ``warning.evidence["snapshot"]``. Warnings are committed to the store and then
+referenced from ``warning.evidence["snapshot"]``. While a detector still sees the cause of its
+active warning it reports ``update`` hits; like a sensor's newer readings they make the lifecycle's
+once-a-second tick emit ``updated`` (latest time and value) at most every
+``alerts_mqtt.update_interval_s``. Warnings are committed to the store and then
 published with the same MQTT publisher as sensor warnings. Camera status changes
 (connecting / online / reconnecting / offline, with the reason) go to
 ``<video.status_topic_prefix>/<site>/<camera>`` (retained JSON) and to the counters.
@@ -40,11 +43,11 @@ import numpy as np
 import orjson
 
 from gridwatch.config import GridwatchConfig
-from gridwatch.detectors.base import FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
+from gridwatch.detectors.base import UPDATE, FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.motion import MotionDetector, MotionParams
 from gridwatch.detectors.registry import OnnxClassifier, create
-from gridwatch.detectors.settings import ModelConfig, VideoCameraConfig
+from gridwatch.detectors.settings import ModelConfig, VideoCameraConfig, manifest_path, model_configs, rule_model
 from gridwatch.ingest.video import CameraState, Frame, StatusChange, VideoCollector
 from gridwatch.observability import Counters
 from gridwatch.records import RegionPath, Warning
@@ -63,19 +66,11 @@ DEFAULT_MESSAGES = {
 
 
 def load_model(m: ModelConfig, cfg: GridwatchConfig):
-    """The shared session of one configured model (detector or classifier)."""
-    from gridwatch.detectors.onnx_session import OnnxDetector
+    """The shared session of one configured model (detector or classifier): a file by path, or a
+    registered model by name (hash-checked); one session per model and process."""
+    from gridwatch.detectors.models import load
 
-    kw: dict[str, Any] = dict(intra_op_threads=m.intra_op_threads, inter_op_threads=m.inter_op_threads,
-                              max_batch=m.max_batch, providers=m.providers or None)
-    path = cfg.resolve(m.path)
-    if m.kind == "classifier":
-        model = OnnxClassifier(path, m.input_size, m.softmax, **kw)
-    else:
-        model = OnnxDetector(path, m.layout, m.input_size, conf=m.conf, iou=m.iou, **kw)
-    if m.names:
-        model.names = dict(enumerate(m.names))
-    return model
+    return load(m, cfg.base_dir, manifest_path(cfg.video, cfg.base_dir))
 
 
 @dataclass
@@ -114,9 +109,9 @@ class VideoRuntime:
         self.evidence = EvidenceStore(cfg.data_dir / cfg.video.evidence_dir, cfg.video.evidence_retention_days,
                                       cfg.video.evidence_max_mb)
         self.models: dict[str, Any] = dict(models or {})
-        for m in cfg.video.models:
-            if m.name not in self.models:
-                self.models[m.name] = load_model(m, cfg)
+        for name, m in model_configs(cfg.video).items():  # configured ones and registry names used by rules
+            if name not in self.models:
+                self.models[name] = load_model(m, cfg)
         rule_cfgs = {r.name: r for r in cfg.video.rules}
         self.cameras: list[CameraPipeline] = []
         self.rule_info: dict[str, RuleInfo] = {}
@@ -126,14 +121,15 @@ class VideoRuntime:
             rules = []
             for rn in cam.rules or list(rule_cfgs):
                 r = rule_cfgs[rn]
-                det = create(r.kind, r.name, r.params, zones, self.models.get(r.model) if r.model else None)
+                model_name = rule_model(r)
+                det = create(r.kind, r.name, r.params, zones, self.models[model_name] if model_name else None)
                 det.masks = list(cam.masks)
                 info = RuleInfo(r.name, r.kind, r.severity, int(r.cooldown_s * 1000), int(r.min_active_s * 1000),
                                 r.message or DEFAULT_MESSAGES.get(r.kind, "{rule} on camera {source}"), "device",
                                 lambda aux: None, value_is_reading=False)
                 self.rule_info[r.name] = info
-                is_det = r.model is not None and det.model_kind == "detector"
-                rules.append(_Rule(info, det, r.model if is_det else None))
+                is_det = model_name is not None and det.model_kind == "detector"
+                rules.append(_Rule(info, det, model_name if is_det else None))
             models = sorted({r.model for r in rules if r.model})
             region = parse_path(cam.region or cfg.regions.default)
             self.cameras.append(CameraPipeline(slot, cam, region, zones,
@@ -299,6 +295,9 @@ class VideoRuntime:
         out: list[tuple[str, Warning]] = []
         with self._lock:
             for cam, r, h in hits:
+                if h.kind == UPDATE:  # still seen: the lifecycle's tick emits "updated" (rate-limited)
+                    self.lifecycle.touch(r.info.name, cam.slot, h.key, h.ts_ms, h.score)
+                    continue
                 ev = Events(np.array([-1], np.int64), np.array([cam.slot], np.int32),
                             np.array([EV_RAISE if h.kind == RAISE else EV_CLEAR], np.int8),
                             np.array([h.ts_ms], np.int64), np.array([h.score], np.float64),

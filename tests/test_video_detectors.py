@@ -74,8 +74,9 @@ def test_dual_background_matches_reference(seed):
 
 
 # --- detectors on scenes, frame by frame ----------------------------------------------------------
-def feed(detector, frames, fps=15, step=3, model=None):
-    """Analyse every ``step``-th frame (5 fps of a 15 fps scene) like the runtime; returns the hits."""
+def feed(detector, frames, fps=15, step=3, model=None, updates=False):
+    """Analyse every ``step``-th frame (5 fps of a 15 fps scene) like the runtime; returns the raise
+    and clear hits (and the ``update`` hits with ``updates=True``)."""
     md = MotionDetector()
     hits = []
     for i, f in enumerate(frames):
@@ -84,7 +85,8 @@ def feed(detector, frames, fps=15, step=3, model=None):
         ts = 1_700_000_000_000 + int(i * 1000 / fps)
         dets = model.detect([f])[0] if model is not None else None
         for h in detector.update(FrameInput("cam", f, ts, md.detect(f), dets, model.names if model else {})):
-            hits.append(h)
+            if updates or h.kind != "update":
+                hits.append(h)
     return hits
 
 
@@ -278,7 +280,9 @@ def test_video_config_checks(tmp_path):
     assert cfg.cameras[0].zones[0].name == "z"
     for bad, msg in [
         ({"cameras": [{"name": "c1", "url": "rtsp://h/s", "rules": ["nope"]}]}, "no video rule named 'nope'"),
-        ({"video": {"rules": [{"name": "e", "kind": "ebike"}]}}, "needs a model"),
+        ({"video": {"rules": [{"name": "e", "kind": "ebike", "model": ""}]}}, "needs a model"),
+        ({"video": {"rules": [{"name": "e", "kind": "ebike", "model": "no-such-model"}]}}, "no model named 'no-such-model'"),
+        ({"video": {"rules": [{"name": "e", "kind": "ebike", "model": "smoke-cls"}]}}, "needs a detector model"),
         ({"video": {"rules": [{"name": "s", "kind": "smoke", "params": {"blk": 1}}]}}, "params"),
         ({"video": {"rules": [{"name": "s", "kind": "fire"}]}}, "unknown kind"),
         ({"cameras": [{"name": "c1", "url": "rtsp://h/s", "zones": [{"name": "z", "polygon": [[0, 0], [1, 1]]}]}]},
