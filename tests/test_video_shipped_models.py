@@ -1,0 +1,230 @@
+"""The video detectors with the models the repository ships (models/manifest.json), loaded by
+registry name through the hash-checked registry, on generated scenes and on real footage.
+
+What is asserted is what the shipped models actually do (docs/video.md, "Shipped models"):
+
+* smoke-cls confirms the smoke detector's region on a generated plume; on the empty scene the
+  candidate stage finds nothing for it to judge (and on that scene's bare background crop it is a
+  weak judge: it scores it lower than the plume, but still above 0.5);
+* objects-det finds the generated e-bikes, and the e-bike rule's zone and k-of-n logic work with
+  it — but it does NOT tell e-bikes from ordinary bicycles on these scenes (its e-bike scores
+  overlap), which one test pins down so the docs cannot silently go stale;
+* objects-det's person class gives the dumping rule its "someone brought it" evidence and vetoes
+  a person standing still;
+* on Debian's vtest.avi (real people walking) none of the three rules raises with the shipped
+  models, although objects-det reports a waste_pile on the floor in nearly every frame.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gridwatch.config import parse
+from gridwatch.detectors.base import FrameInput, Zone, ZoneConfig
+from gridwatch.detectors.models import load, shipped
+from gridwatch.detectors.motion import MotionDetector
+from gridwatch.detectors.onnx_session import OnnxDetector
+from gridwatch.detectors.registry import OnnxClassifier, create
+from gridwatch.detectors import testscenes
+from gridwatch.detectors.settings import ModelConfig
+from gridwatch.ingest.video import CameraConfig
+from gridwatch.models import registry, scenes
+from gridwatch.streams.video import VideoRuntime
+from tests.test_video_detectors import VTEST, analysed_frames
+
+T0 = 1_700_000_000_000
+# the shipped detector's scores stay below 0.5 (quality-focal training: score ~ confidence x IoU);
+# these are the e-bike rule's thresholds for it (the defaults, 0.35 / 0.5, suit real YOLO exports)
+EBIKE_SHIPPED = {"k": 3, "n": 5, "conf": 0.3, "min_score": 0.35}
+WHOLE_FRAME = [Zone(ZoneConfig(name="lift car", kind="elevator", polygon=[(0, 0), (1, 0), (1, 1), (0, 1)]), 0)]
+
+
+@pytest.fixture(scope="module")
+def objects_det() -> OnnxDetector:
+    return shipped("objects-det", intra_op_threads=1)
+
+
+@pytest.fixture(scope="module")
+def smoke_cls() -> OnnxClassifier:
+    return shipped("smoke-cls", intra_op_threads=1)
+
+
+def run(detector, frames, model=None, fps=15, step=3):
+    """Analyse every ``step``-th frame like the runtime (the model only when the rule asks for it);
+    returns (hits without updates, update hits, model frames)."""
+    md = MotionDetector()
+    hits, updates, model_frames = [], [], 0
+    for i, f in enumerate(frames):
+        if i % step:
+            continue
+        ts = T0 + int(i * 1000 / fps)
+        m = md.detect(f)
+        dets = None
+        if model is not None and detector.wants_model(ts, m):
+            dets = model.detect([f])[0]
+            model_frames += 1
+        for h in detector.update(FrameInput("cam", f, ts, m, dets, model.names if model is not None else {})):
+            (updates if h.kind == "update" else hits).append(h)
+    return hits, updates, model_frames
+
+
+# --- loading by registry name ---------------------------------------------------------------------
+def test_shipped_models_load_by_name_hash_checked_and_shared(tmp_path):
+    det = shipped("objects-det", intra_op_threads=1)
+    assert isinstance(det, OnnxDetector) and det.layout == "yolov8" and det.size == (256, 256)
+    assert list(det.names.values()) == ["person", "bicycle", "e-bike", "vehicle", "waste_pile"]
+    assert shipped("objects-det", intra_op_threads=1) is det  # one session per model and settings
+    cls = shipped("smoke-cls", intra_op_threads=1)
+    assert isinstance(cls, OnnxClassifier) and cls.names == {0: "background", 1: "smoke"}
+    # a rule naming a registered model needs no [[video.models]] entry; omitted, the kind's default
+    cfg = parse({"site": {"data_dir": str(tmp_path)},
+                 "video": {"rules": [{"name": "smoke", "kind": "smoke"}, {"name": "ebike", "kind": "ebike"},
+                                     {"name": "dumping", "kind": "dumping", "model": "objects-det"},
+                                     {"name": "dumping-plain", "kind": "dumping"},
+                                     {"name": "smoke-plain", "kind": "smoke", "model": ""}]},
+                 "cameras": [{"name": "a", "url": "rtsp://127.0.0.1:9/a"}, {"name": "b", "url": "rtsp://127.0.0.1:9/b"}]},
+                base_dir=tmp_path)
+    rt = VideoRuntime(cfg)
+    assert sorted(rt.models) == ["objects-det", "smoke-cls"]
+    by_rule = {(c.cfg.name, r.info.name): r.detector.model for c in rt.cameras for r in c.rules}
+    assert by_rule[("a", "smoke")] is by_rule[("b", "smoke")] is rt.models["smoke-cls"]
+    assert by_rule[("a", "ebike")] is by_rule[("b", "dumping")] is rt.models["objects-det"]
+    assert by_rule[("a", "dumping-plain")] is None and by_rule[("a", "smoke-plain")] is None
+    # a changed file is refused by name: a user manifest whose entry's hash does not match
+    src, info = registry.load("smoke-cls")
+    bad = tmp_path / "smoke-cls.onnx"
+    bad.write_bytes(src.read_bytes() + b"\0")
+    (tmp_path / "manifest.json").write_text(
+        '{"models": [%s]}' % __import__("json").dumps({**info.to_dict(), "name": "smoke-local", "file": "smoke-cls.onnx"}))
+    with pytest.raises(registry.ModelHashError, match="smoke-local"):
+        load(ModelConfig(name="smoke-local"), manifest=tmp_path / "manifest.json")
+
+
+# --- smoke: the classifier stage with smoke-cls -----------------------------------------------------
+def test_smoke_classifier_stage_runs_with_smoke_cls(smoke_cls):
+    det = create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls)
+    hits, updates, _ = run(det, testscenes.smoke_scene(120, seed=1))
+    assert [h.kind for h in hits] == ["raise"]
+    assert det.classifier_runs == 1  # the classifier saw the region once, when the rule was satisfied
+    prob = hits[0].detail["classifier_prob"]
+    assert prob >= det.p.classifier_min and hits[0].score == pytest.approx(prob, abs=1e-3)  # measured: 0.93
+    assert updates and all(u.key == 0 for u in updates)  # the plume keeps growing: the warning's updates
+    # the empty scene: no candidate region, so no warning and the classifier is never asked
+    det = create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls)
+    assert run(det, testscenes.empty_scene(90, seed=1))[0] == [] and det.classifier_runs == 0
+    # the classifier alone on the same crop of the empty background: it ranks the plume higher, but
+    # it is a weak judge of these scenes (measured 0.79 "smoke" for the empty crop, 0.93 with the
+    # plume; 0.55-0.81 vs 0.75-0.93 over seeds 0-5): the candidate stage does most of the work
+    x1, y1, x2, y2 = (int(v) for v in hits[0].boxes[0])
+    empty = next(testscenes.empty_scene(1, seed=1))
+    p_empty = float(smoke_cls.classify([empty[y1:y2, x1:x2]])[0][1])
+    assert p_empty < prob, (p_empty, prob)
+
+
+def test_smoke_classifier_veto_resets_the_region(smoke_cls):
+    """A region the classifier calls background raises nothing: its evidence starts over, and the
+    classifier is asked again once the region has built up again."""
+    det = create("smoke", "smoke", {"duration_s": 3.0, "classifier_min": 0.999}, model=smoke_cls)
+    hits, _, _ = run(det, testscenes.smoke_scene(150, seed=1))
+    assert hits == [] and det.classifier_runs >= 2
+    assert all(p < 0.999 for p in det.classifier_probs)
+
+
+# --- e-bike with objects-det ---------------------------------------------------------------------------
+def test_ebike_rule_with_objects_det_end_to_end(objects_det):
+    frames = [f for f, _ in scenes.ebike_video(75, appear_at=10, seed=0)]
+    det = create("ebike", "ebike", EBIKE_SHIPPED, WHOLE_FRAME, objects_det)
+    hits, updates, model_frames = run(det, frames, objects_det)
+    assert [(h.kind, h.zone, h.label) for h in hits] == [("raise", "lift car", "e-bike")]
+    h = hits[0]
+    assert h.detail["frames"].startswith("3/") and h.detail["median_score"] >= EBIKE_SHIPPED["min_score"]
+    # k of n: the raise comes on the 3rd analysed frame with the bike (frames 12, 15, 18 at 15 fps)
+    assert h.ts_ms == T0 + int(18 * 1000 / 15)
+    assert updates and model_frames >= 15
+    # the same bike seen in only 2 analysed frames (it leaves again) is not enough
+    brief = frames[:16] + [frames[0]] * 45
+    det = create("ebike", "ebike", EBIKE_SHIPPED, WHOLE_FRAME, objects_det)
+    assert run(det, brief, objects_det)[0] == []
+    # outside the watched zone: nothing
+    left = [Zone(ZoneConfig(name="stairs", kind="stairwell", polygon=[(0, 0), (0.15, 0), (0.15, 1), (0, 1)]), 0)]
+    det = create("ebike", "ebike", EBIKE_SHIPPED, left, objects_det)
+    assert run(det, frames, objects_det)[0] == []
+    # the rule's default thresholds (for real YOLO exports) are above what this model scores
+    det = create("ebike", "ebike", {}, WHOLE_FRAME, objects_det)
+    assert run(det, frames, objects_det)[0] == []
+
+
+def test_objects_det_does_not_tell_ebikes_from_bicycles_on_generated_scenes(objects_det):
+    """The honest limit, documented in docs/video.md: the shipped detector labels generated ordinary
+    bicycles as e-bikes with scores in the same range as real (generated) e-bikes, so the e-bike
+    rule with it raises on bicycles too. A model that separates them fails this test: then update
+    the docs (and the assertion) to the better figures."""
+    def best_ebike_score(bicycle: bool, seed: int) -> float:
+        f, _ = list(scenes.ebike_video(12, appear_at=10, seed=seed, bicycle=bicycle))[11]
+        d = objects_det.detect([f])[0]
+        ebike = d.scores[np.isin(d.class_ids, [2])]
+        return float(ebike.max()) if len(ebike) else 0.0
+
+    ebikes = [best_ebike_score(False, s) for s in range(6)]
+    bicycles = [best_ebike_score(True, s) for s in range(6)]
+    assert min(ebikes) > 0.3  # every e-bike is found (measured 0.35-0.47)
+    assert sum(b > 0.3 for b in bicycles) >= 4, bicycles  # ...and nearly every bicycle is called one (measured 0.30-0.45)
+    assert max(bicycles) > min(ebikes)  # no threshold separates them
+    det = create("ebike", "ebike", EBIKE_SHIPPED, WHOLE_FRAME, objects_det)
+    hits, _, _ = run(det, (f for f, _ in scenes.ebike_video(60, seed=1, bicycle=True)), objects_det)
+    assert [h.kind for h in hits] == ["raise"]  # a false alarm, which is what the docs say
+
+
+# --- dumping with objects-det --------------------------------------------------------------------------
+def test_dumping_with_objects_det_presence_and_still_person_veto(objects_det):
+    p = {"duration_s": 4.0}
+    # someone carries a waste pile in, leaves it and walks off: one warning, on the pile
+    frames = list(scenes.carried_dump_video(150, seed=1))
+    det = create("dumping", "dumping", p, model=objects_det)
+    hits, _, _ = run(det, (f for f, _, _ in frames), objects_det)
+    assert [h.kind for h in hits] == ["raise"]
+    pile = frames[-1][1]
+    x1, y1, x2, y2 = hits[0].boxes[0]
+    assert x1 < pile[2] and pile[0] < x2 and y1 < pile[3] and pile[1] < y2
+    assert len(det.presence) > 0  # the person was seen by objects-det before the pile appeared
+    # a person who walks in and stands still: a static blob the plain rule raises, the veto does not
+    stays = [f for f, _, _ in scenes.carried_dump_video(150, seed=1, stays=True)]
+    assert [h.kind for h in run(create("dumping", "plain", p), stays)[0]] == ["raise"]
+    assert run(create("dumping", "dumping", p, model=objects_det), stays, objects_det)[0] == []
+    # a pile that appears with nobody around: raised by the plain rule, not with the presence check
+    nobody = [f for f, _ in scenes.dumping_video(120, appear_at=15, seed=1)]
+    assert [h.kind for h in run(create("dumping", "plain", p), nobody)[0]] == ["raise"]
+    assert run(create("dumping", "dumping", p, model=objects_det), nobody, objects_det)[0] == []
+
+
+# --- real footage ----------------------------------------------------------------------------------------
+@pytest.mark.skipif(not VTEST.exists(), reason="real footage (Debian package opencv-doc) not installed")
+def test_real_footage_no_warning_with_the_shipped_models(objects_det, smoke_cls):
+    """vtest.avi at the production analysis rate (5 fps, 640 px) with every rule on its shipped
+    model, the model run on every analysed frame: no warning. objects-det reports a waste_pile on
+    the floor in nearly every frame (its card); no rule raises on that class, the e-bike class
+    appears in 2 frames below the rule's score threshold and never k of n, and person/vehicle
+    detections only feed the dumping rule's presence test and veto (which can only hold back)."""
+    cfg = CameraConfig(name="vtest", url=str(VTEST))
+    rules = [create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls),
+             create("dumping", "dumping", {"duration_s": 4.0}, model=objects_det),
+             create("ebike", "ebike", {"k": 3, "n": 5}, WHOLE_FRAME, objects_det),
+             create("ebike", "ebike-shipped-thresholds", EBIKE_SHIPPED, WHOLE_FRAME, objects_det)]
+    md = MotionDetector()
+    hits, frames = [], 0
+    per_class = {n: 0 for n in objects_det.names.values()}
+    for ts, img in analysed_frames(VTEST, cfg):
+        frames += 1
+        m = md.detect(img)
+        dets = objects_det.detect([img])[0]
+        for c in dets.class_ids:
+            per_class[objects_det.names[int(c)]] += 1
+        for r in rules:
+            fi = FrameInput("vtest", img, ts, m, dets if r.model_kind == "detector" else None,
+                            objects_det.names if r.model_kind == "detector" else {})
+            hits += [(r.name, h.kind, ts) for h in r.update(fi)]
+    assert frames >= 390  # the whole clip
+    assert hits == [], (hits, per_class)
+    assert per_class["waste_pile"] >= frames // 2, per_class  # the false detections were there to resist
