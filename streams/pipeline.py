@@ -111,11 +111,17 @@ class Pipeline:
         return self.regions.for_device(did, d.region[dev], d.lat[dev], d.lon[dev])
 
     # --- work -----------------------------------------------------------------------------
-    def process(self, messages: list[Message], now_ms: int, deliveries: tuple[str, bytes] | None = None) -> list[tuple[str, Warning]]:
-        """One batch; ``deliveries`` (which broker messages these are) is committed with it."""
+    def process(self, messages: list[Message], now_ms: int, deliveries: tuple[str, bytes] | None = None,
+                handoff=None) -> list[tuple[str, Warning]]:
+        """One batch; ``deliveries`` (which broker messages these are) is committed with it.
+        ``handoff(sensor, positions, events)`` (the store-and-forward spool) runs before the
+        commit: a batch is spooled before its deliveries are recorded, so a crash in between
+        cannot make a redelivery look already handled; if it raises, nothing is committed."""
         dec = self.codec.decode(messages, now_ms)
         s, pos = dec.sensor, dec.position
         events = self.run_rules(s, pos)
+        if handoff is not None:
+            handoff(s, pos, events)
         if self.store is not None:
             self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead, deliveries)
         c, src = self.counters, self.source
@@ -155,7 +161,7 @@ class Pipeline:
             self.lifecycle.observe("device", pos.device, pos.ts, pos.speed_kmh)
         return events
 
-    def tick(self, now_ms: int) -> list[tuple[str, Warning]]:
+    def tick(self, now_ms: int, handoff=None) -> list[tuple[str, Warning]]:
         """Time-driven work: offline devices, held-back clears, periodic updates."""
         events: list[tuple[str, Warning]] = []
         for r, p, info in self.rules:
@@ -163,6 +169,8 @@ class Pipeline:
             if len(ev):
                 events += self.lifecycle.on_events(info, ev)
         events += self.lifecycle.tick(now_ms, self.rule_info)
+        if events and handoff is not None:
+            handoff(None, None, events)
         if events and self.store is not None:
             self.store.commit(self.directory, warnings=[w for _, w in events])
         return events

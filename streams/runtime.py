@@ -12,6 +12,21 @@ non-empty; it then drains the inbox in batches of up to ``ingest.batch_max_messa
 is whatever arrived while the previous one was processed: one message when idle (lowest
 latency), thousands under load (highest throughput). The event loop owns start, stop, signals
 and the metrics endpoint.
+
+Store-and-forward (``[forward]`` + ``[spool]``): each remote sink (the time-series server over
+the InfluxDB v2 write API, Kafka) gets a disk spool (:mod:`gridwatch.streams.spool`) and a
+forwarder thread that drains it with retries and backoff. A batch is appended to every spool
+*before* the store commit and the MQTT acknowledgement::
+
+    decode -> rules -> spool append (fsync) -> store commit (+ deliveries) -> PUBACK
+
+so an acknowledged message is on disk for every sink, and a crash between the append and the
+commit only re-spools the redelivered batch (the sinks are idempotent: replays upsert). When a
+spool is full the pipeline thread holds the batch and retries the append: nothing more is taken
+from the inbox and nothing acknowledged, MQTT 5 Receive Maximum stops the broker from sending
+more (where the broker honours it: Mosquitto 2.0.11 does not once PUBACKs flow, so unacknowledged
+messages then also collect in the inbox), and the broker keeps the backlog (counted: ``spool.backpressure_batches``,
+``spool.held_messages``); nothing is dropped.
 """
 from __future__ import annotations
 
@@ -34,6 +49,72 @@ from gridwatch.streams.pipeline import Pipeline
 from gridwatch.streams.store import Store
 
 log = logging.getLogger("gridwatch.streams.runtime")
+
+
+class SpoolBlocked(RuntimeError):
+    """A batch could not be spooled (a spool is full) and the runtime is stopping: it is neither
+    committed nor acknowledged, so the broker delivers it again after a restart."""
+
+
+class _Forward:
+    """One remote sink behind its spool, drained by its own thread."""
+
+    def __init__(self, name: str, spool, drainer, positions: bool, warnings: bool = True) -> None:
+        self.name, self.spool, self.drainer = name, spool, drainer
+        self.positions, self.warnings = positions, warnings
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+
+def open_forwards(cfg: GridwatchConfig) -> list[_Forward]:
+    """The spooled remote sinks configured under ``[forward]``."""
+    from gridwatch.streams.spool import Spool, SpooledInfluxSink, SpooledKafkaForwarder
+
+    sp = cfg.spool
+    root = cfg.data_dir / sp.dir
+
+    def spool(name: str) -> Spool:
+        return Spool(root / name, max_bytes=int(sp.max_mb * 2**20), segment_bytes=int(sp.segment_mb * 2**20), fsync=sp.fsync)
+
+    out = []
+    if cfg.forward.influx:
+        from gridwatch.streams.influx_sink import InfluxSink
+
+        i = cfg.influx
+        prepare = None
+        if i.questdb_dedup:
+            def prepare(i=i):
+                from gridwatch.streams.cluster import questdb_create_warnings_table
+                from gridwatch.streams.spool import questdb_readings_table_sql
+
+                _questdb_exec(i.url, questdb_readings_table_sql(i.readings_measurement))
+                questdb_create_warnings_table(i.url, i.warnings_measurement)
+        sink = InfluxSink(i.url, i.token, i.org, i.bucket, batch_lines=i.batch_lines, gzip=i.gzip, max_retries=2,
+                          readings_measurement=i.readings_measurement, warnings_measurement=i.warnings_measurement)
+        s = spool("influx")
+        out.append(_Forward("influx", s, SpooledInfluxSink(s, sink, prepare=prepare), positions=False))
+    if cfg.forward.kafka:
+        from gridwatch.ingest.kafka_security import forwarder
+
+        origin = cfg.site.name
+        s = spool("kafka")
+        out.append(_Forward("kafka", s, SpooledKafkaForwarder(
+            s, lambda: forwarder(cfg, origin=origin, client_id=f"{origin}-forward")), positions=True))
+    return out
+
+
+def _questdb_exec(url: str, sql: str, timeout: float = 10.0) -> None:
+    import json
+    import urllib.parse
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url.rstrip('/')}/exec?" + urllib.parse.urlencode({"query": sql}), timeout=timeout) as r:
+        ans = json.loads(r.read())
+    if "error" in ans:
+        raise RuntimeError(f"QuestDB: {ans['error']}")
+
+
 EventSink = Callable[[list[tuple[str, Warning]]], None]
 
 
@@ -56,6 +137,7 @@ class EdgeRuntime:
             self.collector.delivered = load_deliveries(self.store.recent_deliveries(self.collector.client_id))
             if cfg.alerts_mqtt.enabled:
                 self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
+        self.forwards = open_forwards(cfg)
         self.metrics_port: int | None = None
         self._metrics_server = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gridwatch-shutdown")
@@ -68,14 +150,85 @@ class EdgeRuntime:
 
     def _step(self, msgs: list[Message]) -> int:
         c = self.collector
-        events = self.pipeline.process(msgs, now_ms(), (c.client_id, delivery_blob(msgs, c.delivered)) if c is not None else None)
+        handoff = (lambda s, pos, events: self._handoff(s, pos, events, len(msgs))) if self.forwards else None
+        events = self.pipeline.process(msgs, now_ms(), (c.client_id, delivery_blob(msgs, c.delivered)) if c is not None else None,
+                                       handoff=handoff)
         if c is not None:
             c.ack(msgs)
         self._emit(events)
         return len(msgs)
 
     def _tick(self) -> None:
-        self._emit(self.pipeline.tick(now_ms()))
+        self._emit(self.pipeline.tick(now_ms(), handoff=self._handoff if self.forwards else None))
+        for f in self.forwards:
+            self.counters.set("spool", f"{f.name}_records", len(f.spool))
+            self.counters.set("spool", f"{f.name}_bytes", f.spool.bytes_on_disk)
+
+    def _handoff(self, sensor, position, events, n_messages: int = 0) -> None:
+        """Append the batch to every spool (durable per ``spool.fsync`` on return). A full spool
+        is back-pressure: hold the batch and retry until the forwarder frees space - the caller
+        neither commits nor acknowledges meanwhile, so the broker keeps the messages."""
+        from gridwatch.streams.spool import SpoolFull, batch_parts, pack_batch
+
+        parts = batch_parts(self.pipeline.directory, sensor, position, events)
+        if not parts:
+            return
+        pending = list(self.forwards)
+        held = False
+        delay = 0.01
+        while True:
+            for f in list(pending):
+                mine = [(k, b) for k, b in parts if (k != b"P" or f.positions) and (k != b"W" or f.warnings)]
+                try:
+                    if mine:
+                        f.spool.append(pack_batch(mine))
+                    pending.remove(f)
+                except SpoolFull as e:
+                    if not held:
+                        self.counters.add("spool", "backpressure_batches")
+                        self.counters.add("spool", "held_messages", n_messages)
+                        self.counters.add("spool", f"{f.name}_full")
+                        log.warning("spool full: holding the batch, MQTT messages stay unacknowledged (the broker keeps them)",
+                                    extra={"fields": {"sink": f.name, "messages": n_messages, "error": str(e)}})
+            if not pending:
+                if held:
+                    self.counters.add("spool", "backpressure_released")
+                return
+            held = True
+            if self._stop.is_set():
+                raise SpoolBlocked(f"spool {pending[0].name} full while stopping")
+            self._stop.wait(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _start_forwards(self) -> None:
+        sp = self.cfg.spool
+        for f in self.forwards:
+            def on_error(e: Exception, f=f) -> None:
+                self.counters.add("spool", f"{f.name}_send_failures")
+                msg = f"{type(e).__name__}: {e}"[:300]
+                if msg != f.last_error:
+                    log.warning("forwarding to %s failed; the data waits in the spool, retrying with backoff", f.name,
+                                extra={"fields": {"error": msg, "spooled_records": len(f.spool)}})
+                f.last_error = msg
+
+            f.thread = threading.Thread(target=f.drainer.run_forever, args=(f.stop,), daemon=True,
+                                        kwargs={"backoff_s": sp.retry_min_s, "max_backoff_s": sp.retry_max_s, "on_error": on_error},
+                                        name=f"gridwatch-forward-{f.name}")
+            f.thread.start()
+
+    def _stop_forwards(self) -> None:
+        for f in self.forwards:
+            f.stop.set()
+        for f in self.forwards:
+            if f.thread is not None:
+                f.thread.join(30)
+            close = getattr(f.drainer, "sink", None)
+            if close is not None:
+                try:
+                    close.client.close()
+                except Exception:  # noqa: BLE001
+                    pass
+            f.spool.close()
 
     def _emit(self, events: list[tuple[str, Warning]]) -> None:
         if not events:
@@ -105,6 +258,7 @@ class EdgeRuntime:
             self._metrics_server, self.metrics_port = start_metrics_server(self.counters, self.cfg.metrics.port, self.cfg.metrics.bind)
         if self.publisher is not None:
             self.publisher.start()
+        self._start_forwards()
         if self.collector is not None:
             self.collector.start()
         log.info("gridwatch running", extra={"fields": {"site": self.cfg.site.name, "rules": len(self.pipeline.rules),
@@ -142,6 +296,8 @@ class EdgeRuntime:
                 try:
                     self._step(msgs)
                     retry_delay = 0.5
+                except SpoolBlocked:
+                    break  # stopping with a full spool: not committed, not acknowledged -> redelivered
                 except (sqlite3.Error, OSError) as e:
                     # nothing was acknowledged: put the batch back and retry; the broker keeps the rest
                     self.collector.inbox.extendleft(reversed(msgs))
@@ -151,9 +307,12 @@ class EdgeRuntime:
                     retry_delay = min(retry_delay * 2, 30.0)
                     break
             t = time.monotonic()
-            if t >= next_tick:
+            if t >= next_tick and not self._stop.is_set():
                 next_tick = t + 1.0
-                self._tick()
+                try:
+                    self._tick()
+                except SpoolBlocked:
+                    break
                 if self.collector is not None:
                     self.counters.set("mqtt", "inbox", len(self.collector.inbox))
             if t >= next_retention:
@@ -168,13 +327,18 @@ class EdgeRuntime:
                 # stored but never acknowledged (the connection is gone): their redelivery next
                 # time is recognised from the deliveries committed with them
                 c = self.collector
-                await loop.run_in_executor(self._executor, lambda: self._emit(self.pipeline.process(
-                    rest, now_ms(), (c.client_id, delivery_blob(rest, c.delivered)))))
+                handoff = (lambda s, pos, events: self._handoff(s, pos, events, len(rest))) if self.forwards else None
+                try:
+                    await loop.run_in_executor(self._executor, lambda: self._emit(self.pipeline.process(
+                        rest, now_ms(), (c.client_id, delivery_blob(rest, c.delivered)), handoff=handoff)))
+                except SpoolBlocked:
+                    log.warning("spool full at shutdown: %d messages left unacknowledged for redelivery", len(rest))
         if self.publisher is not None:
             self.publisher.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         self._executor.shutdown(wait=True)
+        await loop.run_in_executor(None, self._stop_forwards)
         self.store.close()
         log.info("gridwatch stopped", extra={"fields": self.counters.snapshot().get("mqtt", {})})
 

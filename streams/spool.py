@@ -287,21 +287,82 @@ def questdb_readings_table_sql(table: str = "readings") -> str:
             f"TIMESTAMP(timestamp) PARTITION BY DAY WAL DEDUP UPSERT KEYS(timestamp, device, metric)")
 
 
+# ------------------------------------------------------------------------------------------------
+# Batch records: what the edge runtime spools per pipeline batch (one record = one append = one fsync)
+
+BATCH_MAGIC = b"GWB1"
+READINGS, POSITIONS, WARNINGS = b"R", b"P", b"W"  # wire readings / wire positions / JSON warning events
+_PART = struct.Struct("<cI")
+
+
+def pack_batch(parts: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``[(kind, blob), ...]`` -> one spool record (``GWB1`` + ``<kind u8><len u32><blob>`` ...)."""
+    return BATCH_MAGIC + b"".join(_PART.pack(k, len(b)) + b for k, b in parts)
+
+
+def unpack_batch(payload: bytes) -> list[tuple[bytes, bytes]]:
+    if not payload.startswith(BATCH_MAGIC):
+        raise ValueError("not a gridwatch spool batch record")
+    out, pos = [], len(BATCH_MAGIC)
+    while pos < len(payload):
+        k, n = _PART.unpack_from(payload, pos)
+        pos += _PART.size
+        out.append((k, payload[pos:pos + n]))
+        pos += n
+    return out
+
+
+def batch_parts(directory, sensor=None, position=None, events=(), *, positions: bool = True,
+                warnings: bool = True) -> list[tuple[bytes, bytes]]:
+    """A pipeline batch as record parts: readings and fixes in the Kafka wire format
+    (:mod:`gridwatch.ingest.wire`, 22 bytes a reading, device ids and classes included, so a
+    record is self-contained after a restart), warning events as JSON."""
+    from gridwatch.hw.profiles import METRICS
+    from gridwatch.ingest import wire
+    from gridwatch.ingest.wire import DeviceInfo
+
+    def devices(slots):
+        uniq, idx = np.unique(slots, return_inverse=True)
+        return [DeviceInfo(directory.device_id(int(u)), directory.vendor[int(u)], directory.kind[int(u)])
+                for u in uniq.tolist()], idx
+
+    parts = []
+    if sensor is not None and len(sensor):
+        devs, di = devices(sensor.device)
+        um, mi = np.unique(directory.series_metric[sensor.series], return_inverse=True)
+        parts.append((READINGS, wire.encode_readings(devs, [METRICS[int(m)].name for m in um], di, mi,
+                                                     sensor.ts, sensor.value)))
+    if positions and position is not None and len(position):
+        devs, di = devices(position.device)
+        parts.append((POSITIONS, wire.encode_positions(devs, di, position.ts, position.lat, position.lon,
+                                                       position.speed_kmh, position.alt_m)))
+    if warnings and events:
+        parts.append((WARNINGS, orjson.dumps([[ev, w.to_dict() if hasattr(w, "to_dict") else w] for ev, w in events])))
+    return parts
+
+
 class SpooledInfluxSink:
     """An :class:`~gridwatch.streams.influx_sink.InfluxSink` behind a :class:`Spool`.
 
     ``offer_readings`` appends a batch to the spool (durable on return) or returns False when the
-    spool is full (back-pressure). ``drain`` sends records oldest first; a record is acknowledged
-    only after the sink flushed it. When the server is down, the sink raises after its retries; the
-    record stays (in the spool and, already encoded, in the sink's buffer) and the next ``drain``
-    flushes it again — nothing is re-queued twice, nothing skipped.
+    spool is full (back-pressure); the edge runtime appends :func:`pack_batch` records itself.
+    ``drain`` sends records oldest first, up to ``records_per_flush`` per write request round; the
+    records are acknowledged only after the sink flushed them. When the server is down, the sink
+    raises after its retries; the records stay (in the spool and, already encoded, in the sink's
+    buffer) and the next ``drain`` flushes them again — nothing is re-queued twice, nothing skipped.
+    ``prepare`` (e.g. creating deduplicated tables) runs before the first send and is retried
+    like a send until it succeeds.
     """
 
-    def __init__(self, spool: Spool, sink: Any, *, records_per_drain: int = 64) -> None:
+    def __init__(self, spool: Spool, sink: Any, *, records_per_drain: int = 64, records_per_flush: int = 64,
+                 prepare: Callable[[], None] | None = None) -> None:
         self.spool = spool
         self.sink = sink
         self.records_per_drain = records_per_drain
-        self._handed: int | None = None  # seq of the record queued in the sink but not yet flushed
+        self.records_per_flush = records_per_flush
+        self.prepare = prepare
+        self._handed: int | None = None  # seq of the newest record queued in the sink but not yet flushed
+        self._handed_n = 0
         self.stats: Counter = Counter()
 
     def offer_readings(self, device_ids: Sequence[str], metrics: Sequence[str] | str, ts_ms, values) -> bool:
@@ -316,27 +377,51 @@ class SpooledInfluxSink:
         self.stats["offered_rows"] += int(ts.shape[0])
         return True
 
+    def _write(self, payload: bytes) -> None:
+        if payload[:1] == b"{":  # offer_readings' JSON record
+            r = orjson.loads(payload)
+            self.sink.write_readings(r["d"], r["m"], np.array(r["t"], np.int64), np.array(r["v"], np.float64))
+            self.stats["sent_rows"] += len(r["t"])
+            return
+        from gridwatch.ingest import wire
+
+        for kind, blob in unpack_batch(payload):
+            if kind == READINGS:
+                wb = wire.decode(blob)
+                c = wb.cols
+                ids = np.array(wb.ids, object)[c["device"]] if len(wb) else []
+                mets = np.array(wb.metrics, object)[c["metric"]] if len(wb) else []
+                self.sink.write_readings(ids, mets, c["ts"], c["value"])
+                self.stats["sent_rows"] += len(wb)
+            elif kind == WARNINGS:
+                ws = [w for _, w in orjson.loads(blob)]
+                # one line per id: the latest version (QuestDB's dedup is not last-wins inside one request)
+                self.sink.write_warnings(list({w["id"]: w for w in ws}.values()))
+                self.stats["sent_warnings"] += len(ws)
+
     def drain(self, max_records: int | None = None) -> int:
         """Send spooled records in order until the spool is empty (or ``max_records``); returns
         the number acknowledged. Raises the sink's error when the server is unavailable."""
         from gridwatch.streams.influx_sink import InfluxWriteError  # noqa: F401  (documented raise)
 
+        if self.prepare is not None:
+            self.prepare()
+            self.prepare = None
         done = 0
         while max_records is None or done < max_records:
-            if self._handed is not None:
-                self.sink.flush()  # raises while the server is down: the record stays
-                self.spool.ack(self._handed)
-                self._handed = None
-                done += 1
-                continue
-            recs = self.spool.peek(1)
-            if not recs:
-                break
-            seq, payload = recs[0]
-            r = orjson.loads(payload)
-            self._handed = seq
-            self.sink.write_readings(r["d"], r["m"], np.array(r["t"], np.int64), np.array(r["v"], np.float64))
-            self.stats["sent_rows"] += len(r["t"])
+            if self._handed is None:
+                n = self.records_per_flush if max_records is None else min(self.records_per_flush, max_records - done)
+                recs = self.spool.peek(n)
+                if not recs:
+                    break
+                for seq, payload in recs:
+                    self._handed = seq  # set first: a write that raises has queued its lines already
+                    self._handed_n += 1
+                    self._write(payload)
+            self.sink.flush()  # raises while the server is down: the records stay
+            self.spool.ack(self._handed)
+            done += self._handed_n
+            self._handed, self._handed_n = None, 0
         return done
 
     def run_forever(self, stop: threading.Event, *, backoff_s: float = 0.5, max_backoff_s: float = 10.0,
@@ -357,4 +442,102 @@ class SpooledInfluxSink:
                 delay = min(max_backoff_s, delay * 2)
 
 
-__all__ = ["Spool", "SpoolFull", "SpoolDiskFull", "SpooledInfluxSink", "questdb_readings_table_sql"]
+class SpooledKafkaForwarder:
+    """A :class:`~gridwatch.ingest.kafka_forward.KafkaForwarder` behind a :class:`Spool`: drains
+    :func:`pack_batch` records to the readings and warning-events topics, in order; a record is
+    acknowledged after the broker acknowledged every message made from it (acks=all). While the
+    broker is unreachable the records wait on disk; after an error the producer is closed and a
+    new one started (a record whose send failed is sent again: at-least-once into Kafka; the
+    store downstream upserts by point key and warnings carry deterministic ids).
+    ``make_forwarder`` builds an unstarted forwarder (``kafka_security.forwarder(cfg)``)."""
+
+    def __init__(self, spool: Spool, make_forwarder: Callable[[], Any], *, records_per_send: int = 64,
+                 start_timeout_s: float = 30.0) -> None:
+        self.spool = spool
+        self.make_forwarder = make_forwarder
+        self.records_per_send = records_per_send
+        self.start_timeout_s = start_timeout_s
+        self.stats: Counter = Counter()
+
+    async def drain_once(self, fw) -> int:
+        """Send up to ``records_per_send`` records and wait for the broker; returns the number acked."""
+        import asyncio
+
+        from gridwatch.ingest import wire
+        from gridwatch.ingest.kafka_forward import warning_event_payload
+
+        recs = self.spool.peek(self.records_per_send)
+        if not recs:
+            return 0
+        futs = []
+        for _seq, payload in recs:
+            for kind, blob in unpack_batch(payload):
+                if kind in (READINGS, POSITIONS):
+                    wb = wire.decode(blob)
+                    if not len(wb):
+                        continue
+                    c, devs = wb.cols, wb.devices
+                    if kind == READINGS:
+                        msgs = fw.encode_readings(devs, wb.metrics, c["device"], c["metric"], c["ts"], c["value"])
+                        self.stats["sent_rows"] += len(wb)
+                    else:
+                        msgs = fw.encode_positions(devs, c["device"], c["ts"], c["lat"], c["lon"], c["speed_kmh"], c["alt_m"])
+                        self.stats["sent_positions"] += len(wb)
+                    for p, k, v in msgs:
+                        futs.append(await fw.producer.send(fw.readings_topic, value=v, key=k, partition=p))
+                elif kind == WARNINGS:
+                    for ev, w in orjson.loads(blob):
+                        futs.append(await fw.producer.send(fw.warning_events_topic, key=str(w["id"]).encode(),
+                                                           value=warning_event_payload(ev, w, fw.origin)))
+                        self.stats["sent_warnings"] += 1
+        if futs:
+            await asyncio.gather(*futs)
+        self.spool.ack(recs[-1][0])
+        self.stats["sent_records"] += len(recs)
+        return len(recs)
+
+    async def run(self, stop: threading.Event, *, backoff_s: float = 0.5, max_backoff_s: float = 10.0,
+                  on_error: Callable[[Exception], None] | None = None) -> None:
+        import asyncio
+
+        fw, delay = None, backoff_s
+        try:
+            while not stop.is_set():
+                try:
+                    if fw is None:
+                        fw = self.make_forwarder()
+                        await asyncio.wait_for(fw.start(), self.start_timeout_s)
+                    n = await self.drain_once(fw)
+                    delay = backoff_s
+                    if n == 0:
+                        await asyncio.sleep(0.05)
+                except Exception as e:  # noqa: BLE001 - the broker is down: keep the data, retry later
+                    self.stats["drain_failures"] += 1
+                    if on_error is not None:
+                        on_error(e)
+                    if fw is not None:
+                        try:
+                            await asyncio.wait_for(fw.stop(), 10)
+                        except Exception:  # noqa: BLE001
+                            pass
+                        fw = None
+                    t_end = time.monotonic() + delay
+                    while not stop.is_set() and time.monotonic() < t_end:
+                        await asyncio.sleep(0.05)
+                    delay = min(max_backoff_s, delay * 2)
+        finally:
+            if fw is not None:
+                try:
+                    await asyncio.wait_for(fw.stop(), 10)
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def run_forever(self, stop: threading.Event, **kw) -> None:
+        """Blocking (the forwarder's own thread and event loop) until ``stop`` is set."""
+        import asyncio
+
+        asyncio.run(self.run(stop, **kw))
+
+
+__all__ = ["Spool", "SpoolFull", "SpoolDiskFull", "SpooledInfluxSink", "SpooledKafkaForwarder", "batch_parts",
+           "pack_batch", "unpack_batch", "questdb_readings_table_sql"]
