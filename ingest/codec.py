@@ -32,6 +32,7 @@ import numpy as np
 import orjson
 
 from gridwatch.hw.profiles import METRIC_HI, METRIC_LO, METRICS, Profile
+from gridwatch.ingest import jsonfast
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.records import DEADLETTER_PAYLOAD_MAX, DeadLetter, PositionBatch, SensorBatch
 from gridwatch.streams.kernels.dedup import DuplicateFilter
@@ -66,7 +67,8 @@ class Decoded:
 def _auto_ms(t: np.ndarray) -> np.ndarray:
     """Epoch number of unknown unit -> ms, by magnitude (s ~1.7e9, ms ~1.7e12, us ~1.7e15, ns ~1.7e18)."""
     a = np.abs(t)
-    return np.where(a >= 1e17, t * 1e-6, np.where(a >= 1e14, t * 1e-3, np.where(a >= 1e11, t, t * 1e3)))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge numbers -> inf, rejected as bad_timestamp
+        return np.where(a >= 1e17, t * 1e-6, np.where(a >= 1e14, t * 1e-3, np.where(a >= 1e11, t, t * 1e3)))
 
 
 def _iso_ms(s: str) -> float | None:
@@ -104,6 +106,15 @@ class Codec:
         self._sf = np.array(self._spec_factor, np.float64)
         self._so = np.array(self._spec_offset, np.float64)
         self._topics: dict[str, tuple] = {}
+        # the Numba recogniser of arrays of flat numeric objects (see jsonfast): vendors whose
+        # profile reads device ids and fields from the top level of each item
+        self.fast_json = True
+        self._keys = jsonfast.KeyTable()
+        for vendor, prof in profiles.items():
+            if not prof.root and not prof.device_id:
+                forbidden = [prof.position[k][0] for k in ("lat", "lon") if k in prof.position]
+                self._keys.add_vendor(vendor, prof.timestamp, self._fmap[vendor], forbidden)
+        self._keys.freeze()
         self.series_dups = DuplicateFilter()
         self.position_dups = DuplicateFilter()
 
@@ -166,6 +177,10 @@ class Codec:
         m_unit = np.zeros(len(messages), np.int8)
         m_recv = np.empty(len(messages), np.float64)
         resolve = self.directory.resolve
+        fast_of, fast = self._recognise(messages)
+        f_msg: list[int] = []  # messages decoded by the recogniser: message, candidate, device
+        f_cand: list[int] = []
+        f_dev: list[int] = []
 
         for mi, msg in enumerate(messages):
             m_recv[mi] = msg.received_ms
@@ -177,6 +192,17 @@ class Codec:
             payload = msg.payload
             if len(payload) > self.max_payload:
                 reject(mi, "oversized", f"payload is {len(payload)} bytes; the limit is {self.max_payload}")
+                continue
+            ci = fast_of.get(mi, -1) if fast_of else -1
+            if ci >= 0:  # valid JSON, a non-empty array of flat numeric objects: only the device to check
+                m_unit[mi] = _UNIT_CODE[prof.timestamp_unit]
+                dev, why = resolve(topic_dev, vendor, kind)
+                if why is not None:
+                    reject(mi, why, f"device {topic_dev!r} on vendor {vendor!r}: "
+                           + ("not registered and unknown devices are rejected" if why == "unknown_device"
+                              else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(topic_dev)]!r}"))
+                    continue
+                f_msg.append(mi); f_cand.append(ci); f_dev.append(dev)
                 continue
             try:
                 obj = orjson.loads(payload)
@@ -258,17 +284,58 @@ class Codec:
                     reject(mi, "no_readings", f"no field of profile {vendor!r} in item (keys: {sorted(body)[:10]})")
 
         out = Decoded(SensorBatch.empty(), np.empty(0, np.int16), PositionBatch.empty(), dead, rejected)
+        slow = None
         if r_ts:
             blen = np.array(b_len, np.int64)
-            r_msg = np.repeat(np.array(b_msg, np.int32), blen)
-            r_dev = np.repeat(np.array(b_dev, np.int32), blen)
-            r_spec = np.repeat(np.array(b_spec, np.int32), blen)
-            self._finish_sensor(messages, out, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val)
+            slow = (np.repeat(np.array(b_msg, np.int32), blen), np.repeat(np.array(b_dev, np.int32), blen),
+                    np.repeat(np.array(b_spec, np.int32), blen), r_ts, r_val)
+        rows = None
+        if f_msg:
+            rows = self._fast_rows(fast, f_msg, f_cand, f_dev)
+        if slow is not None or rows is not None:
+            self._finish_sensor(out, reject, now_ms, m_unit, m_recv, slow, rows)
         if p_msg:
             self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
         return out
 
     # ------------------------------------------------------------------------------------
+    def _recognise(self, messages: list[Message]):
+        """Run the Numba recogniser over the messages that look like arrays of a vendor it knows.
+        Returns ({message index: candidate index} for the accepted ones, the parse result)."""
+        if not self.fast_json:
+            return None, None
+        vi_of = self._keys.vendor_index
+        c_msg: list[int] = []
+        c_vendor: list[int] = []
+        c_payload: list[bytes] = []
+        for mi, msg in enumerate(messages):
+            payload = msg.payload
+            if payload[:1] == b"[" and len(payload) <= self.max_payload:
+                route = self._route(msg.topic)
+                if route[0] is None:
+                    vi = vi_of.get(route[1])
+                    if vi is not None:
+                        c_msg.append(mi); c_vendor.append(vi); c_payload.append(payload)
+        if not c_msg:
+            return None, None
+        res = jsonfast.parse(c_payload, np.array(c_vendor, np.int64), self._keys)
+        ok = np.flatnonzero(res[0] == jsonfast.OK).tolist()
+        return {c_msg[c]: c for c in ok}, res
+
+    @staticmethod
+    def _fast_rows(fast, f_msg: list[int], f_cand: list[int], f_dev: list[int]):
+        """The recogniser's rows of the messages kept (their devices resolved), message by message."""
+        _, row0, nrows, ts, val, spec, is_int = fast
+        cand = np.array(f_cand, np.int64)
+        counts = nrows[cand]
+        total = int(counts.sum())
+        if total != ts.shape[0]:  # some accepted messages were dropped (device rejected): gather
+            starts = row0[cand]
+            idx = np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
+            ts, val, spec, is_int = ts[idx], val[idx], spec[idx], is_int[idx]
+        return (np.repeat(np.array(f_msg, np.int32), counts), np.repeat(np.array(f_dev, np.int32), counts),
+                spec, ts, val, is_int)
+
     def _numbers(self, raw: list, what: str, mi: np.ndarray, reject, keep: np.ndarray) -> np.ndarray:
         """float64 array of raw values; non-numbers are rejected (JSON true/false and numeric strings too)."""
         try:
@@ -290,6 +357,11 @@ class Codec:
         return out
 
     def _timestamps(self, raw: list, mi: np.ndarray, m_unit, m_recv, reject, keep, now_ms: int) -> tuple[np.ndarray, int]:
+        ts, numeric, missing = self._ts_values(raw, mi, m_recv, reject, keep)
+        return self._ts_check(ts, numeric, mi, m_unit, reject, keep, now_ms, raw.__getitem__), missing
+
+    def _ts_values(self, raw: list, mi: np.ndarray, m_recv, reject, keep) -> tuple[np.ndarray, np.ndarray, int]:
+        """Raw timestamps -> (float64 as sent or ms for ISO text, which are numbers, how many were missing)."""
         n = len(raw)
         ts = np.empty(n, np.float64)
         missing = 0
@@ -320,6 +392,11 @@ class Codec:
                     if keep[i]:
                         keep[i] = False
                         reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp is {type(v).__name__} {_short(v)}, expected a number or ISO-8601 text")
+        return ts, numeric, missing
+
+    def _ts_check(self, ts, numeric, mi, m_unit, reject, keep, now_ms: int, shown) -> np.ndarray:
+        """Numbers in the profile's unit -> int64 ms; non-finite, future and stale ones rejected.
+        ``shown(i)`` is row i's timestamp as sent, for the explanations."""
         unit = m_unit[mi]
         mult = _UNIT_MULT[unit]
         conv = np.where(unit == 0, _auto_ms(ts), ts * mult)
@@ -327,29 +404,57 @@ class Codec:
         bad = keep & ~np.isfinite(ts)
         for i in np.flatnonzero(bad):
             keep[i] = False
-            reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp {raw[i]!r} is not a finite number")
+            reject(int(mi[i]), "bad_timestamp", lambda i=i: f"timestamp {shown(i)!r} is not a finite number")
         ts = np.where(np.isfinite(ts), ts, 0.0)
         fut = keep & (ts > now_ms + self.max_future_ms)
         for i in np.flatnonzero(fut):
             keep[i] = False
-            reject(int(mi[i]), "future_timestamp", lambda i=i: f"timestamp {_short(raw[i])} is {(ts[i] - now_ms) / 1e3:.0f} s in the future (limit {self.max_future_ms / 1e3:.0f} s)")
+            reject(int(mi[i]), "future_timestamp", lambda i=i: f"timestamp {_short(shown(i))} is {(ts[i] - now_ms) / 1e3:.0f} s in the future (limit {self.max_future_ms / 1e3:.0f} s)")
         if self.max_age_ms > 0:
             old = keep & (ts < now_ms - self.max_age_ms)
             for i in np.flatnonzero(old):
                 keep[i] = False
-                reject(int(mi[i]), "stale_timestamp", lambda i=i: f"timestamp {_short(raw[i])} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
+                reject(int(mi[i]), "stale_timestamp", lambda i=i: f"timestamp {_short(shown(i))} is {(now_ms - ts[i]) / 86400e3:.1f} days old (limit {self.max_age_ms / 86400e3:.1f})")
         with np.errstate(invalid="ignore"):  # rows already rejected may hold out-of-range values
-            return ts.astype(np.int64), missing
+            return ts.astype(np.int64)
 
-    def _finish_sensor(self, messages, out: Decoded, reject, now_ms, m_unit, m_recv, r_msg, r_dev, r_spec, r_ts, r_val) -> None:
-        n = len(r_ts)
-        mi = r_msg
-        spec = r_spec
+    def _finish_sensor(self, out: Decoded, reject, now_ms, m_unit, m_recv, slow, fast) -> None:
+        """Sensor rows -> checked, converted, de-duplicated batch. ``slow``: rows of the general path
+        (msg, dev, spec arrays; raw timestamp and value lists); ``fast``: rows of the recogniser
+        (msg, dev, spec, timestamp and value float64 arrays: numbers already)."""
+        if slow is not None:
+            mi, dev, spec, r_ts, r_val = slow
+            keep = np.ones(len(r_ts), np.bool_)
+            raw = self._numbers(r_val, "value", mi, reject, keep)
+            ts_raw, numeric, missing = self._ts_values(r_ts, mi, m_recv, reject, keep)
+            out.no_timestamp += missing
+        if fast is not None:
+            f_mi, f_dev, f_spec, f_ts, f_val, f_int = fast
+            if slow is None:
+                mi, dev, spec, ts_raw, raw = f_mi, f_dev, f_spec, f_ts, f_val
+                keep = np.ones(len(f_ts), np.bool_)
+                numeric = keep.copy()
+            else:  # both: merge back into message order (each part is in message order already)
+                # a message is in one part only, so each row's merged place is its place in its
+                # own part plus the rows of the other part from earlier messages
+                n_slow, n_fast = len(r_ts), len(f_ts)
+                order = np.empty(n_slow + n_fast, np.int64)
+                order[np.arange(n_slow) + np.searchsorted(f_mi, mi)] = np.arange(n_slow)
+                order[np.arange(n_fast) + np.searchsorted(mi, f_mi)] = np.arange(n_slow, n_slow + n_fast)
+                mi = np.concatenate([mi, f_mi])[order]
+                dev = np.concatenate([dev, f_dev])[order]
+                spec = np.concatenate([spec, f_spec.astype(np.int32)])[order]
+                raw = np.concatenate([raw, f_val])[order]
+                ts_raw = np.concatenate([ts_raw, f_ts])[order]
+                numeric = np.concatenate([numeric, np.ones(len(f_ts), np.bool_)])[order]
+                keep = np.concatenate([keep, np.ones(len(f_ts), np.bool_)])[order]
+                r_ts = _Shown(f_ts, f_int & 1, order, r_ts)
+                r_val = _Shown(f_val, f_int & 2, order, r_val)
+        if slow is None:
+            r_ts = _Shown(ts_raw, f_int & 1)
+            r_val = _Shown(raw, f_int & 2)
         metric = self._sm[spec]
-        keep = np.ones(n, np.bool_)
-        raw = self._numbers(r_val, "value", mi, reject, keep)
-        ts, missing = self._timestamps(r_ts, mi, m_unit, m_recv, reject, keep, now_ms)
-        out.no_timestamp += missing
+        ts = self._ts_check(ts_raw, numeric, mi, m_unit, reject, keep, now_ms, r_ts.__getitem__)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, rejected below as non_finite
             val = raw * self._sf[spec] + self._so[spec]
         nonfin = keep & ~np.isfinite(val)
@@ -361,7 +466,6 @@ class Codec:
             m = METRICS[metric[i]]
             keep[i] = False
             reject(int(mi[i]), "out_of_range", lambda i=i: f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
-        dev = r_dev
         if not keep.all():
             idx = np.flatnonzero(keep)
             dev, metric, ts, val, mi = dev[idx], metric[idx], ts[idx], val[idx], mi[idx]
@@ -401,6 +505,27 @@ class Codec:
                 reject(int(mi[i]), "duplicate", lambda i=i: f"position of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
         idx = np.flatnonzero(keep)
         out.position = PositionBatch(dev[idx], ts[idx], lat[idx], lon[idx], spd[idx], alt[idx])
+
+
+class _Shown:
+    """Row i's number as sent (an int if JSON had an integer), for explanations: from a float64
+    column of the recogniser, or, in a batch merged from both paths (``order``: merged row ->
+    slow rows, then fast rows), from the general path's raw list."""
+
+    __slots__ = ("col", "is_int", "order", "slow")
+
+    def __init__(self, col: np.ndarray, is_int: np.ndarray, order: np.ndarray | None = None,
+                 slow: list | None = None) -> None:
+        self.col, self.is_int, self.order, self.slow = col, is_int, order, slow
+
+    def __getitem__(self, i: int):
+        if self.order is not None:
+            j = int(self.order[i])
+            if j < len(self.slow):
+                return self.slow[j]
+            i = j - len(self.slow)
+        x = float(self.col[i])
+        return int(x) if self.is_int[i] else x
 
 
 def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):

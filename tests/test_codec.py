@@ -280,6 +280,7 @@ def snapshot(c: Codec, out):
 @given(st.lists(regular_arrays(), min_size=1, max_size=3))
 def test_column_fast_path_equals_item_path(payloads):
     fast, slow = make(), make()
+    fast.fast_json = slow.fast_json = False  # this compares the column path with the item path
     msgs = [msg(f"devices/aqualine/sewer_level/aq-{i % 2}", p) for i, p in enumerate(payloads)]
     a = snapshot(fast, fast.decode(msgs, NOW))
     orig = codec_mod._columns
@@ -296,6 +297,7 @@ def test_column_fast_path_is_taken_for_regular_arrays(monkeypatch):
     orig = codec_mod._columns
     monkeypatch.setattr(codec_mod, "_columns", lambda *a: calls.append(r := orig(*a)) or r)
     c = make()
+    c.fast_json = False  # the Numba recogniser (tests/test_jsonfast.py) would take these first
     out = decode(c, msg(AQ, [{"t": NOW_S + i, "lvl": 100 + i} for i in range(4)]))
     assert len(out.sensor) == 4 and calls and calls[0] is not None
 
