@@ -83,6 +83,8 @@ class MqttCollector:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        if hasattr(self.client, "on_publish_raw"):
+            self.client.on_publish_raw = self._on_raw  # the common packets skip paho's MQTTMessage
         self.client.on_connect_fail = self._on_connect_fail
         self.last_error: str | None = None  # why the latest connection attempt failed (TLS, refused ...)
         self.topics = [f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t for t in cfg.topics]
@@ -127,22 +129,24 @@ class MqttCollector:
         log.warning("mqtt disconnected; reconnecting with backoff", extra={"fields": {"reason": str(reason_code)}})
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        if msg.qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
+        self._on_raw(msg.topic, msg.payload, msg.mid, msg.qos, msg.dup)
+
+    def _on_raw(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
+        if qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
             self.counters.drop(self.source, "inbox_full")
             return
-        if msg.dup:
+        if dup:
             self.counters.add(self.source, "redelivered")
-        if msg.dup and self.delivered:
-            mid = msg.mid
-            crc = self.delivered.get(mid)
-            if crc is not None and crc == message_crc(msg.topic, msg.payload):
-                del self.delivered[mid]
-                client.ack_many([mid])
-                self.counters.add(self.source, "redelivered_already_stored")
-                return
+            if self.delivered:
+                crc = self.delivered.get(mid)
+                if crc is not None and crc == message_crc(topic, payload):
+                    del self.delivered[mid]
+                    self.client.ack_many([mid])
+                    self.counters.add(self.source, "redelivered_already_stored")
+                    return
         was_empty = not self.inbox
-        self.inbox.append(Message(msg.topic, msg.payload, time.time_ns() // 1_000_000,
-                                  (self.generation, msg.mid) if msg.qos > 0 else None))
+        self.inbox.append(Message(topic, payload, time.time_ns() // 1_000_000,
+                                  (self.generation, mid) if qos > 0 else None))
         if was_empty and self.wake is not None:
             self.wake()
 
