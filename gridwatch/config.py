@@ -54,6 +54,7 @@ class MqttConfig(_Model):
     session_expiry_s: int = Field(86400, ge=0, description="MQTT 5 session expiry: how long the broker keeps queued messages while gridwatch is away.")
     clean_start: bool = Field(False, description="Start a fresh session (drops what the broker queued while gridwatch was away).")
     receive_maximum: int = Field(2000, ge=1, le=65535, description="MQTT 5 flow control: most unacknowledged QoS 1 messages in flight to gridwatch. Larger batches more per commit.")
+    inbox_max_messages: int = Field(20000, ge=10, le=10_000_000, description="When this many received messages wait in gridwatch's inbox (a slow commit or a full spool behind it), gridwatch stops reading the broker's connection until the pipeline catches up: TCP back-pressure keeps the backlog in the broker. Needed because not every broker honours Receive Maximum (Mosquitto 2.0.11 does not once acknowledgements flow).")
     keepalive_s: int = Field(30, ge=5, description="Keep-alive interval.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to reconnect_max_s.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")

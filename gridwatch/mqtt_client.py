@@ -15,6 +15,8 @@ acknowledgement with its own wake-up. Measured here, that caps a QoS 1 subscribe
   set — ``(topic, payload, mid, qos, dup)``, no ``MQTTMessage`` and no topic-filter matching for
   per-topic callbacks (about 10% of the CPU of batched ingest); a topic that is not UTF-8 still
   takes paho's path.
+* reading pauses while :attr:`BufferedClient.read_paused` says so (the collector's inbox is full):
+  the bytes stay in the kernel's socket buffer, TCP closes the window and the broker keeps the rest.
 Everything else (connect, TLS, keep-alive, reconnect, publish) is paho's own code.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class BufferedClient(mqtt.Client):
         self._rbuf = b""
         self._rpos = 0
         self.on_publish_raw = None  # (topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None
+        self.read_paused = None  # () -> bool: while true, nothing is read from the socket
 
     def _sock_recv(self, bufsize: int) -> bytes:
         if self._rpos >= len(self._rbuf):
@@ -56,9 +59,16 @@ class BufferedClient(mqtt.Client):
         super()._sock_close()
 
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        paused = self.read_paused
+        if paused is not None and paused():
+            # leave the bytes in the kernel: the TCP window closes and the broker keeps the rest;
+            # the network loop still writes (acknowledgements) and keeps the connection alive
+            time.sleep(0.005)
+            return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
         rc = super().loop_read(max_packets)
         # packets already in the buffer will not wake select(): parse them now
-        while rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf):
+        while (rc == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None and self._rpos < len(self._rbuf)
+               and not (paused is not None and paused())):
             rc = super().loop_read(max_packets)
         return rc
 

@@ -5,10 +5,14 @@
 * With QoS 1, messages are acknowledged (PUBACK) only by :meth:`MqttCollector.ack`, which the
   pipeline calls after the store commit holding their readings has returned. A crash before that
   leaves them unacknowledged, so the broker delivers them again: no acknowledged reading is lost.
-* Flow control is the broker's: MQTT 5 Receive Maximum (``mqtt.receive_maximum``) caps the number of
-  unacknowledged messages in flight, so the inbox can never grow past it and a burst waits in the
-  broker's queue (size that queue in the broker: ``max_queued_messages``). With QoS 0 there is no
-  such brake: the inbox is bounded and overflow is counted as ``dropped{reason=inbox_full}``.
+* Flow control: MQTT 5 Receive Maximum (``mqtt.receive_maximum``) asks the broker to keep at most
+  that many unacknowledged messages in flight, so a burst waits in the broker's queue (size that
+  queue in the broker: ``max_queued_messages``). Not every broker honours it (Mosquitto 2.0.11
+  stops doing so once acknowledgements flow), so the inbox has its own bound,
+  ``mqtt.inbox_max_messages``: at that size the network loop stops reading the socket (counted:
+  ``read_pauses``), TCP closes the window and the broker keeps the backlog; reading resumes when
+  the pipeline has taken messages. QoS 0 messages past ``qos0_inbox_max`` (a hard cap) are
+  counted as ``dropped{reason=inbox_full}``.
 * Acknowledgements are tagged with the connection they arrived on; after a reconnect, stale ones
   are not sent: the broker redelivers those messages.
 * **No duplicates after a crash or reconnect.** After an abrupt disconnect Mosquitto redelivers
@@ -85,6 +89,9 @@ class MqttCollector:
         self.client.on_message = self._on_message
         if hasattr(self.client, "on_publish_raw"):
             self.client.on_publish_raw = self._on_raw  # the common packets skip paho's MQTTMessage
+            self.client.read_paused = self._inbox_full
+        self.inbox_max = cfg.inbox_max_messages
+        self._reading_paused = False
         self.client.on_connect_fail = self._on_connect_fail
         self.last_error: str | None = None  # why the latest connection attempt failed (TLS, refused ...)
         self.topics = [f"$share/{cfg.shared_group}/{t}" if cfg.shared_group else t for t in cfg.topics]
@@ -130,6 +137,17 @@ class MqttCollector:
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self._on_raw(msg.topic, msg.payload, msg.mid, msg.qos, msg.dup)
+
+    def _inbox_full(self) -> bool:
+        """Asked by the network loop before each read: stop reading while the inbox is full."""
+        full = len(self.inbox) >= self.inbox_max
+        if full != self._reading_paused:
+            self._reading_paused = full
+            if full:
+                self.counters.add(self.source, "read_pauses")
+                log.info("inbox full: reading paused, the broker keeps the backlog",
+                         extra={"fields": {"inbox": len(self.inbox), "limit": self.inbox_max}})
+        return full
 
     def _on_raw(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
         if qos == 0 and len(self.inbox) >= self.qos0_inbox_max:

@@ -23,9 +23,9 @@ forwarder thread that drains it with retries and backoff. A batch is appended to
 so an acknowledged message is on disk for every sink, and a crash between the append and the
 commit only re-spools the redelivered batch (the sinks are idempotent: replays upsert). When a
 spool is full the pipeline thread holds the batch and retries the append: nothing more is taken
-from the inbox and nothing acknowledged, MQTT 5 Receive Maximum stops the broker from sending
-more (where the broker honours it: Mosquitto 2.0.11 does not once PUBACKs flow, so unacknowledged
-messages then also collect in the inbox), and the broker keeps the backlog (counted: ``spool.backpressure_batches``,
+from the inbox and nothing acknowledged, MQTT 5 Receive Maximum asks the broker to stop sending
+(Mosquitto 2.0.11 does not once PUBACKs flow), the collector stops reading the socket when its
+inbox reaches ``mqtt.inbox_max_messages``, and the broker keeps the backlog (counted: ``spool.backpressure_batches``,
 ``spool.held_messages``); nothing is dropped.
 """
 from __future__ import annotations

@@ -135,7 +135,7 @@ def test_full_spool_is_back_pressure_the_broker_keeps_the_messages(mosquitto_fac
     t0 = int(time.time() * 1000) - 600_000
     n = 6000
     cfg = _cfg(tmp_path, mq.port, influx=_influx(qdb, tag), spool={"max_mb": 0.03, "segment_mb": 0.01},
-               receive_maximum=100)
+               receive_maximum=100, inbox_max_messages=300)
     cfg["ingest"] = {"batch_max_messages": 50}
     store = Store(tmp_path / "gridwatch.db")
     with RuntimeThread(cfg, tmp_path) as rt:
@@ -151,6 +151,9 @@ def test_full_spool_is_back_pressure_the_broker_keeps_the_messages(mosquitto_fac
         assert 0 < spooled_bytes <= sp.max_bytes
         inbox = len(rt.rt.collector.inbox)
         c1 = rt.rt.counters.snapshot()
+        # the broker pushes past Receive Maximum, but gridwatch stops reading at its inbox bound
+        # (plus what one buffered read already held): the backlog stays in the broker
+        assert inbox <= 300 + 300 and c1["mqtt"]["read_pauses"] >= 1, (inbox, c1["mqtt"])
     # stopped with the spool full: the held batch and the inbox are neither stored nor acknowledged
     assert store.count_readings() == held_at
     assert c1["spool"]["held_messages"] >= 1 and not c1["mqtt"].get("dropped")
