@@ -13,7 +13,7 @@ from gridwatch.config import ConfigError, explain, load, secrets_world_readable
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
-                "ingest": "gridwatch.benchmarks.ingest", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
+                "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
                 "fuzz": "gridwatch.benchmarks.fuzz"}
 
 
