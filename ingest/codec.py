@@ -198,9 +198,7 @@ class Codec:
                 m_unit[mi] = _UNIT_CODE[prof.timestamp_unit]
                 dev, why = resolve(topic_dev, vendor, kind)
                 if why is not None:
-                    reject(mi, why, f"device {topic_dev!r} on vendor {vendor!r}: "
-                           + ("not registered and unknown devices are rejected" if why == "unknown_device"
-                              else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(topic_dev)]!r}"))
+                    reject(mi, why, self._topic_device_refused(topic_dev, vendor, why))
                     continue
                 f_msg.append(mi); f_cand.append(ci); f_dev.append(dev)
                 continue
@@ -219,9 +217,7 @@ class Codec:
             if not idf:
                 dev, why = resolve(topic_dev, vendor, kind)
                 if why is not None:
-                    reject(mi, why, f"device {topic_dev!r} on vendor {vendor!r}: "
-                           + ("not registered and unknown devices are rejected" if why == "unknown_device"
-                              else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(topic_dev)]!r}"))
+                    reject(mi, why, self._topic_device_refused(topic_dev, vendor, why))
                     continue
             if type(obj) is list and not root and not idf and len(items) > 1:
                 cols = _columns(items, tsf, fmap, pos)
@@ -297,6 +293,11 @@ class Codec:
         if p_msg:
             self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
         return out
+
+    def _topic_device_refused(self, device: str, vendor: str, why: str) -> str:
+        return f"device {device!r} on vendor {vendor!r}: " + (
+            "not registered and unknown devices are rejected" if why == "unknown_device"
+            else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(device)]!r}")
 
     # ------------------------------------------------------------------------------------
     def _recognise(self, messages: list[Message]):
