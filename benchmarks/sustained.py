@@ -5,7 +5,7 @@
 A publisher process sends JSON arrays of ``--per-msg`` readings at ``--rate`` messages/s over one
 MQTT connection (QoS 1, a window of 1,000 unacknowledged messages, every PUBACK confirmed), each
 message for one of many devices, timestamps unique per device and behind the wall clock; one
-message in 500 carries a level above the threshold rule, so warnings are raised and cleared
+message in 499 carries a level above the threshold rule, so warnings are raised and cleared
 throughout. Every 10 s the harness samples what is stored, the backlog (published - stored),
 gridwatch's resident memory and CPU. At the end it waits for the backlog to drain and checks, from
 the store: readings stored == readings published (lost = 0), no reading stored twice (the store
@@ -75,7 +75,7 @@ def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices:
             d = sent % devices
             k = sent // devices  # this device's k-th message: readings k*per_msg .. +per_msg-1 ms
             t0 = base_ms + k * per_msg
-            hot = sent % 500 == 0
+            hot = sent % 499 == 0  # 499 is prime to the device count: hot messages reach every device
             p = orjson.dumps([{"ts": t0 + i, "water_level": (9.0 if hot else 1.0) + (i % 7) * 0.01} for i in range(per_msg)])
             mid = sent % 65535 + 1
             t = topics[d]
