@@ -400,7 +400,8 @@ class Codec:
         ``shown(i)`` is row i's timestamp as sent, for the explanations."""
         unit = m_unit[mi]
         mult = _UNIT_MULT[unit]
-        conv = np.where(unit == 0, _auto_ms(ts), ts * mult)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge numbers -> inf: bad_timestamp below
+            conv = np.where(unit == 0, _auto_ms(ts), ts * mult)
         ts = np.where(numeric, conv, ts)
         bad = keep & ~np.isfinite(ts)
         for i in np.flatnonzero(bad):
