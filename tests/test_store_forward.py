@@ -4,6 +4,7 @@ spool full, and the Kafka broker restarted mid-stream. Counts are compared exact
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import uuid
@@ -90,26 +91,37 @@ def _check_questdb(qdb, tag: str, store: Store, n: int) -> dict:
     return {"readings": rows, "warnings": len(q)}
 
 
+# how long the time-series server stays down; the long-run mode (GRIDWATCH_FAULT_OUTAGE_S=180)
+# keeps it down for minutes while readings keep arriving
+OUTAGE_S = float(os.environ.get("GRIDWATCH_FAULT_OUTAGE_S", "3"))
+
+
 @pytest.mark.questdb
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(240 + int(OUTAGE_S))
 def test_run_with_time_series_server_down_then_back_every_reading_once(mosquitto_factory, qdb, tmp_path):
     tag = uuid.uuid4().hex[:8]
     mq = mosquitto_factory(max_queued_messages=1_000_000)
     t0 = int(time.time() * 1000) - 600_000
     n1, n2, n3 = 800, 3200, 800
+    chunks = 8 if OUTAGE_S >= 30 else 1  # a long outage: readings keep coming during it
     cfg = _cfg(tmp_path, mq.port, influx=_influx(qdb, tag))
     store = Store(tmp_path / "gridwatch.db")
     with RuntimeThread(cfg, tmp_path) as rt:
         _publish(mq.port, _payloads(n1, t0))
         qdb.wait_rows(f"select count() from 'readings_{tag}'", lambda r: r and r[0][0] == n1, timeout=60)
         qdb.kill()  # the time-series server dies ...
-        _publish(mq.port, _payloads(n2, t0, n1))
+        down_until = time.monotonic() + OUTAGE_S
+        for c in range(chunks):
+            _publish(mq.port, _payloads(n2 // chunks, t0, n1 + c * (n2 // chunks)))
+            if chunks > 1:
+                time.sleep(OUTAGE_S / chunks)
         # ... ingest goes on: stored locally, acknowledged, and spooled for the server
         wait_until(lambda: store.count_readings() == n1 + n2, 60, what="ingest during the outage")
         wait_until(lambda: rt.rt.counters.get("spool", "influx_send_failures") >= 2, 30, what="failed sends")
         spooled = _spooled(rt)
         assert spooled > 0
-        time.sleep(3)  # down for a while: retries back off, the data waits on disk
+        # down for a while: retries back off, the data waits on disk
+        time.sleep(max(0.0, down_until - time.monotonic()))
         qdb.start()  # ... and comes back (same port, same data)
         _publish(mq.port, _payloads(n3, t0, n1 + n2))
         wait_until(lambda: store.count_readings() == n1 + n2 + n3 and _spooled(rt) == 0, 90, 0.2, "spool drained")
@@ -117,7 +129,7 @@ def test_run_with_time_series_server_down_then_back_every_reading_once(mosquitto
     n = n1 + n2 + n3
     res = _check_questdb(qdb, tag, store, n)
     assert c["mqtt"]["readings_stored"] == n and not c["spool"].get("backpressure_batches")
-    print(f"\nserver down: {n} readings published, {n} stored, {res['readings']} rows in QuestDB "
+    print(f"\nserver down {OUTAGE_S:.0f} s: {n} readings published, {n} stored, {res['readings']} rows in QuestDB "
           f"({res['readings']} distinct), {res['warnings']} warnings; {spooled} batches were spooled during the outage, "
           f"{c['spool']['influx_send_failures']} failed sends")
 
