@@ -81,7 +81,22 @@ honoured); other 4xx answers are *not* retried: the batch is counted as rejected
 server's reason (``stats.rejections``) and dropped — retrying a malformed batch never succeeds.
 When retries are exhausted, :class:`InfluxWriteError` is raised and the batch stays at the head
 of the buffer, so a later ``flush()`` retries it (at-least-once; the point identity makes
-repeats idempotent). Calls are synchronous: run the sink in its own thread/executor.
+repeats idempotent). Calls block (while ``in_flight`` batches await answers, and in ``flush``):
+run the sink in its own thread/executor, and one caller at a time.
+
+Requests go out on one sender thread, one at a time and in order, while the calling thread
+encodes (and compresses) the next batch: ``write_readings`` hands each full batch over as soon
+as it is encoded, and blocks only when ``in_flight`` (2) batches already wait for the server's
+answer, so encoding overlaps the server's work instead of adding to it. ``flush()`` returns once
+every batch was answered. A batch whose retries are exhausted comes back to the head of the
+buffer together with every batch queued behind it (the sender skips those rather than send them
+out of order: a later version of a warning must not land before an earlier one), and the call
+that collects the failure (a write or ``flush``) raises :class:`InfluxWriteError`.
+``in_flight=0`` sends on the calling thread.
+
+New device ids are turned into line prefixes in bulk (one join, one search for characters that
+need escaping, one encode and one split for all new ids of a call); ids that need escaping take
+the per-id path.
 """
 from __future__ import annotations
 
@@ -89,9 +104,11 @@ import json
 import logging
 import math
 import random
+import re
 import time
 import zlib
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -193,6 +210,7 @@ class SinkStats:
 
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+_NEEDS_ESCAPE = re.compile('[\\\\,= "\n\r]')  # the characters escape_key changes
 _NP = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -203,6 +221,21 @@ class _Lines:
 
     def __init__(self, data: bytes, n: int):
         self.data, self.n = data, n
+
+
+class _Batch:
+    """A write request handed to the sender: the buffer items it was built from (they return to
+    the buffer if it fails), its body and line count, and the sender's future."""
+
+    __slots__ = ("items", "body", "nbytes", "nlines", "fut")
+
+    def __init__(self, items: list, body: bytes, nbytes: int, nlines: int):
+        self.items, self.body, self.nbytes, self.nlines = items, body, nbytes, nlines
+        self.fut: Future | None = None
+
+
+class _Gzipped(bytes):
+    """A request body that is already gzip-compressed."""
 
 
 class _WriteService:
@@ -216,9 +249,19 @@ class _WriteService:
         client_gzips = bool(getattr(client.api_client.configuration, "enable_gzip", False))
         self.gzip_level = None if client_gzips else gzip_level
 
+    def prepare(self, record: bytes) -> bytes:
+        """The request body for ``record``: gzipped here (marked, so ``write`` sends it as it
+        is) when the sink compresses. The sink calls this on its encoding thread, so the deflate
+        of one batch overlaps the request of the previous one on the sender thread."""
+        if self.gzip_level is None:
+            return record
+        return _Gzipped(zlib.compress(record, self.gzip_level, wbits=31))  # gzip container
+
     def write(self, bucket: str, org: str, record: bytes, write_precision: str) -> None:
         kw = {}
-        if self.gzip_level is not None:
+        if isinstance(record, _Gzipped):
+            kw["content_encoding"] = "gzip"
+        elif self.gzip_level is not None:
             record = zlib.compress(record, self.gzip_level, wbits=31)  # gzip container
             kw["content_encoding"] = "gzip"
         self._svc.post_write(org=org, bucket=bucket, body=record, precision=write_precision,
@@ -233,7 +276,9 @@ class InfluxSink:
 
     ``client``: an ``influxdb_client.InfluxDBClient`` to reuse (then url/token/org only name the
     target; build it with ``enable_gzip=False`` and let the sink compress); ``gzip_level``: 1
-    (fastest) .. 9; ``sleep``/``rand`` are injectable for tests.
+    (fastest) .. 9; ``in_flight``: sent batches that may await the server's answer while the
+    caller encodes the next (0: send on the calling thread); ``sleep``/``rand`` are injectable
+    for tests.
     """
 
     def __init__(self, url: str, token: str, org: str, bucket: str, *, batch_lines: int = 5000,
@@ -241,7 +286,7 @@ class InfluxSink:
                  backoff_base_s: float = 0.1, backoff_max_s: float = 10.0,
                  readings_measurement: str = "readings", warnings_measurement: str = "warnings",
                  client: Any = None, sleep: Callable[[float], None] = time.sleep,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random, in_flight: int = 2):
         from influxdb_client import InfluxDBClient
 
         for m in (readings_measurement, warnings_measurement):
@@ -249,6 +294,8 @@ class InfluxSink:
                 raise ValueError(f"invalid measurement name {m!r}")
         if not 0 <= gzip_level <= 9:
             raise ValueError(f"gzip_level must be 0..9, not {gzip_level}")
+        if in_flight < 0:
+            raise ValueError(f"in_flight must be >= 0, not {in_flight}")
         self.bucket, self.org = bucket, org
         self.batch_lines = int(batch_lines)
         self.max_retries = max_retries
@@ -265,6 +312,10 @@ class InfluxSink:
         self._cached = 0
         self._invalid_cached = False
         self._buf: list[str | _Lines] = []  # str: one line without "\n"
+        self.in_flight = int(in_flight)
+        self._sent: deque[_Batch] = deque()  # handed to the sender thread, answer not yet collected
+        self._pool: ThreadPoolExecutor | None = None
+        self._halted = False  # a send failed: the sender skips the batches queued behind it
         self.stats = SinkStats()
         self._closed = False
 
@@ -299,20 +350,55 @@ class InfluxSink:
                 pass
         return p
 
-    def _prefixes(self, devs: list, metric: str) -> Sequence[bytes | None]:
+    def _bulk_prefixes(self, devs: list, metric: str) -> bool:
+        """Build and cache the prefixes of the new ids in ``devs`` in a few C-level passes (one
+        join, one search for characters that need escaping, one encode, one split) instead of a
+        format per id. Only for plain ``str`` ids that need no escaping; returns False (nothing
+        cached) when any new id needs the general path of ``_reading_prefix``."""
         per = self._prefix.get(metric)
+        try:
+            new = [d for d in dict.fromkeys(devs) if per is None or d not in per]
+        except TypeError:  # unhashable ids
+            return False
+        if not new:
+            return True
+        if (not metric or self._cached + len(new) >= 1_000_000 or not all(new)
+                or set(map(type, new)) != {str}):
+            return False
+        joined = "\x00".join(new)  # NUL: the joiner, so it must not occur in an id
+        if joined.count("\x00") != len(new) - 1 or _NEEDS_ESCAPE.search(joined) is not None:
+            return False
+        try:
+            jb = joined.encode()
+        except UnicodeEncodeError:
+            return False
+        head = f"{self._meas_r},device=".encode()
+        tail = f",metric={escape_key(metric)} value=".encode()
+        built = (head + jb.replace(b"\x00", tail + b"\x00" + head) + tail).split(b"\x00")
+        if per is None:
+            per = self._prefix[metric] = {}
+        per.update(zip(new, built))
+        self._cached += len(new)
+        return True
+
+    def _prefixes(self, devs: list, metric: str) -> Sequence[bytes | None]:
         mk = self._reading_prefix
-        if per is not None:
-            try:
-                try:
-                    if len(devs) > 1:
-                        return itemgetter(*devs)(per)  # a tuple, built in one C-level loop
-                    return [per[d] for d in devs]
-                except KeyError:  # new ids: build those
-                    return [per[d] if d in per else mk(d, metric) for d in devs]
-            except TypeError:  # unhashable ids
-                pass
-        return [mk(d, metric) for d in devs]
+        try:
+            for _ in range(2):
+                per = self._prefix.get(metric)
+                if per is not None:
+                    try:
+                        if len(devs) > 1:
+                            return itemgetter(*devs)(per)  # a tuple, built in one C-level loop
+                        return [per[d] for d in devs]
+                    except KeyError:  # new ids
+                        pass
+                if not self._bulk_prefixes(devs, metric):
+                    break
+            per = self._prefix.get(metric) or {}
+            return [per[d] if d in per else mk(d, metric) for d in devs]
+        except TypeError:  # unhashable ids
+            return [mk(d, metric) for d in devs]
 
     def write_readings(self, device_ids: Sequence[str] | np.ndarray | str,
                        metrics: Sequence[str] | np.ndarray | str,
@@ -325,7 +411,17 @@ class InfluxSink:
         if vals.shape[0] != n:
             raise ValueError(f"ts_ms has {n} rows, values {vals.shape[0]}")
         devs = _ids(device_ids, n, "device_ids")
-        mets = None if isinstance(metrics, str) else [_as_str(m) for m in _ids(metrics, n, "metrics")]
+        mets = None
+        if not isinstance(metrics, str):
+            ml = _ids(metrics, n, "metrics")
+            try:
+                one = set(ml)
+            except TypeError:
+                one = ()
+            if len(one) == 1:  # one metric for all rows (the usual columnar batch): the str path
+                metrics = _as_str(one.pop())
+            else:
+                mets = [_as_str(m) for m in ml]
         finite = np.isfinite(vals)
         if not finite.all():
             keep = np.flatnonzero(finite)
@@ -338,13 +434,20 @@ class InfluxSink:
         m = len(devs)
         # pieces aligned to batch boundaries: a full batch is one piece and goes out without a re-join
         step = self.batch_lines
-        first = step - self.pending_lines % step
+        first = step - self._buf_lines() % step
         bounds = [0, *range(first, m, step), m] if first < m else [0, m]
         queued = 0
+        err: InfluxWriteError | None = None
         for lo, hi in zip(bounds, bounds[1:]):
             queued += self._queue_readings(devs[lo:hi], metrics if mets is None else mets[lo:hi],
                                            vals[lo:hi], ts[lo:hi])
-        self._send_full()
+            if err is None:
+                try:  # a full batch goes out now, so the next piece is encoded while it is on the wire
+                    self._send_full()
+                except InfluxWriteError as e:  # queue every row of the call first, then raise
+                    err = e
+        if err is not None:
+            raise err
         return queued
 
     def _queue_readings(self, devs: list, metrics: str | list[str], vals: np.ndarray, ts: np.ndarray) -> int:
@@ -410,20 +513,28 @@ class InfluxSink:
     # -- delivery -------------------------------------------------------------------------
     @property
     def pending_lines(self) -> int:
+        """Lines not yet accepted by the server: buffered, or sent and not yet answered."""
+        return self._buf_lines() + sum(b.nlines for b in self._sent)
+
+    def _buf_lines(self) -> int:
         return sum(1 if type(x) is str else x.n for x in self._buf)
 
     def _send_full(self) -> None:
-        while self.pending_lines >= self.batch_lines:
+        while self._buf_lines() >= self.batch_lines:
             self._send_head(self.batch_lines)
 
     def flush(self) -> None:
-        """Send everything buffered; raises InfluxWriteError if the server stays unavailable."""
+        """Send everything buffered and wait for the server's answers; raises InfluxWriteError
+        if the server stays unavailable (the unsent lines stay buffered, in order)."""
         while self._buf:
             self._send_head(self.batch_lines)
+        self._collect(wait_all=True)
 
     def _send_head(self, n: int) -> None:
-        """Post the head of the buffer: whole items up to ``n`` lines (readings are queued in
-        pieces aligned to batch boundaries); they leave the buffer once the server answered."""
+        """Hand the head of the buffer to the sender: whole items up to ``n`` lines (readings are
+        queued in pieces aligned to batch boundaries). With ``in_flight`` > 0 the request goes out
+        on the sender thread while the caller encodes the next batch; at most ``in_flight``
+        batches wait for an answer (then this call blocks for the oldest)."""
         k = nlines = 0
         for item in self._buf:
             c = 1 if type(item) is str else item.n
@@ -438,12 +549,65 @@ class InfluxSink:
             body = head[0].data  # no copy
         else:
             body = b"".join(x.data if type(x) is _Lines else (x + "\n").encode("utf-8") for x in head)
-        status = self._post(body, nlines)
+        prepare = getattr(self._write_api, "prepare", None)  # gzip, here on the caller's thread
+        b = _Batch(head, body if prepare is None else prepare(body), len(body), nlines)
+        body = b.body
         del self._buf[:k]
-        if status == "ok":
-            self.stats.lines_written += nlines
-            self.stats.batches_written += 1
-            self.stats.bytes_sent += len(body)
+        self._sent.append(b)
+        if self.in_flight <= 0:
+            b.fut = Future()
+            try:
+                b.fut.set_result(self._attempt(body, nlines))
+            except InfluxWriteError as e:
+                b.fut.set_exception(e)
+            self._collect(wait_all=True)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="influx-sink")
+        b.fut = self._pool.submit(self._attempt, body, nlines)
+        self._collect(wait_all=False)
+
+    def _attempt(self, body: bytes, nlines: int) -> str:
+        """One batch, with retries (on the sender thread). Batches are sent one at a time, in
+        order; once one has failed, the ones queued behind it are skipped (not sent out of
+        order) and go back to the buffer with it."""
+        if self._halted:
+            return "skipped"
+        try:
+            return self._post(body, nlines)
+        except InfluxWriteError:
+            self._halted = True
+            raise
+
+    def _collect(self, wait_all: bool) -> None:
+        """Take the answers of sent batches, oldest first: all of them (``wait_all``), else the
+        finished ones and as many more as keep at most ``in_flight`` waiting. If one failed,
+        it and every batch after it return to the head of the buffer and the error is raised."""
+        err: InfluxWriteError | None = None
+        failed: list[_Batch] = []
+        while self._sent:
+            b = self._sent[0]
+            if not (wait_all or err is not None or b.fut.done() or len(self._sent) > self.in_flight):
+                break
+            self._sent.popleft()
+            try:
+                status = b.fut.result()
+            except InfluxWriteError as e:
+                err = err or e
+                failed.append(b)
+                continue
+            if status == "skipped":
+                failed.append(b)
+            elif status == "ok":
+                self.stats.lines_written += b.nlines
+                self.stats.batches_written += 1
+                self.stats.bytes_sent += b.nbytes
+        if err is not None or failed:
+            self._buf[:0] = [x for b in failed for x in b.items]
+            self._halted = False
+            if err is None:  # cannot happen: a skip follows a failure collected in this call
+                err = InfluxWriteError("a batch was skipped after an earlier failure")
+            raise err
 
     def _post(self, body: bytes, nlines: int) -> str:
         from influxdb_client.rest import ApiException
@@ -491,6 +655,8 @@ class InfluxSink:
             self.flush()
         finally:
             self._closed = True
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
             self._write_api.close()
             if self._own_client:
                 self.client.close()
@@ -516,7 +682,7 @@ def _as_str(s: Any) -> str:
     return s if isinstance(s, str) else (s.decode() if isinstance(s, bytes) else str(s))
 
 
-def _encode_readings(prefixes: list[bytes], vals: np.ndarray, ts: np.ndarray) -> bytes:
+def _encode_readings(prefixes: Sequence[bytes], vals: np.ndarray, ts: np.ndarray) -> bytes:
     """``b"".join(p + repr(v).encode() + b" %d\\n" % t)`` over the rows, without a Python-level
     format per row: orjson formats the numeric columns in bulk (its shortest round-trip text is
     ``repr``'s for 0 and 1e-4 <= |v| < 1e16; other rows are patched with ``repr``)."""

@@ -140,3 +140,74 @@ def test_fake_write_api_still_sees_plain_line_protocol():
     sink.write_readings(["a"], "m", np.array([1]), np.array([0.5]))
     sink.flush()
     assert sink._write_api.bodies == [b"readings,device=a,metric=m value=0.5 1\n"]
+
+
+def test_bulk_prefixes_match_the_reference_and_fall_back_per_call():
+    sink, _ = make_sink(batch_lines=10**9)
+    plain = [f"lvl-{i:05d}" for i in range(300)] + ["Zürich-東京", "tab\tid", "😀"]
+    n = 2_000
+    rng = np.random.default_rng(4)
+    devs = [plain[i] for i in rng.integers(0, len(plain), n)]
+    ts, vals = np.arange(n, dtype=np.int64), rng.normal(size=n)
+    sink.write_readings(devs, "pm2.5", ts, vals)  # all new, none needs escaping: built in bulk
+    assert all(d in sink._prefix["pm2.5"] for d in plain) and sink._cached == len(set(devs))
+    # new ids that need escaping (or hold the NUL joiner, or cannot be encoded) go the per-id way
+    odd = ["a b", "c,d", "e=f", 'g"h', "i\\j", "k\nl", "nul\x00id", "", "\ud800"]
+    devs2 = devs[:50] + odd + [f"new-{i}" for i in range(20)]
+    sink.write_readings(devs2, "pm2.5", np.arange(len(devs2)), np.ones(len(devs2)))
+    assert sink.stats.skipped_rows == {"invalid_identifier": 2}
+    ok = [d for d in devs2 if d not in ("", "\ud800")]
+    assert b"".join(x.data for x in sink._buf) == (reference("readings", devs, ["pm2.5"] * n, ts, vals)
+                                                   + reference("readings", ok, ["pm2.5"] * len(ok),
+                                                               np.array([i for i, d in enumerate(devs2) if d in ok]),
+                                                               np.ones(len(ok))))
+
+
+class GatedWriteApi(FakeWriteApi):
+    """Blocks each write until released; fails the writes whose (1-based) numbers are in ``fail``."""
+
+    def __init__(self, fail=()):
+        super().__init__()
+        import threading
+        self.fail = set(fail)
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Semaphore(0)
+
+    def write(self, bucket, org, record, write_precision):
+        self.entered.release()
+        assert self.release.acquire(timeout=20), "never released"
+        self.calls += 1
+        if self.calls in self.fail:
+            raise api_error(503)
+        self.bodies.append(record)
+
+
+def test_requests_go_out_while_the_caller_encodes_the_next_batch():
+    sink, _ = make_sink(batch_lines=100, in_flight=2)
+    api = sink._write_api = GatedWriteApi()
+    ids = [f"d{i}" for i in range(250)]
+    # 2 full batches: both handed over while the server has not answered the first one
+    sink.write_readings(ids, "m", np.arange(250), np.ones(250))
+    assert api.entered.acquire(timeout=10) and api.calls == 0
+    assert sink.pending_lines == 250 and len(sink._buf) == 1 and len(sink._sent) == 2
+    for _ in range(3):
+        api.release.release()
+    sink.flush()
+    assert api.calls == 3 and sink.pending_lines == 0 and sink.stats.batches_written == 3
+    assert [t["device"] for _, t, _, _ in map(parse_line, api.lines())] == ids
+
+
+def test_a_failed_batch_and_those_queued_behind_it_return_to_the_buffer_in_order():
+    sink, sleeps = make_sink(batch_lines=10, in_flight=2, max_retries=0)
+    api = sink._write_api = GatedWriteApi(fail={2})
+    for _ in range(3):
+        api.release.release()
+    ids = [f"d{i}" for i in range(45)]
+    with pytest.raises(InfluxWriteError):
+        sink.write_readings(ids, "m", np.arange(45), np.ones(45))  # batch 2 fails: 3 is skipped, not sent
+    assert api.calls == 2 and sink.pending_lines == 35 and sink.stats.failed_flushes == 1
+    for _ in range(10):
+        api.release.release()
+    sink.flush()  # everything after the failure goes out, once and in order
+    assert [t["device"] for _, t, _, _ in map(parse_line, api.lines())] == ids
+    assert sink.stats.batches_written == 5 and sink.pending_lines == 0
