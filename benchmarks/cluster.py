@@ -4,17 +4,23 @@
   ``--partitions`` partitions; the standard sensor rule set of ``benchmarks/processors.py``
   (threshold, rate_of_change, zscore, flatline, offline) over ``--devices`` water-level sensors,
   warnings through the merge agent to the warnings topic and QuestDB. Readings are the
-  realistic edge-sized messages of the forwarder (``--rows-per-message``). Rate = readings /
-  (last batch - first batch), over all workers; the workers are up and own their partitions
-  before the data is produced (the producer runs during the measurement, as in production).
+  realistic edge-sized messages of the forwarder (``--rows-per-message``), produced once into a
+  readings topic *before* any worker starts (the producer does not compete for the CPU); each
+  run is a fresh consumer group reading it from the start. Rate = readings / time over the
+  window in which every worker owns its partitions and has processed a batch, to the last batch
+  (a lone first member holding all partitions before the group settles is left out). 1-worker
+  and 2-worker runs alternate (``--worker-repeats`` each); medians. Also printed: CPU seconds per
+  million readings of the workers and of the broker's JVM, and how long the workers' threads sat
+  runnable without a CPU (other processes had it).
 * **naive baseline**: the same worker started with ``--naive``: the textbook Faust agent, one
   JSON reading per Kafka message, a threshold rule (only one of the five) in Python, per-series
-  state in a Faust table. Same broker, same run.
-* **2 workers vs 1** on the same data and partitions.
-* **time-series sink**: ``InfluxSink.write_readings`` (encode + batch 5000 lines + POST) vs raw
-  keep-alive POSTs of the same lines pre-built into 5000-line bodies, to the same QuestDB, like
-  for like: sink with gzip (level 1) vs raw bodies pre-compressed at level 1, and both without
-  gzip; medians of interleaved rounds. ``--only sink`` runs just this part (no Kafka).
+  state in a Faust table; its messages are produced while it runs. Same broker, same run.
+* **time-series sink**: ``InfluxSink.write_readings`` (encode + batch 5000 lines + POST, with
+  the sink's default of up to 2 sent batches awaiting answers while it encodes the next) vs raw
+  keep-alive POSTs, one at a time, of the same lines pre-built into 5000-line bodies, to the
+  same QuestDB, like for like: sink with gzip (level 1) vs raw bodies pre-compressed at level 1,
+  and both without gzip; medians of interleaved rounds; client and server CPU per point.
+  ``--only sink`` runs just this part (no Kafka).
 
 Everything runs on this machine: Kafka's and QuestDB's JVMs share its cores with the workers and
 the producer, so the 2-vs-1 ratio is bounded by the cores left over (see the printed ``cpus``).
@@ -44,7 +50,8 @@ from gridwatch.benchmarks.processors import STANDARD, generate
 TARGETS = {"vs_naive": 10.0, "two_vs_one": 1.5, "sink_vs_raw": 0.8}
 
 
-def _cfg_text(bootstrap: str, qdb_url: str | None, tag: str, partitions: int, naive: bool) -> str:
+def _cfg_text(bootstrap: str, qdb_url: str | None, tag: str, partitions: int, naive: bool,
+              readings_topic: str | None = None) -> str:
     rules = ""
     for kind, params in STANDARD.items():
         rules += f'\n[[rules]]\nname = "{kind}"\nkind = "{kind}"\n'
@@ -56,7 +63,7 @@ def _cfg_text(bootstrap: str, qdb_url: str | None, tag: str, partitions: int, na
     return f"""
 [kafka]
 bootstrap_servers = "{bootstrap}"
-readings_topic = "bench-r-{tag}"
+readings_topic = "{readings_topic or f'bench-r-{tag}'}"
 warning_events_topic = "bench-we-{tag}"
 warnings_topic = "bench-w-{tag}"
 partitions = {partitions}
@@ -82,51 +89,137 @@ def _stats(p: Path) -> dict[str, Any]:
         return {}
 
 
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes in process group ``pgid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(st[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(12) stime(13)
+            total += int(st[11]) + int(st[12])
+    return total / tick
+
+
+def _group_wait_s(pgid: int) -> float:
+    """Seconds the threads of process group ``pgid`` spent runnable but waiting for a CPU (run
+    queue, ``/proc/<pid>/task/<tid>/schedstat``; live threads only)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
+                    continue
+            for t in os.listdir(f"/proc/{d}/task"):
+                with open(f"/proc/{d}/task/{t}/schedstat") as f:
+                    total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def preload(bootstrap: str, partitions: int, messages) -> tuple[str, float]:
+    """Create a readings topic and produce ``messages`` into it before any worker starts (so
+    the producer does not compete with the workers for the CPU); returns (topic, seconds)."""
+    from gridwatch.config import parse
+    from gridwatch.streams.cluster import ensure_topics
+
+    topic = f"bench-r-{uuid.uuid4().hex[:8]}"
+    cfg = parse({"kafka": {"bootstrap_servers": bootstrap, "readings_topic": topic, "partitions": partitions}})
+    asyncio.run(ensure_topics(cfg))
+    t0 = time.time()
+    asyncio.run(_produce(bootstrap, topic, messages))
+    return topic, time.time() - t0
+
+
 def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: int, messages, total: int,
-                naive: bool, workdir: Path, timeout: float) -> dict[str, Any]:
-    """Start ``workers`` worker processes on fresh topics, wait until they own all partitions,
-    produce ``messages`` [(partition or None, key, value)], wait until ``total`` readings are done."""
+                naive: bool, workdir: Path, timeout: float, readings_topic: str | None = None,
+                broker_pgid: int | None = None) -> dict[str, Any]:
+    """``workers`` worker processes (a fresh consumer group and fresh warning topics).
+
+    With ``readings_topic`` (pre-loaded by :func:`preload`) they read it from the start; the rate
+    is taken over the window in which every worker owns its partitions and has processed a
+    batch (from the workers' stats files, written every second), to the last batch: so the time
+    of a lone first member holding all partitions before the group settles is left out. Without
+    it, the workers take their partitions first, then ``messages`` are produced (the producer runs
+    during the measurement) and the rate is readings / (first batch .. last batch)."""
     from gridwatch.config import load
     from gridwatch.streams.cluster import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     cfg_path = workdir / f"bench-{tag}.toml"
-    cfg_path.write_text(_cfg_text(bootstrap, qdb_url, tag, partitions, naive))
+    cfg_path.write_text(_cfg_text(bootstrap, qdb_url, tag, partitions, naive, readings_topic))
     cfg = load(cfg_path)
     asyncio.run(ensure_topics(cfg))
     stats = [workdir / f"stats-{tag}-{i}.json" for i in range(workers)]
     cmd = [sys.executable, "-m", "gridwatch.cli", "worker", "-c", str(cfg_path)] + (["--naive"] if naive else [])
     procs = [subprocess.Popen(cmd + ["--stats-file", str(s)], stdout=open(workdir / f"log-{tag}-{i}.txt", "wb"),
                               stderr=subprocess.STDOUT, start_new_session=True) for i, s in enumerate(stats)]
+
+    def settled(ss) -> bool:
+        owned = [set(s.get("assigned") or []) for s in ss]
+        return all(owned) and set().union(*owned) == set(range(partitions)) and sum(map(len, owned)) == partitions
+
     try:
         deadline = time.monotonic() + 90
+        prod_s = 0.0
+        window = None  # (t, readings, worker cpu s, broker cpu s) when all workers run
+        if readings_topic is None:
+            while not settled([_stats(s) for s in stats]):
+                if any(p.poll() is not None for p in procs):
+                    raise RuntimeError(f"a worker exited; see {workdir}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"workers did not take their partitions: {[_stats(s).get('assigned') for s in stats]}")
+                time.sleep(0.2)
+            t_prod = time.time()
+            asyncio.run(_produce(bootstrap, cfg.kafka.readings_topic, messages))
+            prod_s = time.time() - t_prod
+        deadline = time.monotonic() + timeout
         while True:
             ss = [_stats(s) for s in stats]
-            owned = [set(s.get("assigned") or []) for s in ss]
-            if all(owned) and set().union(*owned) == set(range(partitions)) and sum(map(len, owned)) == partitions:
+            done = sum(s.get("readings", 0) for s in ss)
+            if window is None and readings_topic is not None and settled(ss) and all(s.get("readings") for s in ss):
+                window = (max(s["t"] for s in ss), done, sum(_group_cpu_s(p.pid) for p in procs),
+                          _group_cpu_s(broker_pgid) if broker_pgid else 0.0, sum(_group_wait_s(p.pid) for p in procs))
+            if done >= total:
                 break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a worker exited; see {workdir}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"workers did not take their partitions: {owned}")
+                raise TimeoutError(f"only {done} of {total} readings in {timeout}s")
             time.sleep(0.2)
-        t_prod = time.time()
-        asyncio.run(_produce(bootstrap, cfg.kafka.readings_topic, messages))
-        prod_s = time.time() - t_prod
-        deadline = time.monotonic() + timeout
-        while sum(_stats(s).get("readings", 0) for s in stats) < total:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {sum(_stats(s).get('readings', 0) for s in stats)} of {total} readings in {timeout}s")
-            time.sleep(0.2)
+        cpu_end = [_group_cpu_s(p.pid) for p in procs]
+        wait_end = sum(_group_wait_s(p.pid) for p in procs)
+        broker_end = _group_cpu_s(broker_pgid) if broker_pgid else 0.0
         time.sleep(1.2)  # final stats
         ss = [_stats(s) for s in stats]
         first = min(s["first_batch_t"] for s in ss if "first_batch_t" in s)
         last = max(s["last_batch_t"] for s in ss if "last_batch_t" in s)
         n = sum(s.get("readings", 0) for s in ss)
-        return {"workers": workers, "readings": n, "seconds": last - first, "rate": n / (last - first),
-                "per_worker": [s.get("readings", 0) for s in ss], "produce_s": prod_s,
-                "warning_events": sum(s.get("warning_events_sent", 0) for s in ss),
-                "snapshot_bytes": max((s.get("snapshot_bytes", 0) for s in ss), default=0)}
+        out = {"workers": workers, "readings": n, "seconds": last - first, "rate": n / (last - first),
+               "per_worker": [s.get("readings", 0) for s in ss], "produce_s": prod_s,
+               "warning_events": sum(s.get("warning_events_sent", 0) for s in ss),
+               "snapshot_bytes": max((s.get("snapshot_bytes", 0) for s in ss), default=0),
+               "worker_cpu_s": sum(cpu_end), "window": None}
+        if window is not None and last - window[0] > 1.0 and n - window[1] > 0:
+            t0, r0, c0, b0, w0 = window
+            out["window"] = {"seconds": last - t0, "readings": n - r0}
+            out["rate"] = (n - r0) / (last - t0)
+            out["seconds"] = last - t0
+            # CPU per million readings in the window: all workers together, and the broker's JVM
+            out["worker_cpu_s_per_m"] = (sum(cpu_end) - c0) / (n - r0) * 1e6
+            out["broker_cpu_s_per_m"] = (broker_end - b0) / (n - r0) * 1e6 if broker_pgid else None
+            out["cpu_busy"] = ((sum(cpu_end) - c0) + (broker_end - b0)) / (last - t0)
+            # time the workers' threads were ready to run but had no CPU (other processes had it)
+            out["worker_runqueue_wait"] = (wait_end - w0) / (last - t0)
+        return out
     finally:
         for p in procs:
             if p.poll() is None:
@@ -180,7 +273,7 @@ def naive_messages(readings: int, devices: int):
 
 
 def sink_vs_raw(url: str, rows: int, devices: int, repeats: int = 3, gzip_level: int = 1,
-                settle_s: float = 1.0) -> dict[str, Any]:
+                settle_s: float = 1.0, server_pgid: int | None = None) -> dict[str, Any]:
     """Points/s of ``InfluxSink.write_readings`` (50k-row calls, then flush) vs raw keep-alive POSTs
     of the same lines pre-built into 5000-line bodies, each with and without gzip (raw bodies
     pre-compressed at the sink's level, so both sides make the server inflate the same way; the
@@ -199,19 +292,24 @@ def sink_vs_raw(url: str, rows: int, devices: int, repeats: int = 3, gzip_level:
     host, port = url.split("//", 1)[1].rsplit(":", 1)
 
     cpu: dict[str, list[float]] = {}
+    server: dict[str, list[float]] = {}  # the server's CPU during the run (its background WAL apply may spill over)
+
+    def server_cpu() -> float:
+        return _group_cpu_s(server_pgid) if server_pgid else 0.0
 
     def sink_run(gz: bool) -> float:
         tag = uuid.uuid4().hex[:6]
         with InfluxSink(url, "t", "gridwatch", "gridwatch", readings_measurement=f"bench_sink_{tag}",
                         gzip=gz, gzip_level=gzip_level) as sink:
-            t0, c0 = time.perf_counter(), time.process_time()
+            t0, c0, s0 = time.perf_counter(), time.process_time(), server_cpu()
             for s in range(0, len(data), 50_000):
                 sink.write_readings(ids[s:s + 50_000], "water_level", ts[s:s + 50_000], data.value[s:s + 50_000])
             sink.flush()
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            dt, dc, ds = time.perf_counter() - t0, time.process_time() - c0, server_cpu() - s0
         if sink.stats.lines_written != len(data):
             raise RuntimeError(f"sink wrote {sink.stats.lines_written} of {len(data)} lines")
         cpu.setdefault(f"sink_gzip_{gz}", []).append(dc / len(data) * 1e6)
+        server.setdefault(f"sink_gzip_{gz}", []).append(ds / len(data) * 1e6)
         return len(data) / dt
 
     def raw_run(gz: bool) -> float:
@@ -224,16 +322,17 @@ def sink_vs_raw(url: str, rows: int, devices: int, repeats: int = 3, gzip_level:
             bodies = [zlib.compress(b, gzip_level, wbits=31) for b in bodies]
             headers["Content-Encoding"] = "gzip"
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, s0 = time.perf_counter(), time.process_time(), server_cpu()
         for b in bodies:
             conn.request("POST", "/api/v2/write?org=gridwatch&bucket=gridwatch&precision=ms", body=b, headers=headers)
             r = conn.getresponse()
             r.read()
             if r.status >= 300:
                 raise RuntimeError(f"raw POST answered {r.status}")
-        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        dt, dc, ds = time.perf_counter() - t0, time.process_time() - c0, server_cpu() - s0
         conn.close()
         cpu.setdefault(f"raw_gzip_{gz}", []).append(dc / len(data) * 1e6)
+        server.setdefault(f"raw_gzip_{gz}", []).append(ds / len(data) * 1e6)
         return len(data) / dt
 
     runs: dict[str, list[float]] = {"sink_gzip_True": [], "sink_gzip_False": [], "raw_gzip_True": [], "raw_gzip_False": []}
@@ -245,6 +344,7 @@ def sink_vs_raw(url: str, rows: int, devices: int, repeats: int = 3, gzip_level:
     out: dict[str, Any] = {"rows": len(data), "repeats": repeats, "gzip_level": gzip_level, "runs": runs}
     out.update({k: statistics.median(v) for k, v in runs.items()})
     out["client_cpu_us_per_point"] = {k: statistics.median(v) for k, v in cpu.items()}
+    out["server_cpu_us_per_point"] = {k: statistics.median(v) for k, v in server.items()} if server_pgid else None
     out["raw_post"] = out["raw_gzip_False"]
     return out
 
@@ -267,6 +367,9 @@ def _sink_lines(sink: dict[str, Any], q: dict[str, float]) -> list[str]:
         f"    no gzip        : sink {sink['sink_gzip_False']:>10,.0f} points/s, raw {sink['raw_gzip_False']:>10,.0f} points/s",
         f"    client CPU     : sink {c['sink_gzip_True']:.2f} / {c['sink_gzip_False']:.2f} us/point (gzip / plain: encode,"
         f" compress, HTTP), raw {c['raw_gzip_True']:.2f} / {c['raw_gzip_False']:.2f} us/point (HTTP only)",
+        *([f"    server CPU     : during sink runs {sv['sink_gzip_True']:.2f} / {sv['sink_gzip_False']:.2f} us/point, "
+           f"during raw runs {sv['raw_gzip_True']:.2f} / {sv['raw_gzip_False']:.2f} us/point (gzip / plain)"]
+          if (sv := sink.get("server_cpu_us_per_point")) else []),
         f"  ratio sink vs raw POST    : {q['sink_vs_raw']:8.2f}x gzip vs gzip  (target >= {t:g}x) {ok(q['sink_vs_raw'], t)}",
         f"                              {q['sink_nogzip_vs_raw']:8.2f}x plain vs plain (target >= {t:g}x) "
         f"{ok(q['sink_nogzip_vs_raw'], t)}",
@@ -285,6 +388,20 @@ def _print_sink(sink: dict[str, Any], as_json: bool, wall_s: float) -> int:
     return 0
 
 
+def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median rate (of an odd count; the lower middle otherwise), with every rate."""
+    import statistics
+
+    srt = sorted(rs, key=lambda r: r["rate"])
+    m = dict(srt[(len(srt) - 1) // 2])
+    m["rates"] = [r["rate"] for r in rs]
+    m["rate"] = statistics.median(m["rates"])
+    for k in ("worker_cpu_s_per_m", "broker_cpu_s_per_m", "cpu_busy", "worker_runqueue_wait"):
+        vals = [r[k] for r in rs if r.get(k) is not None]
+        m[k] = statistics.median(vals) if vals else None
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gridwatch bench cluster", description=__doc__.split("\n\n")[0])
     ap.add_argument("--readings", type=int, default=2_000_000)
@@ -294,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows-per-message", type=int, default=5_000)
     ap.add_argument("--sink-rows", type=int, default=500_000)
     ap.add_argument("--sink-repeats", type=int, default=3, help="interleaved sink/raw rounds (medians)")
+    ap.add_argument("--worker-repeats", type=int, default=3, help="interleaved 1-worker / 2-worker runs (medians)")
     ap.add_argument("--bootstrap", help="use this Kafka instead of starting one")
     ap.add_argument("--questdb-url", help="use this QuestDB instead of starting one")
     ap.add_argument("--only", choices=["sink"], help="run only this part (no Kafka is started)")
@@ -313,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             k.start()
             started.append(k)
             bootstrap = k.bootstrap_servers
+        qdb_pgid = None
         if a.questdb_url:
             qdb = a.questdb_url
         else:
@@ -321,21 +440,35 @@ def main(argv: list[str] | None = None) -> int:
             q = QuestDBServer()
             q.start()
             started.append(q)
-            qdb = q.url
+            qdb, qdb_pgid = q.url, q.proc.pid
         if a.only == "sink":
-            sink = sink_vs_raw(qdb, a.sink_rows, a.devices, a.sink_repeats)
+            sink = sink_vs_raw(qdb, a.sink_rows, a.devices, a.sink_repeats, server_pgid=qdb_pgid)
             return _print_sink(sink, a.json, time.monotonic() - t_start)
         work = Path(tempfile.mkdtemp(prefix="gw-bench-cluster-"))
         msgs, n = columnar_messages(a.readings, a.devices, a.partitions, a.rows_per_message)
-        one = run_workers(bootstrap, qdb, 1, a.partitions, msgs, n, False, work, 120)
-        two = run_workers(bootstrap, qdb, 2, a.partitions, msgs, n, False, work, 120)
+        broker_pgid = started[0].proc.pid if started and not a.bootstrap else None
+        topic, preload_s = preload(bootstrap, a.partitions, msgs)
+        broker_idle = None
+        if broker_pgid:  # the broker's own background CPU (controller, cleaner, GC), no clients
+            time.sleep(2.0)
+            c0, t0 = _group_cpu_s(broker_pgid), time.monotonic()
+            time.sleep(5.0)
+            broker_idle = (_group_cpu_s(broker_pgid) - c0) / (time.monotonic() - t0)
+        del msgs
+        runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+        for i in range(a.worker_repeats):  # interleaved, alternating which goes first
+            for w in ((1, 2) if i % 2 == 0 else (2, 1)):
+                runs[w].append(run_workers(bootstrap, qdb, w, a.partitions, None, n, False, work, 300,
+                                           readings_topic=topic, broker_pgid=broker_pgid))
+        one, two = (_median_run(runs[w]) for w in (1, 2))
         nmsgs, nn = naive_messages(a.naive_readings, a.devices)
         naive = run_workers(bootstrap, None, 1, a.partitions, nmsgs, nn, True, work, 120)
-        sink = sink_vs_raw(qdb, a.sink_rows, a.devices, a.sink_repeats)
+        sink = sink_vs_raw(qdb, a.sink_rows, a.devices, a.sink_repeats, server_pgid=qdb_pgid)
     finally:
         for s in reversed(started):
             s.stop()
-    r = {"cpus": os.cpu_count(), "partitions": a.partitions, "devices": a.devices,
+    r = {"cpus": os.cpu_count(), "partitions": a.partitions, "devices": a.devices, "preload_s": preload_s,
+         "broker_idle_cores": broker_idle,
          "rows_per_message": a.rows_per_message, "one_worker": one, "two_workers": two, "naive": naive,
          "sink": sink, "ratios": {"vs_naive": one["rate"] / naive["rate"], "two_vs_one": two["rate"] / one["rate"],
                                   **_sink_ratios(sink)},
@@ -347,9 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     q = r["ratios"]
     print(f"cluster bench: {r['cpus']} cpus (shared with Kafka + QuestDB), {a.partitions} partitions, "
           f"{a.devices:,} devices, standard rule set (5 rules), {a.rows_per_message:,} rows/message")
-    print(f"  1 worker   : {one['rate']:>12,.0f} readings/s  ({one['readings']:,} in {one['seconds']:.2f} s, "
-          f"{one['warning_events']} warning events, snapshot {one['snapshot_bytes']:,} B)")
-    print(f"  2 workers  : {two['rate']:>12,.0f} readings/s  (split {two['per_worker']}, {two['seconds']:.2f} s)")
+    print(f"  readings topic pre-loaded ({n:,} readings, {preload_s:.1f} s) before the workers start; rates over "
+          f"the window all workers run; medians of {a.worker_repeats} interleaved runs each; idle broker "
+          f"{broker_idle or 0:.2f} cores")
+    cpu = lambda x: (f"workers {x['worker_cpu_s_per_m']:.1f} CPU s/M readings, broker {x['broker_cpu_s_per_m']:.1f}, "  # noqa: E731
+                     f"{x['cpu_busy']:.2f} cores busy, workers waited for a CPU {x['worker_runqueue_wait']:.2f} s/s"
+                     if x.get("worker_cpu_s_per_m") is not None
+                     and x.get("broker_cpu_s_per_m") is not None else "no CPU figures")
+    print(f"  1 worker   : {one['rate']:>12,.0f} readings/s  (runs {', '.join(f'{v:,.0f}' for v in one['rates'])}; "
+          f"{one['warning_events']} warning events, snapshot {one['snapshot_bytes']:,} B; {cpu(one)})")
+    print(f"  2 workers  : {two['rate']:>12,.0f} readings/s  (runs {', '.join(f'{v:,.0f}' for v in two['rates'])}; "
+          f"split {two['per_worker']}; {cpu(two)})")
     print(f"  naive agent: {naive['rate']:>12,.0f} readings/s  ({naive['readings']:,} JSON events, 1 rule)")
     print(f"  ratio per worker vs naive : {q['vs_naive']:8.1f}x  (target >= {TARGETS['vs_naive']:g}x) {ok(q['vs_naive'], TARGETS['vs_naive'])}")
     print(f"  ratio 2 workers vs 1      : {q['two_vs_one']:8.2f}x  (target >= {TARGETS['two_vs_one']:g}x) {ok(q['two_vs_one'], TARGETS['two_vs_one'])}")

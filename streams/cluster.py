@@ -54,6 +54,7 @@ import json
 import logging
 import os
 import pickle
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -322,6 +323,7 @@ class WorkerCore:
         self.states: dict[int, PartitionState] = {}
         self.blobs: dict[int, bytes] = {}
         self.sink = None
+        self._sink_lock = threading.Lock()
         self.mqtt = None
         self.stats: dict[str, Any] = defaultdict(int)
         self.stats["pid"] = os.getpid()
@@ -415,9 +417,14 @@ class WorkerCore:
 
         loop = asyncio.get_running_loop()
         delay = 0.5
+
+        def locked():  # the readings and warnings agents share the sink: one caller at a time
+            with self._sink_lock:
+                work()
+
         while True:
             try:
-                await loop.run_in_executor(None, work)
+                await loop.run_in_executor(None, locked)
                 return
             except InfluxWriteError as e:
                 self.stats["sink_failures"] += 1

@@ -294,3 +294,88 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
                 pr.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(pr.pid, signal.SIGKILL)
+
+
+@pytest.mark.kafka
+@pytest.mark.broker
+def test_worker_warnings_reach_the_mqtt_operator_topics(kafka_server, mosquitto, tmp_path):
+    """A worker with ``mqtt_alerts`` publishes each de-duplicated warning version once to
+    ``<prefix>/<city>/<county>/<town>/<grid>/<rule>`` on a real Mosquitto; a copy forwarded by an
+    edge box (same id, same version) is not published again."""
+    from dataclasses import replace
+
+    from helpers import Subscriber
+
+    from gridwatch.config import load
+    from gridwatch.streams.cluster import ensure_topics
+    from gridwatch.streams.mqtt_alerts import topic_for
+
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"ops-{tag}/warnings"
+    cfg_path = _write_cfg(tmp_path / "cluster.toml", kafka_server.bootstrap_servers, "http://unused", tag, 1)
+    text = cfg_path.read_text()
+    text = text[:text.index("[influx]")] + text[text.index("[log]"):]  # no time-series store
+    text = text.replace("[worker]\n", "[worker]\nmqtt_alerts = true\n")
+    text = text.replace("[log]", f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n\n'
+                                 f'[alerts_mqtt]\ntopic_prefix = "{prefix}"\n\n[log]')
+    cfg_path.write_text(text)
+    cfg = load(cfg_path)
+    assert cfg.worker.mqtt_alerts and cfg.influx is None
+    asyncio.run(ensure_topics(cfg))
+    ids, vals = dataset(12, 60, seed=5)
+    want = reference_events(cfg, ids, vals, 1)
+    versions = {(w.id, w.state, w.last_ts): w for _, w in want}  # what the merge agent lets through
+    assert sum(1 for e, _ in want if e == "raised") >= 2 and any(w.state == "cleared" for w in versions.values())
+
+    sub = Subscriber("127.0.0.1", mosquitto.port, f"{prefix}/#", client_id=f"ops-{tag}")
+    stats = tmp_path / "w.json"
+    proc = _start_worker(cfg_path, stats, tmp_path / "w.log")
+    try:
+        _wait(lambda: _stats(stats).get("assigned") == [0], 180, "worker owns the partition", [proc])
+
+        async def produce():
+            async with KafkaForwarder(cfg.kafka.bootstrap_servers, readings_topic=cfg.kafka.readings_topic,
+                                      warning_events_topic=cfg.kafka.warning_events_topic, linger_ms=5) as fw:
+                for s in range(vals.shape[0]):
+                    await fw.send_readings([DeviceInfo(i, "acme", "sewer_level") for i in ids], ["water_level"],
+                                           np.arange(len(ids)), np.zeros(len(ids), np.int64),
+                                           np.full(len(ids), T0 + s * STEP), vals[s])
+
+        asyncio.run(produce())
+        got = []
+        while len(got) < len(versions):
+            try:
+                got.append(sub.get(timeout=120))
+            except Exception as e:  # queue.Empty
+                raise AssertionError(f"{len(got)} of {len(versions)} warning events on MQTT; "
+                                     f"worker log: {(tmp_path / 'w.log').read_text()[-2000:]}") from e
+        # an edge box forwards a copy of a version already published: de-duplicated, not re-sent
+        dup = next(w for w in versions.values() if w.state == "cleared")
+        own = replace(dup, id=f"w-edge-{tag}", source="edge-cam-7", state="active", cleared_ts=None)
+
+        async def forward():
+            async with KafkaForwarder(cfg.kafka.bootstrap_servers, readings_topic=cfg.kafka.readings_topic,
+                                      warning_events_topic=cfg.kafka.warning_events_topic, linger_ms=5) as fw:
+                await fw.send_warnings([("cleared", dup), ("raised", own), ("raised", own)])
+
+        asyncio.run(forward())
+        got.append(sub.get(timeout=60))  # only the edge box's own warning is new
+        time.sleep(3.0)
+        assert sub.q.empty(), f"unexpected extra MQTT messages: {sub.q.qsize()}"
+    finally:
+        sub.close()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    seen = [(p["warning"]["id"], p["warning"]["state"], p["warning"]["last_ts"]) for _, p in got]
+    assert len(seen) == len(set(seen)), "a warning version was published twice"
+    assert set(seen) == set(versions) | {(own.id, "active", own.last_ts)}
+    for topic, p in got:
+        w = versions.get((p["warning"]["id"], p["warning"]["state"], p["warning"]["last_ts"]), own)
+        assert topic == topic_for(prefix, w), (topic, w)
+        assert p["schema"] == "gridwatch.warning-event/1" and p["event"] in ("raised", "updated", "cleared")
+        assert (p["warning"]["source"], p["warning"]["rule"], p["warning"]["start_ts"]) == (w.source, w.rule, w.start_ts)
