@@ -258,9 +258,15 @@ class VideoDetector(ABC):
 
 
 def create(kind: str, name: str, params: dict | None = None, zones: list[Zone] | None = None, model: Any = None) -> VideoDetector:
+    """A rule's detector. A registered model may recommend parameters for a rule kind (manifest
+    ``rule_params``, e.g. the thresholds its card was validated with): they apply where the rule's
+    own ``params`` leave a key out."""
     cls = VideoDetector.registry.get(kind)
     if cls is None:
         raise ValueError(f"unknown video detector kind {kind!r}; expected one of {sorted(VideoDetector.registry)}")
+    recommended = (getattr(model, "rule_params", None) or {}).get(kind)
+    if recommended and not isinstance(params, DetectorParams):
+        params = {**recommended, **(params or {})}
     return cls(name, params, zones, model)
 
 

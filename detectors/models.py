@@ -52,6 +52,8 @@ def load(m: ModelConfig, base_dir: str | Path = ".", manifest: str | Path | None
         model = _cache.get(key)
         if model is None:
             model = _cache[key] = _make(m, path)
+            # parameters the manifest recommends per rule kind (detectors.base.create applies them)
+            model.rule_params = dict(info.extra.get("rule_params") or {}) if m.registry_name is not None else {}
     return model
 
 

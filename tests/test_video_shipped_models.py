@@ -218,14 +218,17 @@ def test_real_footage_no_warning_with_the_shipped_models(objects_det, smoke_cls)
     objects-det: no warning. objects-det reports a waste_pile on the floor in every frame (its card);
     no rule raises on that class; its e-bike class appears in every frame too (scores up to 0.62),
     but a track's median stays below min_score 0.6; person/vehicle detections only feed the dumping
-    rule's presence test and veto (which can only hold back). With the e-bike rule's generic
-    defaults (0.35 / 0.5) it raises once (measured: one warning at 7 s, median score 0.52) — why
-    the docs give objects-det higher thresholds."""
+    rule's presence test and veto (which can only hold back). The e-bike rule is given no
+    thresholds: the manifest's rule_params for objects-det (0.35 / 0.6) apply. With the rule's
+    generic defaults (0.35 / 0.5) set explicitly it raises once (measured: one warning at 7 s,
+    median score 0.52) — why the manifest recommends higher thresholds for this model."""
     cfg = CameraConfig(name="vtest", url=str(VTEST))
     rules = [create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls),
              create("dumping", "dumping", {"duration_s": 4.0}, model=objects_det),
-             create("ebike", "ebike-shipped-thresholds", EBIKE_SHIPPED, WHOLE_FRAME, objects_det)]
-    generic = create("ebike", "ebike-generic-defaults", {"k": 3, "n": 5}, WHOLE_FRAME, objects_det)
+             create("ebike", "ebike-model-defaults", {"k": 3, "n": 5}, WHOLE_FRAME, objects_det)]
+    assert (rules[2].p.conf, rules[2].p.min_score) == (EBIKE_SHIPPED["conf"], EBIKE_SHIPPED["min_score"])
+    generic = create("ebike", "ebike-generic-defaults", {"k": 3, "n": 5, "conf": 0.35, "min_score": 0.5},
+                     WHOLE_FRAME, objects_det)
     generic_hits = []
     md = MotionDetector()
     hits, frames = [], 0
