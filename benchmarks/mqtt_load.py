@@ -28,9 +28,14 @@ def _utf8(s: str) -> bytes:
     return struct.pack("!H", len(b)) + b
 
 
-def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "127.0.0.1", client_id: str = "gw-load",
-                 inflight: int = 1000, username: str | None = None, password: str | None = None, timeout: float = 120.0) -> float:
-    """Publish every payload at QoS 1 to ``topic``; returns seconds until the last PUBACK."""
+def publish_packet(topic: bytes, mid: int, payload: bytes) -> bytes:
+    """A QoS 1 PUBLISH packet (``topic`` already length-prefixed, see :func:`_utf8`)."""
+    return b"\x32" + _varint(len(topic) + 2 + len(payload)) + topic + struct.pack("!H", mid) + payload
+
+
+def connect(port: int, client_id: str, *, host: str = "127.0.0.1", username: str | None = None,
+            password: str | None = None) -> socket.socket:
+    """An MQTT 3.1.1 connection (clean session, keep-alive 60 s), CONNACK checked; non-blocking."""
     sock = socket.create_connection((host, port), timeout=10)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     flags = 0x02
@@ -48,6 +53,13 @@ def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "1
     if len(ack) < 4 or ack[0] != 0x20 or ack[3] != 0:
         raise ConnectionError(f"broker refused the connection: CONNACK {ack!r}")
     sock.setblocking(False)
+    return sock
+
+
+def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "127.0.0.1", client_id: str = "gw-load",
+                 inflight: int = 1000, username: str | None = None, password: str | None = None, timeout: float = 120.0) -> float:
+    """Publish every payload at QoS 1 to ``topic``; returns seconds until the last PUBACK."""
+    sock = connect(port, client_id, host=host, username=username, password=password)
     t_bytes = _utf8(topic)
     n = len(payloads)
     sent = acked = 0
@@ -60,9 +72,7 @@ def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "1
             if time.time() > deadline:
                 raise TimeoutError(f"{acked} of {n} PUBACKs after {timeout} s")
             while sent < n and sent - acked < inflight:
-                mid = sent % 65535 + 1
-                p = payloads[sent]
-                out += b"\x32" + _varint(len(t_bytes) + 2 + len(p)) + t_bytes + struct.pack("!H", mid) + p
+                out += publish_packet(t_bytes, sent % 65535 + 1, payloads[sent])
                 sent += 1
             r, w, _ = select.select([sock], [sock] if out else [], [], 1.0)
             if w and out:

@@ -20,9 +20,7 @@ import argparse
 import json
 import os
 import select
-import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -42,17 +40,11 @@ params = { above = 5.0, clear_at = 4.0 }
 
 def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices: int, inflight: int = 1000) -> dict:
     """The publisher (its own process): one connection, paced, every PUBACK confirmed."""
-    from gridwatch.benchmarks.mqtt_load import _utf8, _varint
+    from gridwatch.benchmarks.mqtt_load import _utf8, connect, publish_packet
 
     import orjson
 
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    body = _utf8("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 60) + _utf8(f"gw-sustained-{os.getpid()}")
-    sock.sendall(b"\x10" + _varint(len(body)) + body)
-    if sock.recv(4)[:4] != b"\x20\x02\x00\x00":
-        raise ConnectionError("broker refused the connection")
-    sock.setblocking(False)
+    sock = connect(port, f"gw-sustained-{os.getpid()}")
     t_start = time.time()
     base_ms = int(t_start * 1000) - 120_000
     sent = acked = 0
@@ -77,9 +69,7 @@ def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices:
             t0 = base_ms + k * per_msg
             hot = sent % 499 == 0  # 499 is prime to the device count: hot messages reach every device
             p = orjson.dumps([{"ts": t0 + i, "water_level": (9.0 if hot else 1.0) + (i % 7) * 0.01} for i in range(per_msg)])
-            mid = sent % 65535 + 1
-            t = topics[d]
-            out += b"\x32" + _varint(len(t) + 2 + len(p)) + t + struct.pack("!H", mid) + p
+            out += publish_packet(topics[d], sent % 65535 + 1, p)
             sent += 1
         if now - last_ping > 20:
             out += b"\xc0\x00"
@@ -190,10 +180,12 @@ def report(r: dict) -> None:
           f"{p['acked'] == p['messages']}; publisher at most {p['publisher_max_behind_s']:.2f} s behind schedule")
     print(f"  stored {r['readings_stored']:,} readings: lost {r['lost']:,}, stored twice {r['stored_twice']:,}, "
           f"dead letters {r['dead_letters'] or 'none'}; warnings {r['warnings']}")
-    print(f"  backlog (published - stored) median {r['backlog_median_first_half']:,.0f} in the first half, "
-          f"{r['backlog_median_second_half']:,.0f} in the second, max {r['backlog_max']:,}; drained "
+    n = lambda v: "n/a" if v is None else f"{v:,.0f}"  # noqa: E731 - a run shorter than two samples
+    print(f"  backlog (published - stored) median {n(r['backlog_median_first_half'])} in the first half, "
+          f"{n(r['backlog_median_second_half'])} in the second, max {n(r['backlog_max'])}; drained "
           f"{r['drained_s_after_publisher']} s after the publisher finished")
-    print(f"  gridwatch: max RSS {r['rss_mb_max']:.0f} MB, mean CPU {r['cpu_cores_mean']:.2f} cores")
+    if r["samples"]:
+        print(f"  gridwatch: max RSS {r['rss_mb_max']:.0f} MB, mean CPU {r['cpu_cores_mean']:.2f} cores")
 
 
 def main(argv: list[str] | None = None) -> int:
