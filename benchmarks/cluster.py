@@ -89,10 +89,8 @@ def _stats(p: Path) -> dict[str, Any]:
         return {}
 
 
-def _group_cpu_s(pgid: int) -> float:
-    """CPU seconds (user + system) of the live processes in process group ``pgid``."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def _group_pids(pgid: int):
+    """(pid, fields after the process name in /proc/<pid>/stat) of the live processes in group ``pgid``."""
     for d in os.listdir("/proc"):
         if not d.isdigit():
             continue
@@ -102,21 +100,20 @@ def _group_cpu_s(pgid: int) -> float:
         except OSError:
             continue
         if int(st[2]) == pgid:  # fields after the name: state ppid pgrp ... utime(12) stime(13)
-            total += int(st[11]) + int(st[12])
-    return total / tick
+            yield d, st
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds (user + system) of the live processes in process group ``pgid``."""
+    return sum(int(st[11]) + int(st[12]) for _, st in _group_pids(pgid)) / os.sysconf("SC_CLK_TCK")
 
 
 def _group_wait_s(pgid: int) -> float:
     """Seconds the threads of process group ``pgid`` spent runnable but waiting for a CPU (run
     queue, ``/proc/<pid>/task/<tid>/schedstat``; live threads only)."""
     total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
+    for d, _ in _group_pids(pgid):
         try:
-            with open(f"/proc/{d}/stat") as f:
-                if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
             for t in os.listdir(f"/proc/{d}/task"):
                 with open(f"/proc/{d}/task/{t}/schedstat") as f:
                     total += int(f.read().split()[1])
