@@ -259,13 +259,18 @@ QUESTDB_WARNINGS_DDL = (
     "DEDUP UPSERT KEYS(timestamp, kind, rule, source, zone)")
 
 
-def questdb_create_warnings_table(url: str, table: str = "warnings", timeout: float = 10.0) -> None:
-    """Create the warnings table deduplicated on the point key (so re-sent versions upsert)."""
-    q = urllib.parse.urlencode({"query": QUESTDB_WARNINGS_DDL.format(t=table)})
+def questdb_exec(url: str, sql: str, timeout: float = 10.0) -> None:
+    """Run one SQL statement on QuestDB's HTTP endpoint; its error, if any, as RuntimeError."""
+    q = urllib.parse.urlencode({"query": sql})
     with urllib.request.urlopen(f"{url.rstrip('/')}/exec?{q}", timeout=timeout) as r:
         ans = json.loads(r.read())
     if "error" in ans:
         raise RuntimeError(f"QuestDB: {ans['error']}")
+
+
+def questdb_create_warnings_table(url: str, table: str = "warnings", timeout: float = 10.0) -> None:
+    """Create the warnings table deduplicated on the point key (so re-sent versions upsert)."""
+    questdb_exec(url, QUESTDB_WARNINGS_DDL.format(t=table), timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,4 +646,4 @@ def run_worker(cfg: GridwatchConfig, *, naive: bool = False, loglevel: str = "wa
 
 
 __all__ = ["PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
-           "questdb_create_warnings_table", "version_of", "warning_from_dict"]
+           "questdb_create_warnings_table", "questdb_exec", "version_of", "warning_from_dict"]

@@ -85,10 +85,10 @@ def open_forwards(cfg: GridwatchConfig) -> list[_Forward]:
         prepare = None
         if i.questdb_dedup:
             def prepare(i=i):
-                from gridwatch.streams.cluster import questdb_create_warnings_table
+                from gridwatch.streams.cluster import questdb_create_warnings_table, questdb_exec
                 from gridwatch.streams.spool import questdb_readings_table_sql
 
-                _questdb_exec(i.url, questdb_readings_table_sql(i.readings_measurement))
+                questdb_exec(i.url, questdb_readings_table_sql(i.readings_measurement))
                 questdb_create_warnings_table(i.url, i.warnings_measurement)
         sink = InfluxSink(i.url, i.token, i.org, i.bucket, batch_lines=i.batch_lines, gzip=i.gzip, max_retries=2,
                           readings_measurement=i.readings_measurement, warnings_measurement=i.warnings_measurement)
@@ -102,17 +102,6 @@ def open_forwards(cfg: GridwatchConfig) -> list[_Forward]:
         out.append(_Forward("kafka", s, SpooledKafkaForwarder(
             s, lambda: forwarder(cfg, origin=origin, client_id=f"{origin}-forward")), positions=True))
     return out
-
-
-def _questdb_exec(url: str, sql: str, timeout: float = 10.0) -> None:
-    import json
-    import urllib.parse
-    import urllib.request
-
-    with urllib.request.urlopen(f"{url.rstrip('/')}/exec?" + urllib.parse.urlencode({"query": sql}), timeout=timeout) as r:
-        ans = json.loads(r.read())
-    if "error" in ans:
-        raise RuntimeError(f"QuestDB: {ans['error']}")
 
 
 EventSink = Callable[[list[tuple[str, Warning]]], None]
