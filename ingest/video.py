@@ -318,6 +318,16 @@ class PyAvSource:
         self._packets = self.container.demux(self.stream)
         self._pending: list = []
         self._frame = None
+        # decoded frames carry the stream's time base: one float, not Fraction arithmetic per frame
+        tb = self.stream.time_base
+        self._tb_ms = float(tb) * 1000.0 if tb else 0.0
+        # one scaler for this source's conversions: a fresh one per frame (what to_ndarray does)
+        # costs its set-up every time, and its default of one thread per core buys nothing on
+        # 640-pixel analysis frames but thread hand-offs
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
+        self._reformat_lock = threading.Lock()
 
     def next(self) -> float | None:
         try:
@@ -330,14 +340,19 @@ class PyAvSource:
                     self._pending = list(self.stream.codec_context.decode(packet))
         except self._av.FFmpegError as e:
             raise SourceError("read_failed", f"read failed: {e.strerror or e}") from e
-        self._frame = self._pending.pop(0)
-        f = self._frame
+        self._frame = f = self._pending.pop(0)
         self.size = (f.width, f.height)
-        return float(f.pts * f.time_base * 1000) if f.pts is not None and f.time_base else float("nan")
+        pts = f.pts
+        return pts * self._tb_ms if pts is not None and self._tb_ms else float("nan")
+
+    def _bgr(self, f, width: int, height: int) -> np.ndarray:
+        """``f`` as BGR at ``width`` x ``height``: one swscale pass (conversion and resize together)."""
+        with self._reformat_lock:
+            return self._reformatter.reformat(f, width=width, height=height, format="bgr24", threads=1).to_ndarray()
 
     def image(self, width: int | None) -> np.ndarray:
         tw, th = _target_size(self._frame.width, self._frame.height, width)
-        return self._frame.to_ndarray(format="bgr24", width=tw, height=th)  # one swscale: convert + resize
+        return self._bgr(self._frame, tw, th)
 
     def deferred(self, width: int | None) -> dict:
         """The current frame unconverted: Frame keyword arguments (luma view, converter, size)."""
@@ -350,7 +365,7 @@ class PyAvSource:
         # yuvj* and streams flagged full range (AVCOL_RANGE_JPEG = 2) carry 0-255 luma
         limited = not f.format.name.startswith("yuvj") and getattr(f, "color_range", 1) != 2 and f.format.name != "gray"
         return {"luma": luma, "limited_range": limited, "size": (tw, th),
-                "convert": lambda: f.to_ndarray(format="bgr24", width=tw, height=th)}
+                "convert": lambda: self._bgr(f, tw, th)}
 
     def close(self) -> None:
         self.container.close()
