@@ -104,6 +104,9 @@ class VideoConfig(_M):
     evidence_max_mb: float = Field(2000.0, gt=0, description="Oldest snapshots are deleted beyond this size.")
     gather_ms: float = Field(40.0, ge=0, description="After the first camera's frame arrives, wait this long for other "
                              "cameras' frames so their models run as one batch (adds at most this to latency).")
+    capture_nice: int = Field(10, ge=0, le=19, description="Linux: camera capture threads (and their decoder "
+                              "threads) run this much lower in priority than the rest, so an overloaded box decodes "
+                              "more slowly instead of starving analysis (0 = same priority).")
     status_topic_prefix: str = Field("gridwatch/cameras", description="Camera status goes to <prefix>/<site>/<camera> (retained JSON).")
     model_manifest: str = Field("", description="Your own model manifest (same format as models/manifest.json, files "
                                 "relative to it; relative to the config file), read besides the shipped one; its "

@@ -17,6 +17,14 @@ How it behaves:
 * **Watchdog.** A camera that delivers no frame for ``stale_after_s`` is marked stale and its
   thread reconnects. A thread that stops making progress altogether (stuck inside FFmpeg for longer
   than any timeout allows) is abandoned and replaced; whatever it returns later is ignored.
+* **Decoding yields to analysis.** On Linux each capture thread lowers its own scheduling priority
+  (``capture_nice``, default 10; FFmpeg's decoder threads, started from it, inherit it). When the
+  box has more decoding than cores, the scheduler would otherwise share the CPU evenly among the
+  cameras' threads and their decoder threads (a hundred or more), leaving the one analysis thread
+  a sliver of what it needs: every camera's frames were then decoded and thrown away unanalysed
+  (36 cameras on 2 cores: 15 of 100 frames each). With the analysis ahead in line, an overloaded
+  box decodes more slowly but analyses what it decodes, every camera alike. The rest of the
+  process and the box (sensor pipelines, the broker) keeps its priority too.
 * **Reconnects** use exponential backoff with jitter. Every status change
   (connecting → online → reconnecting → offline) goes to ``on_status`` with a reason string.
   After ``offline_after_failures`` failed attempts in a row a camera is *offline*; it keeps
@@ -44,6 +52,7 @@ import os
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -406,13 +415,27 @@ def open_source(cfg: CameraConfig) -> Source:
     return PyAvSource(cfg, keyframes_only=False) if cfg.decoder == "pyav" else OpenCvSource(cfg)
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Lower the calling thread's scheduling priority by ``nice`` (Linux: per thread; threads it
+    starts afterwards inherit it). Elsewhere, or when not allowed, nothing happens."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:  # pragma: no cover - a sandbox may refuse
+        log.debug("cannot lower the capture thread's priority: %s", e)
+
+
 # --- one camera ----------------------------------------------------------------------------------
 class Camera:
     """One camera's capture thread, slot, status and counters. Driven by :class:`VideoCollector`."""
 
     def __init__(self, cfg: CameraConfig, on_status: Callable[[StatusChange], None] | None = None,
-                 on_frame: Callable[[], None] | None = None, rng: random.Random | None = None) -> None:
+                 on_frame: Callable[[], None] | None = None, rng: random.Random | None = None,
+                 nice: int = 0) -> None:
         self.cfg = cfg
+        self.nice = nice  # the capture thread lowers its priority by this much (Linux)
         self.name = cfg.name
         self.slot = LatestFrameSlot(on_frame)
         self.counters = CameraCounters()
@@ -511,6 +534,7 @@ class Camera:
 
     # the capture thread ---------------------------------------------------------------------
     def _run(self, gen: int) -> None:
+        lower_thread_priority(self.nice)
         failures = 0
         first_attempt = True
         while self._alive(gen):
@@ -636,14 +660,15 @@ class VideoCollector:
     """All cameras of one node: their threads, the watchdog, and the frame hand-over."""
 
     def __init__(self, cameras: Iterable[CameraConfig], on_status: Callable[[StatusChange], None] | None = None,
-                 watchdog_interval_s: float = 0.25, seed: int | None = None) -> None:
+                 watchdog_interval_s: float = 0.25, seed: int | None = None, capture_nice: int = 10) -> None:
         self._new_frame = threading.Event()
         rng = random.Random(seed)
         self.cameras: dict[str, Camera] = {}
         for cfg in cameras:
             if cfg.name in self.cameras:
                 raise ValueError(f"duplicate camera name {cfg.name!r}")
-            self.cameras[cfg.name] = Camera(cfg, on_status, self._new_frame.set, random.Random(rng.random()))
+            self.cameras[cfg.name] = Camera(cfg, on_status, self._new_frame.set, random.Random(rng.random()),
+                                            nice=capture_nice)
         self.watchdog_interval_s = watchdog_interval_s
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None

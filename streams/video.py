@@ -137,7 +137,8 @@ class VideoRuntime:
                                                rules, models))
         self.by_name = {c.cfg.name: c for c in self.cameras}
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
-        self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status)
+        self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
+                                                     capture_nice=cfg.video.capture_nice)
         self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
         self.frames_analysed = 0  # frames the rules saw
         self.frames_gated = 0  # frames only the motion gate saw (still scene)
