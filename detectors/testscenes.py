@@ -1,4 +1,9 @@
-"""Seeded synthetic camera scenes for detector tests, demos and benchmarks.
+"""Simple seeded shapes for unit tests of the motion gate and the rules' logic, and for benchmarks.
+
+The event scenes the tests stream over RTSP (smoke plumes, waste piles, e-bikes, bicycles, people,
+still backgrounds) come from :mod:`gridwatch.models.scenes`, the generators the shipped models were
+trained on. These are plainer: exact, easily stated ground truth (a disc on a line, a box that
+appears) and a plume that keeps rising for as long as it is asked to.
 
 Each scene is a generator of BGR uint8 frames, fully determined by its arguments and ``seed``:
 
@@ -9,7 +14,7 @@ Each scene is a generator of BGR uint8 frames, fully determined by its arguments
 * :func:`moving_blob_scene` — a blob crossing the scene on a straight line.
 
 Every generator also exposes the ground truth where it matters (``object_box``, ``blob_box``).
-To serve a scene as an RTSP camera, encode it with :func:`gridwatch.servers.rtsp.encode_h264` and
+To serve a scene as a camera, encode it with :func:`gridwatch.servers.rtsp.encode_h264` and
 mount the file with :class:`gridwatch.servers.rtsp.FileStream`.
 """
 from __future__ import annotations

@@ -11,8 +11,8 @@ model cards record it with the seeds they were trained and evaluated on.
 * :mod:`.scene_smoke` — smoke plumes: noise advected upward, alpha-blended as low-chroma grey;
 * here — :func:`detector_sample` (a frame with boxes), :func:`smoke_sample` (a classifier crop with
   its label) and the video scenes :func:`smoke_video`, :func:`dumping_video`, :func:`carried_dump_video`,
-  :func:`ebike_video`
-  (frames plus ground truth) that tests encode and stream over RTSP.
+  :func:`ebike_video`, :func:`empty_video` (frames plus ground truth) that the tests encode and
+  stream over RTSP and ``python -m gridwatch.models.evaluate --smoke-rule`` runs the smoke rule on.
 
 Seeds: training uses ``0 .. n-1``; held-out evaluation uses :data:`HELDOUT_SEED_BASE` + i. Every
 background is generated from the sample's own seed, so held-out scenes also have unseen backgrounds.
@@ -163,6 +163,15 @@ def smoke_video(n: int, width: int = 320, height: int = 240, seed: int = 0, nois
     for t in range(n):
         a = sm.plume_alpha(p, width, height, t=t, grow_frames=max(10, n * 0.6))
         yield _noisy(sm.blend(bg, a, p.colour), rng, noise), a
+
+
+def empty_video(n: int, width: int = 320, height: int = 240, seed: int = 0, noise: float = 2.0,
+                kind: str | None = None) -> Iterator[np.ndarray]:
+    """Frames of a still background with sensor noise only: nothing happens (no warning expected)."""
+    bg, _ = _still(width, height, seed, kind)
+    rng = np.random.default_rng([seed, 25])
+    for _ in range(n):
+        yield _noisy(bg, rng, noise)
 
 
 def _appearing(n, appear_at, width, height, seed, noise, kind_obj, kind_bg, sub):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gridwatch.detectors import testscenes
+from gridwatch.models import scenes
 from gridwatch.ingest.video import (
     Camera, CameraConfig, CameraState, Frame, LatestFrameSlot, StatusChange, VideoCollector, redact_url,
 )
@@ -35,7 +35,9 @@ def gstreamer():
 @pytest.fixture(scope="module")
 def scene_mp4(gstreamer, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("scenes") / "blob.mp4"
-    return encode_h264(testscenes.moving_blob_scene(SCENE_FRAMES, 320, 240), out, fps=15, keyint=SCENE_KEYINT)
+    # a person walks in, leaves a waste pile and walks off (the model zoo's generator): moving content
+    frames = (f for f, _, _ in scenes.carried_dump_video(SCENE_FRAMES, drop_at=30, leave_at=40))
+    return encode_h264(frames, out, fps=15, keyint=SCENE_KEYINT)
 
 
 class StatusLog:

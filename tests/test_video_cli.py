@@ -17,7 +17,6 @@ from pathlib import Path
 import cv2
 import pytest
 
-from gridwatch.detectors import testscenes
 from gridwatch.models import scenes
 from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264, gstreamer_missing
 from tests.conftest import in_ci
@@ -84,7 +83,7 @@ zones = [{{ name = "lift car", kind = "elevator", polygon = [[0.0, 0.0], [1.0, 0
 
 
 def test_gridwatch_run_with_cameras_warns_on_mqtt_with_snapshots(gstreamer, mosquitto, tmp_path):
-    smoke = encode_h264(testscenes.smoke_scene(225, 320, 240, seed=1), tmp_path / "smoke.mp4", fps=15)
+    smoke = encode_h264((f for f, _ in scenes.smoke_video(225, seed=0)), tmp_path / "smoke.mp4", fps=15)
     ebike = encode_h264((f for f, _ in scenes.ebike_video(225, appear_at=10, seed=0)), tmp_path / "ebike.mp4", fps=15)
     cfg = tmp_path / "edge.toml"
     sub = Subscriber("127.0.0.1", mosquitto.port, "gridwatch/warnings/#", client_id="desk")

@@ -2,10 +2,13 @@
 real footage; the video runtime turns them into warnings in the store, on a real Mosquitto and
 with snapshot files — exactly the expected ones.
 
-The e-bike model here is the colour-blob stand-in from ``gridwatch.detectors.testkit`` (built with
-``onnx.helper``): it "detects" green blobs as e-bikes, blue ones as bicycles and red ones as people.
-It exercises the real ONNX path (shared session, batching across cameras, YOLOv8 decoding, zones,
-k-of-n, tracks) but has learnt nothing; the trained model comes from the model-zoo issue.
+The scenes come from the model zoo's generators (``gridwatch.models.scenes``, the ones the shipped
+models were trained and evaluated on, with seeds they were not trained on): a smoke plume, a
+waste pile that appears and stays, a still background, an e-bike and an ordinary bicycle in a lift
+car. The rules run on the shipped models by registry name: the smoke rule with ``smoke-cls`` (its
+default), the e-bike rule with ``objects-det`` (one session shared by the e-bike, bicycle and
+real-footage cameras, frames of several cameras batched in one run; the manifest's thresholds for
+it apply).
 
 Without GStreamer or Mosquitto these tests skip locally; in CI (``CI=true``) they fail instead.
 """
@@ -21,7 +24,8 @@ import cv2
 import pytest
 
 from gridwatch.config import parse
-from gridwatch.detectors import testkit, testscenes
+from gridwatch.detectors import testscenes
+from gridwatch.models import scenes
 from gridwatch.observability import Counters
 from gridwatch.servers.rtsp import FileStream, RtspServer, TestCamera, encode_h264, gstreamer_missing
 from gridwatch.streams.mqtt_alerts import MqttAlertPublisher
@@ -57,12 +61,14 @@ def vtest_frames(start_s: float, seconds: float):
 @pytest.fixture(scope="module")
 def scene_server(gstreamer, tmp_path_factory):
     d = tmp_path_factory.mktemp("video-scenes")
+    pile = list(scenes.dumping_video(195, appear_at=15, seed=1))
     files = {
-        "smoke": encode_h264(testscenes.smoke_scene(195, 320, 240, seed=3), d / "smoke.mp4", fps=15),
-        "object": encode_h264(testscenes.appearing_object_scene(195, appear_at=15, seed=4), d / "object.mp4", fps=15),
-        "empty": encode_h264(testscenes.empty_scene(195, seed=5), d / "empty.mp4", fps=15),
-        "ebike": encode_h264(testkit.vehicle_scene(195, "e-bike", seed=6), d / "ebike.mp4", fps=15),
-        "bicycle": encode_h264(testkit.vehicle_scene(195, "bicycle", seed=6), d / "bicycle.mp4", fps=15),
+        "smoke": encode_h264((f for f, _ in scenes.smoke_video(195, seed=0)), d / "smoke.mp4", fps=15),
+        "object": encode_h264((f for f, _ in pile), d / "object.mp4", fps=15),
+        "empty": encode_h264(scenes.empty_video(195, seed=5), d / "empty.mp4", fps=15),
+        "ebike": encode_h264((f for f, _ in scenes.ebike_video(195, appear_at=10, seed=0)), d / "ebike.mp4", fps=15),
+        "bicycle": encode_h264((f for f, _ in scenes.ebike_video(195, appear_at=10, seed=0, bicycle=True)),
+                               d / "bicycle.mp4", fps=15),
     }
     if VTEST.exists():  # Debian's opencv-doc: real footage of people walking, 8 s to 21 s (a group
         # standing at the right edge that was once taken for smoke is at 16.6 s). The whole clip, at
@@ -71,28 +77,25 @@ def scene_server(gstreamer, tmp_path_factory):
         files["vtest"] = encode_h264(vtest_frames(8, 13), d / "vtest.mp4", fps=10)
     # loop=False: every client gets the scene from its first frame
     with RtspServer([FileStream(k, v, loop=False) for k, v in files.items()]) as srv:
-        yield srv, files, d
+        yield srv, files, pile[-1][1]
 
 
 def _video_cfg(srv, files, tmp_path, mq) -> dict:
-    model = tmp_path / "colour-blob.onnx"
-    model.write_bytes(testkit.colour_blob_yolov8())
     street = ["smoke", "dumping"]
     cams = [("smoke", street), ("object", street), ("empty", street), ("ebike", ["ebike-lift"]),
             ("bicycle", ["ebike-lift"])]
     if "vtest" in files:
         cams.append(("vtest", ["smoke", "dumping", "ebike-lift"]))
-    lift = [{"name": "lift car", "kind": "elevator", "polygon": testkit.ELEVATOR}]
+    lift = [{"name": "lift car", "kind": "elevator", "polygon": [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]}]
     return {
         "site": {"name": "vt", "data_dir": str(tmp_path)},
         "mqtt": {"host": "127.0.0.1", "port": mq.port, "client_id": "vt-ingest"},
         "regions": {"default": REGION},
         "video": {
-            "models": [{"name": "blobs", "path": str(model), "layout": "yolov8", "conf": 0.3}],
             "rules": [
                 {"name": "smoke", "kind": "smoke", "severity": "critical", "params": {"duration_s": 3.0}},
                 {"name": "dumping", "kind": "dumping", "params": {"duration_s": 4.0}},
-                {"name": "ebike-lift", "kind": "ebike", "model": "blobs", "severity": "critical",
+                {"name": "ebike-lift", "kind": "ebike", "model": "objects-det", "severity": "critical",
                  "params": {"k": 3, "n": 5}},
             ],
         },
@@ -103,7 +106,7 @@ def _video_cfg(srv, files, tmp_path, mq) -> dict:
 
 
 def test_scenes_give_exactly_the_expected_warnings(scene_server, mosquitto, tmp_path):
-    srv, files, _ = scene_server
+    srv, files, pile_box = scene_server
     cfg = parse(_video_cfg(srv, files, tmp_path, mosquitto), base_dir=tmp_path)
     counters = Counters()
     store = Store(tmp_path / "gw.db")
@@ -145,7 +148,7 @@ def test_scenes_give_exactly_the_expected_warnings(scene_server, mosquitto, tmp_
         if w.rule == "dumping":
             assert (cfg.data_dir / cfg.video.evidence_dir / ev["before_snapshot"]).is_file()
             x1, y1, x2, y2 = ev["boxes"][0]
-            ox1, oy1, ox2, oy2 = testscenes.object_box()  # 320 px frames are analysed as they are
+            ox1, oy1, ox2, oy2 = pile_box  # 320 px frames are analysed as they are
             assert x1 < ox2 and ox1 < x2 and y1 < oy2 and oy1 < y2  # the box is on the object
         if w.rule == "ebike-lift":
             assert w.zone == "lift car"
@@ -165,7 +168,7 @@ def test_scenes_give_exactly_the_expected_warnings(scene_server, mosquitto, tmp_
     for c in cfg.cameras:
         assert snap[f"camera/{c.name}"]["status_online"] >= 1
         assert snap[f"camera/{c.name}"]["analysed"] >= 1  # no camera's silence is mistaken for a pass
-    assert rt.model_runs["blobs"] < rt.model_frames["blobs"]  # frames of several cameras went in one run
+    assert rt.model_runs["objects-det"] < rt.model_frames["objects-det"]  # frames of several cameras went in one run
     warn_sub.close(); status_sub.close()
 
 
