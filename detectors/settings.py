@@ -107,6 +107,10 @@ class VideoConfig(_M):
     capture_nice: int = Field(10, ge=0, le=19, description="Linux: camera capture threads (and their decoder "
                               "threads) run this much lower in priority than the rest, so an overloaded box decodes "
                               "more slowly instead of starving analysis (0 = same priority).")
+    gil_switch_ms: float = Field(1.0, ge=0, le=100, description="Python's thread switch interval while cameras run "
+                                 "(sys.setswitchinterval, process-wide; 0 = leave Python's 5 ms): the one analysis thread "
+                                 "takes the GIL back about ten times a frame, each time from among hundreds of capture "
+                                 "threads, and waits up to this long each time.")
     status_topic_prefix: str = Field("gridwatch/cameras", description="Camera status goes to <prefix>/<site>/<camera> (retained JSON).")
     model_manifest: str = Field("", description="Your own model manifest (same format as models/manifest.json, files "
                                 "relative to it; relative to the config file), read besides the shipped one; its "

@@ -319,6 +319,13 @@ class PyAvSource:
         self.stream = self.container.streams.video[0]
         if keyframes_only:
             self.stream.codec_context.skip_frame = "NONKEY"
+            # demuxers that honour it (files: MP4/MOV, MKV) then return keyframes only, so the
+            # capture thread no longer handles ~49 packets in Python per 2 s GOP just to drop them
+            # (GIL time the one analysis thread waits for with hundreds of cameras); others (RTSP)
+            # ignore it and the per-packet check in next() drops the rest
+            discard = getattr(av.stream, "Discard", None)  # PyAV >= 14
+            if discard is not None:
+                self.stream.discard = discard.nonkey
         else:
             # slice threads only: frame threads add a frame of latency per thread and cost more CPU
             self.stream.thread_type = "SLICE"

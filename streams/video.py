@@ -32,6 +32,7 @@ store, publisher and counters (``gridwatch run`` does this when the config has c
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -101,6 +102,7 @@ class VideoRuntime:
                  on_events: EventSink | None = None, on_status: Callable[[StatusChange], None] | None = None,
                  models: dict[str, Any] | None = None, collector: VideoCollector | None = None) -> None:
         self.cfg = cfg
+        self._switch_before: float | None = None  # Python's switch interval before start()
         self.store = store
         self.publisher = publisher
         self.counters = counters or Counters()
@@ -176,6 +178,9 @@ class VideoRuntime:
     # --- running -----------------------------------------------------------------------------
     def start(self) -> "VideoRuntime":
         self.evidence.enforce_retention()
+        if self.cfg.video.gil_switch_ms > 0 and self.cfg.cameras and self._switch_before is None:
+            self._switch_before = sys.getswitchinterval()
+            sys.setswitchinterval(self.cfg.video.gil_switch_ms / 1000.0)
         self._stop.clear()
         self.collector.start()
         self._thread = threading.Thread(target=self._loop, name="video-analysis", daemon=True)
@@ -187,6 +192,9 @@ class VideoRuntime:
         if self._thread is not None:
             self._thread.join(10)
         self.collector.stop()
+        if self._switch_before is not None:
+            sys.setswitchinterval(self._switch_before)
+            self._switch_before = None
 
     def __enter__(self) -> "VideoRuntime":
         return self.start()

@@ -49,3 +49,20 @@ def test_capture_threads_run_at_the_collectors_capture_nice(tmp_path, nice):
         assert done.wait(10)
     assert seen and set(seen) == {min(19, base + nice)}
     assert _priority() == base
+
+
+@pytest.mark.parametrize("ms", [0.0, 1.0])
+def test_the_video_runtime_shortens_pythons_switch_interval_while_it_runs(tmp_path, ms):
+    """video.gil_switch_ms: the analysis thread takes the GIL back from among hundreds of capture
+    threads; while cameras run the switch interval is this short, and it is restored on stop."""
+    from gridwatch.config import parse
+    from gridwatch.streams.video import VideoRuntime
+
+    cfg = parse({"site": {"data_dir": str(tmp_path)}, "video": {"gil_switch_ms": ms},
+                 "cameras": [{"name": "nowhere", "url": "rtsp://127.0.0.1:9/x", "open_timeout_s": 1}]},
+                base_dir=tmp_path)
+    before = sys.getswitchinterval()
+    rt = VideoRuntime(cfg)
+    with rt:
+        assert sys.getswitchinterval() == pytest.approx(ms / 1000 if ms else before)
+    assert sys.getswitchinterval() == before
