@@ -175,9 +175,14 @@ class KafkaServer(ManagedServer):
 
 def _random_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what
-    ``StorageTool random-uuid`` prints) - made here to save a JVM start."""
+    ``StorageTool random-uuid`` prints) - made here to save a JVM start. Like Kafka's own
+    ``Uuid.randomUuid``, never one that starts with "-" (1 in 64 would): the storage tool's
+    argument parser takes ``-t -xyz…`` for a missing value and the broker never starts."""
     import base64
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 __all__ = ["KafkaServer", "fetch_kafka_jars", "kafka_lib_dir", "KAFKA_VERSION", "ServerStartError"]
