@@ -56,6 +56,22 @@ def connect(port: int, client_id: str, *, host: str = "127.0.0.1", username: str
     return sock
 
 
+def exchange(sock: socket.socket, out: bytearray, timeout: float) -> bytes:
+    """One select round on a raw MQTT connection: send as much of ``out`` as the socket takes
+    (removing it from ``out``) and return what arrived (b"" if nothing did within ``timeout``).
+    Raises ConnectionError when the broker has closed the connection."""
+    r, w, _ = select.select([sock], [sock] if out else [], [], timeout)
+    if w and out:
+        k = sock.send(out)
+        del out[:k]
+    if not r:
+        return b""
+    data = sock.recv(1 << 16)
+    if not data:
+        raise ConnectionError("broker closed the connection")
+    return data
+
+
 def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "127.0.0.1", client_id: str = "gw-load",
                  inflight: int = 1000, username: str | None = None, password: str | None = None, timeout: float = 120.0) -> float:
     """Publish every payload at QoS 1 to ``topic``; returns seconds until the last PUBACK."""
@@ -74,14 +90,11 @@ def publish_qos1(port: int, topic: str, payloads: list[bytes], *, host: str = "1
             while sent < n and sent - acked < inflight:
                 out += publish_packet(t_bytes, sent % 65535 + 1, payloads[sent])
                 sent += 1
-            r, w, _ = select.select([sock], [sock] if out else [], [], 1.0)
-            if w and out:
-                k = sock.send(out)
-                del out[:k]
-            if r:
-                data = sock.recv(1 << 16)
-                if not data:
-                    raise ConnectionError(f"broker closed the connection after {acked} of {n} PUBACKs")
+            try:
+                data = exchange(sock, out, 1.0)
+            except ConnectionError:
+                raise ConnectionError(f"broker closed the connection after {acked} of {n} PUBACKs") from None
+            if data:
                 buf += data
                 k = len(buf) // 4 * 4
                 for i in range(0, k, 4):

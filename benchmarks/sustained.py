@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ params = { above = 5.0, clear_at = 4.0 }
 
 def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices: int, inflight: int = 1000) -> dict:
     """The publisher (its own process): one connection, paced, every PUBACK confirmed."""
-    from gridwatch.benchmarks.mqtt_load import _utf8, connect, publish_packet
+    from gridwatch.benchmarks.mqtt_load import _utf8, connect, exchange, publish_packet
 
     import orjson
 
@@ -74,14 +73,8 @@ def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices:
         if now - last_ping > 20:
             out += b"\xc0\x00"
             last_ping = now
-        r, w, _ = select.select([sock], [sock] if out else [], [], 0.005)
-        if w and out:
-            k = sock.send(out)
-            del out[:k]
-        if r:
-            data = sock.recv(1 << 16)
-            if not data:
-                raise ConnectionError("broker closed the connection")
+        data = exchange(sock, out, 0.005)
+        if data:
             buf += data
             while len(buf) >= 2:
                 n = buf[1] + 2
