@@ -3,10 +3,12 @@
 One run, one generated data set (N sensor series, one per device, each reporting about once a
 minute, with spikes, stuck stretches and devices that fall silent), four measurements:
 
-* **numba**: the standard set (threshold, rate_of_change, zscore, flatline, offline) through
-  the processors, batch by batch (offline ticks after each batch), after a warm-up so JIT
-  compilation is excluded; readings/s is the median over repeats. Kernels are single-threaded
-  and the process is pinned to one CPU.
+* **numba**: the standard set (threshold, rate_of_change, zscore, flatline, offline) as the
+  pipeline runs it: the four series rules in one pass (``FusedRules``), offline on its own,
+  batch by batch (offline ticks after each batch), after a warm-up so JIT compilation is
+  excluded; readings/s is the median over repeats. Beside it, run for run, the same rules each
+  through its own kernel (same events required). Kernels are single-threaded and the process
+  is pinned to one CPU.
 * **reference**: the plain-Python reference of the same five rules on the first rows of the
   same data; its readings/s sets the speed-up ratio (target >= 100x).
 * **pandas**: the vectorised equivalent a data engineer would write (groupby + diff, ewm,
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from gridwatch.records import SensorBatch
+from gridwatch.streams.fused import FusedRules, fusable
 from gridwatch.streams.kernels import reference as ref
 from gridwatch.streams.processor import Processor, create
 from gridwatch.streams.slots import SlotRegistry
@@ -85,29 +88,49 @@ def _standard_set(n: int) -> dict[str, Processor]:
     return procs
 
 
-def time_numba(data: SensorBatch, devices: int, batch: int, repeat: int) -> dict[str, Any]:
-    """Median seconds for the whole data set, total and per kind, and the events found."""
-    batches = _batches(data, batch)
-    warm = _standard_set(devices)
-    for p in warm.values():
-        p.process(batches[0])
-        p.tick(int(batches[0].ts[-1]))
-    runs: list[dict[str, float]] = []
+def _run_standard(batches: list[SensorBatch], devices: int, fused: bool) -> tuple[dict[str, float], int]:
+    """Seconds per part for the whole data set with fresh state, and the events found. ``fused``:
+    the series rules in one pass (:class:`FusedRules`, as the pipeline runs them) plus offline;
+    otherwise each rule through its own kernel."""
+    procs = _standard_set(devices)
+    group = FusedRules([p for p in procs.values() if fusable(p)]) if fused else None
+    alone = {k: p for k, p in procs.items() if group is None or p.home is None}
+    per = dict.fromkeys((["series rules, one pass"] if group else []) + list(alone), 0.0)
     events = 0
+    for b in batches:
+        now = int(b.ts[-1])
+        if group is not None:
+            t0 = time.perf_counter()
+            events += sum(len(e) for e in group.process(b).values())
+            per["series rules, one pass"] += time.perf_counter() - t0
+        for kind, p in alone.items():
+            t0 = time.perf_counter()
+            events += len(p.process(b)) + len(p.tick(now))
+            per[kind] += time.perf_counter() - t0
+    return per, events
+
+
+def time_numba(data: SensorBatch, devices: int, batch: int, repeat: int) -> dict[str, Any]:
+    """Median seconds for the whole data set, total and per part, fused (as the pipeline runs the
+    rules) and with one kernel per rule, interleaved run by run; and the events found."""
+    batches = _batches(data, batch)
+    for fused in (True, False):  # compile / load the kernels
+        _run_standard(batches[:1], devices, fused)
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    events = {}
     for _ in range(repeat):
-        procs = _standard_set(devices)
-        per = dict.fromkeys(procs, 0.0)
-        events = 0
-        for b in batches:
-            now = int(b.ts[-1])
-            for kind, p in procs.items():
-                t0 = time.perf_counter()
-                events += len(p.process(b)) + len(p.tick(now))
-                per[kind] += time.perf_counter() - t0
-        runs.append(per)
-    per_kind = {kind: statistics.median(r[kind] for r in runs) for kind in STANDARD}
-    total = statistics.median(sum(r.values()) for r in runs)
-    return {"seconds": total, "per_kind_s": per_kind, "events": events}
+        for fused in (True, False):
+            per, events[fused] = _run_standard(batches, devices, fused)
+            runs[fused].append(per)
+    if events[True] != events[False]:
+        raise AssertionError(f"fused and separate kernels disagree: {events[True]} vs {events[False]} events")
+    out = {}
+    for fused, rs in runs.items():
+        out["fused" if fused else "separate"] = {
+            "seconds": statistics.median(sum(r.values()) for r in rs),
+            "per_part_s": {k: statistics.median(r[k] for r in rs) for k in rs[0]}}
+    ratio = statistics.median(sum(b.values()) / sum(a.values()) for a, b in zip(runs[True], runs[False]))
+    return {**out["fused"], "separate": out["separate"], "fused_vs_separate": ratio, "events": events[True]}
 
 
 def time_reference(data: SensorBatch, rows: int) -> float:
@@ -182,7 +205,9 @@ def device_ids(n: int) -> list[str]:
 
 
 def memory_mb(devices: int) -> dict[str, float]:
-    """Traced MB for a SlotRegistry of ``devices`` ids and the standard set's state for as many slots."""
+    """Traced MB for a SlotRegistry of ``devices`` ids and the standard set's state for as many slots
+    (the series rules' state in one record per slot, as the pipeline holds it; the peak while the
+    records are built from the rules' own arrays is reported too)."""
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -191,12 +216,13 @@ def memory_mb(devices: int) -> dict[str, float]:
         reg.add(key)
     mid = tracemalloc.get_traced_memory()[0]
     procs = _standard_set(devices)
-    end = tracemalloc.get_traced_memory()[0]
+    group = FusedRules([p for p in procs.values() if fusable(p)])
+    end, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    state = sum(p.nbytes for p in procs.values())
-    del reg, procs
+    state = group.nbytes + sum(p.nbytes for p in procs.values() if p.home is None)
+    del reg, procs, group
     return {"registry_mb": (mid - base) / 1e6, "state_mb": (end - mid) / 1e6, "state_arrays_mb": state / 1e6,
-            "total_mb": (end - base) / 1e6, "bytes_per_slot": state / devices}
+            "total_mb": (end - base) / 1e6, "peak_mb": (peak - base) / 1e6, "bytes_per_slot": state / devices}
 
 
 def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_000, repeat: int = 5,
@@ -212,7 +238,10 @@ def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_
     return {
         "devices": devices, "readings": n, "batch": batch, "repeat": repeat, "rules": list(STANDARD),
         "numba": {"seconds": nb["seconds"], "readings_per_s": numba_rate, "events": nb["events"],
-                  "per_kind_ms": {k: v * 1e3 for k, v in nb["per_kind_s"].items()}},
+                  "per_part_ms": {k: v * 1e3 for k, v in nb["per_part_s"].items()},
+                  "separate": {"seconds": nb["separate"]["seconds"], "readings_per_s": n / nb["separate"]["seconds"],
+                               "per_part_ms": {k: v * 1e3 for k, v in nb["separate"]["per_part_s"].items()}},
+                  "fused_vs_separate": nb["fused_vs_separate"]},
         "reference": {"readings": ref_rows, "seconds": ref_s, "readings_per_s": ref_rows / ref_s,
                       "ratio": numba_rate / (ref_rows / ref_s)},
         "pandas": {"seconds": pd_s, "readings_per_s": n / pd_s, "ratio": numba_rate / (n / pd_s)},
@@ -233,7 +262,10 @@ def table(r: dict[str, Any]) -> str:
         f"{'numba readings/s':<28}{nb['readings_per_s']:>22,.0f}{'>= ' + format(tg['readings_per_s'] / 1e6, '.0f') + ' M':>14}"
         f"  {ok(nb['readings_per_s'] >= tg['readings_per_s'])}",
         f"{'  (seconds, events)':<28}{nb['seconds']:>15.3f} s {nb['events']:>5,}",
-        *(f"{'  ' + k + ' ms':<28}{v:>22.1f}" for k, v in nb["per_kind_ms"].items()),
+        *(f"{'  ' + k + ' ms':<28}{v:>22.1f}" for k, v in nb["per_part_ms"].items()),
+        f"{'one kernel per rule r/s':<28}{nb['separate']['readings_per_s']:>22,.0f}",
+        *(f"{'  ' + k + ' ms':<28}{v:>22.1f}" for k, v in nb["separate"]["per_part_ms"].items()),
+        f"{'one pass vs one per rule':<28}{nb['fused_vs_separate']:>21.2f}x{'':>14}  (median of run pairs)",
         f"{'reference readings/s':<28}{rf['readings_per_s']:>22,.0f}{'':>14}  ({rf['readings']:,} readings)",
         f"{'speed-up vs reference':<28}{rf['ratio']:>21.0f}x{'>= ' + format(tg['vs_reference'], '.0f') + 'x':>14}"
         f"  {ok(rf['ratio'] >= tg['vs_reference'])}",
@@ -244,6 +276,7 @@ def table(r: dict[str, Any]) -> str:
         f"{'<= ' + format(tg['memory_mb'], '.0f') + ' MB':>14}  {ok(mem['total_mb'] <= tg['memory_mb'])}",
         f"{'  slot registry':<28}{mem['registry_mb']:>19.1f} MB",
         f"{'  rule state':<28}{mem['state_mb']:>19.1f} MB  ({mem['bytes_per_slot']:.0f} B/slot)",
+        f"{'  peak while building':<28}{mem['peak_mb']:>19.1f} MB",
     ]
     return "\n".join(lines)
 

@@ -21,6 +21,7 @@ from gridwatch.observability import Counters
 from gridwatch.records import PositionBatch, RegionPath, SensorBatch, Warning
 from gridwatch.regions import RegionMapper
 from gridwatch.streams.lifecycle import Lifecycle, RuleInfo
+from gridwatch.streams.fused import FusedRules, fusable
 from gridwatch.streams.processor import Processor, create
 from gridwatch.streams.store import Store
 
@@ -64,6 +65,9 @@ class Pipeline:
                             r.message, p.keyed_by, _zone_namer(p), r.kind in VALUE_IS_READING)
             self.rules.append((r, p, info))
         self.rule_info = {info.name: info for _, _, info in self.rules}
+        # the series rules that can, run in one pass over each batch (state per slot in one record)
+        members = [p for _, p, _ in self.rules if fusable(p)]
+        self.fused = FusedRules(members) if len(members) > 1 else None
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.directory.on_new_device.append(self._enable_device)
         self.directory.on_new_series.append(self._enable_series)
@@ -149,10 +153,12 @@ class Pipeline:
             self.last_lat[pos.device] = pos.lat
             self.last_lon[pos.device] = pos.lon
         events: list[tuple[str, Warning]] = []
+        fused = self.fused.process(s) if self.fused is not None and len(s) else {}
         for r, p, info in self.rules:
             if p.input == "sensor":
                 if len(s):
-                    events += self.lifecycle.on_events(info, p.process(s))
+                    ev = fused.get(p)
+                    events += self.lifecycle.on_events(info, p.process(s) if ev is None else ev)
             elif len(pos):
                 events += self.lifecycle.on_events(info, p.process(pos), pos.lat, pos.lon)
         if len(s):
@@ -184,11 +190,15 @@ class Pipeline:
         one = np.zeros(1, np.int32)
         sensor = SensorBatch(one, one, np.array([1], np.int64), np.array([1.0]))
         pos = PositionBatch(one, np.array([1], np.int64), np.array([30.0]), np.array([114.0]), np.array([10.0]), np.array([np.nan]))
+        copies = []
         for r, p, _ in self.rules:
             q = create(r.kind, r.name, self.cfg.rule_params(r), capacity=1)
             q.enable(0)
             q.process(sensor if q.input == "sensor" else pos)
             q.tick(2)
+            copies.append(q)
+        if self.fused is not None:
+            FusedRules([q for q in copies if fusable(q)]).process(sensor)
         DuplicateFilter().apply(one, sensor.ts, np.ones(1, np.bool_))
 
     def state_bytes(self) -> int:

@@ -62,6 +62,9 @@ class Processor(ABC):
     keyed_by: ClassVar[str]  # what slots number: "series" (default for sensor input) or "device"
     Params: ClassVar[type[Params]]
     registry: ClassVar[dict[str, type["Processor"]]] = {}
+    # Set by a :class:`~gridwatch.streams.fused.FusedRules` that holds this rule's state arrays as
+    # fields of its per-slot records: growing and restoring then go through it.
+    home: Any = None
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -97,6 +100,9 @@ class Processor(ABC):
         """Make room for slots [0, n); new slots start disabled and in the initial state."""
         if n <= self.capacity:
             return
+        if self.home is not None:
+            self.home.grow(n)
+            return
         n = max(n, int(self.capacity * 1.5) + 16)
         old = self.snapshot()
         self._alloc_state(n)
@@ -127,6 +133,8 @@ class Processor(ABC):
         self.enabled = snap["enabled"].copy()
         self.capacity = n
         self._bind()
+        if self.home is not None:
+            self.home.adopt(self)
 
     @property
     def nbytes(self) -> int:

@@ -107,11 +107,21 @@ def _run_scan(kernel, head: tuple, state: tuple[np.ndarray, ...], cap: int, olde
 
 
 class _SensorProcessor(Processor):
-    input = "sensor"
+    """A series rule defined by one per-reading step (see :mod:`.kernels.sensor`): ``kernel`` runs
+    the step over a batch; :mod:`gridwatch.streams.fused` runs several rules' steps in one pass.
+    The step takes the state arrays in ``_state_arrays`` order, then ``step_params()``."""
 
-    def _run(self, kernel, batch: SensorBatch, *args: Any) -> Events:
-        """Call a series kernel: (rows, enabled, state arrays in ``_state_arrays`` order, params, output)."""
-        return _run_rows(kernel, (batch.series, batch.ts, batch.value), (self.enabled, *self._state), args)
+    input = "sensor"
+    kernel: Any  # row kernel: (series, ts, value, enabled, *state arrays, *step_params(), *out) -> n
+    step: Any  # per-reading step: (slot, ts, value, *state arrays, *step_params()) -> (kind, value), in place
+
+    def step_params(self) -> tuple:
+        """The step's parameters (bool, int or float each), in its order."""
+        raise NotImplementedError
+
+    def process(self, batch: SensorBatch) -> Events:
+        return _run_rows(self.kernel, (batch.series, batch.ts, batch.value), (self.enabled, *self._state),
+                         self.step_params())
 
 
 # --- threshold ---------------------------------------------------------------------------
@@ -148,6 +158,8 @@ class Threshold(_SensorProcessor):
     """Level threshold with hysteresis and minimum duration."""
 
     kind = "threshold"
+    kernel = staticmethod(sk.threshold)
+    step = staticmethod(sk.threshold_step)
     Params = ThresholdParams
 
     def _alloc_state(self, n: int) -> None:
@@ -157,15 +169,14 @@ class Threshold(_SensorProcessor):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"active": self.active, "since": self.since}
 
-    def process(self, batch: SensorBatch) -> Events:
+    def step_params(self) -> tuple:
         p = self.params
         above = np.nan if p.above is None else p.above
         below = np.nan if p.below is None else p.below
         clear_above = above if p.clear_at is None or p.above is None else p.clear_at
         clear_below = below if p.clear_at is None or p.below is None else p.clear_at
-        return self._run(sk.threshold, batch,
-                         p.above is not None, above, clear_above, p.below is not None, below, clear_below,
-                         _ms(p.min_duration_s))
+        return (p.above is not None, float(above), float(clear_above), p.below is not None, float(below),
+                float(clear_below), _ms(p.min_duration_s))
 
 
 # --- rate of change ----------------------------------------------------------------------
@@ -183,6 +194,8 @@ class RateOfChange(_SensorProcessor):
     """Too fast a change between successive readings; out-of-order readings are ignored."""
 
     kind = "rate_of_change"
+    kernel = staticmethod(sk.rate_of_change)
+    step = staticmethod(sk.rate_of_change_step)
     Params = RateOfChangeParams
 
     def _alloc_state(self, n: int) -> None:
@@ -193,11 +206,9 @@ class RateOfChange(_SensorProcessor):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"last_ts": self.last_ts, "last_value": self.last_value, "active": self.active}
 
-    def process(self, batch: SensorBatch) -> Events:
+    def step_params(self) -> tuple:
         p = self.params
-        direction = {"up": 1, "down": -1, "both": 0}[p.direction]
-        return self._run(sk.rate_of_change, batch,
-                         p.max_per_s, p.max_per_s * p.clear_ratio, direction)
+        return float(p.max_per_s), float(p.max_per_s * p.clear_ratio), {"up": 1, "down": -1, "both": 0}[p.direction]
 
 
 # --- z-score -----------------------------------------------------------------------------
@@ -225,6 +236,8 @@ class ZScore(_SensorProcessor):
     """Anomaly against an EWMA baseline."""
 
     kind = "zscore"
+    kernel = staticmethod(sk.zscore)
+    step = staticmethod(sk.zscore_step)
     Params = ZScoreParams
 
     def _alloc_state(self, n: int) -> None:
@@ -236,10 +249,9 @@ class ZScore(_SensorProcessor):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "var": self.var, "count": self.count, "active": self.active}
 
-    def process(self, batch: SensorBatch) -> Events:
+    def step_params(self) -> tuple:
         p = self.params
-        return self._run(sk.zscore, batch,
-                         p.alpha, p.warmup, p.z_raise, p.z_clear, p.min_std, p.freeze_baseline)
+        return float(p.alpha), int(p.warmup), float(p.z_raise), float(p.z_clear), float(p.min_std), bool(p.freeze_baseline)
 
 
 # --- flatline ----------------------------------------------------------------------------
@@ -254,6 +266,8 @@ class Flatline(_SensorProcessor):
     """Stuck sensor; clears on the first change."""
 
     kind = "flatline"
+    kernel = staticmethod(sk.flatline)
+    step = staticmethod(sk.flatline_step)
     Params = FlatlineParams
 
     def _alloc_state(self, n: int) -> None:
@@ -264,9 +278,8 @@ class Flatline(_SensorProcessor):
     def _state_arrays(self) -> dict[str, np.ndarray]:
         return {"run_value": self.run_value, "run_ts": self.run_ts, "active": self.active}
 
-    def process(self, batch: SensorBatch) -> Events:
-        p = self.params
-        return self._run(sk.flatline, batch, p.epsilon, _ms(p.duration_s))
+    def step_params(self) -> tuple:
+        return float(self.params.epsilon), _ms(self.params.duration_s)
 
 
 # --- offline -----------------------------------------------------------------------------

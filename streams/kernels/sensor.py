@@ -35,6 +35,10 @@ RAISE = 1
 CLEAR = -1
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
+# Steps take state arrays and are called once per reading; no reference counting in them or in
+# the loops that call them (arrays are only borrowed there, never created or kept), where the
+# increments and decrements Numba would insert per call cost more than the rule itself.
+_STEP_JIT = dict(_JIT, _nrt=False)
 
 
 @njit(**_JIT)
@@ -47,11 +51,16 @@ def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, ou
     return n + 1
 
 
-@njit(**_JIT)
-def threshold(slot, ts, value, enabled,
-              active, since,
-              has_above, above, clear_above, has_below, below, clear_below, min_dur_ms,
-              out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+# --- per-reading steps --------------------------------------------------------------------
+# Each series rule is one *step*: (slot, reading ts, reading value, the rule's state arrays,
+# parameters) -> (event kind 0/RAISE/CLEAR, event value), updating the slot's state in place
+# (and only what changes). The row kernels below and the generated one-pass kernel of
+# :mod:`gridwatch.streams.fused` (which passes strided views of its per-slot records) both call
+# them, so a rule's logic exists once.
+
+@njit(**_STEP_JIT)
+def threshold_step(s, t, v, active, since,
+                   has_above, above, clear_above, has_below, below, clear_below, min_dur_ms):
     """Level threshold with hysteresis and a minimum duration.
 
     Raise when ``value >= above`` (or ``value <= below``) has held continuously for
@@ -60,40 +69,25 @@ def threshold(slot, ts, value, enabled,
     (int64, start of the current run of the raise condition, NO_TS when it is not holding).
     Event value: the reading.
     """
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        v = value[i]
-        if active[s]:
-            if (not has_above or v < clear_above) and (not has_below or v > clear_below):
-                active[s] = 0
-                since[s] = NO_TS
-                n = _emit(n, i, s, CLEAR, ts[i], v, out_row, out_slot, out_kind, out_ts, out_value)
-                if n == full:
-                    break
-        elif (has_above and v >= above) or (has_below and v <= below):
-            t = ts[i]
-            if since[s] == NO_TS:
-                since[s] = t
-            if t - since[s] >= min_dur_ms:
-                active[s] = 1
-                n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
-                if n == full:
-                    break
-        elif since[s] != NO_TS:
+    if active[s]:
+        if (not has_above or v < clear_above) and (not has_below or v > clear_below):
+            active[s] = 0
             since[s] = NO_TS
-    return n
+            return CLEAR, v
+    elif (has_above and v >= above) or (has_below and v <= below):
+        if since[s] == NO_TS:
+            since[s] = t
+        if t - since[s] >= min_dur_ms:
+            active[s] = 1
+            return RAISE, v
+    elif since[s] != NO_TS:
+        since[s] = NO_TS
+    return 0, v
 
 
-@njit(**_JIT)
-def rate_of_change(slot, ts, value, enabled,
-                   last_ts, last_value, active,
-                   max_per_s, clear_per_s, direction,
-                   out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+@njit(**_STEP_JIT)
+def rate_of_change_step(s, t, v, last_ts, last_value, active,
+                        max_per_s, clear_per_s, direction):
     """Rate of change between successive readings of a series, in units per second.
 
     ``direction``: 1 = rising only, -1 = falling only, 0 = both (absolute rate). Raise when
@@ -102,51 +96,36 @@ def rate_of_change(slot, ts, value, enabled,
     State: ``last_ts`` (NO_TS before the first reading), ``last_value``, ``active``.
     Event value: the rate (units per second, signed).
     """
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        t = ts[i]
-        v = value[i]
-        prev_t = last_ts[s]
-        if prev_t == NO_TS:
-            last_ts[s] = t
-            last_value[s] = v
-            continue
-        dt = t - prev_t
-        if dt <= 0:
-            continue
-        rate = (v - last_value[s]) * 1000.0 / dt
+    prev_t = last_ts[s]
+    if prev_t == NO_TS:
         last_ts[s] = t
         last_value[s] = v
-        if direction > 0:
-            r = rate
-        elif direction < 0:
-            r = -rate
-        else:
-            r = abs(rate)
-        if active[s]:
-            if r < clear_per_s:
-                active[s] = 0
-                n = _emit(n, i, s, CLEAR, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
-                if n == full:
-                    break
-        elif r > max_per_s:
-            active[s] = 1
-            n = _emit(n, i, s, RAISE, t, rate, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
+        return 0, 0.0
+    dt = t - prev_t
+    if dt <= 0:
+        return 0, 0.0
+    rate = (v - last_value[s]) * 1000.0 / dt
+    last_ts[s] = t
+    last_value[s] = v
+    if direction > 0:
+        r = rate
+    elif direction < 0:
+        r = -rate
+    else:
+        r = abs(rate)
+    if active[s]:
+        if r < clear_per_s:
+            active[s] = 0
+            return CLEAR, rate
+    elif r > max_per_s:
+        active[s] = 1
+        return RAISE, rate
+    return 0, rate
 
 
-@njit(**_JIT)
-def zscore(slot, ts, value, enabled,
-           mean, var, count, active,
-           alpha, warmup, z_raise, z_clear, min_std, freeze,
-           out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+@njit(**_STEP_JIT)
+def zscore_step(s, t, v, mean, var, count, active,
+                alpha, warmup, z_raise, z_clear, min_std, freeze):
     """EWMA z-score.
 
     The baseline is an exponentially weighted mean and variance (``mean += alpha*d``,
@@ -162,54 +141,40 @@ def zscore(slot, ts, value, enabled,
     State: ``mean``, ``var``, ``count`` (int32, capped at warmup), ``active``.
     Event value: z.
     """
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        v = value[i]
-        c = count[s]
-        if c == 0:
-            mean[s] = v
-            var[s] = 0.0
-            count[s] = 1
-            continue
-        m = mean[s]
-        q = var[s]
-        kind = 0
-        update = True
-        if c >= warmup:
-            z = (v - m) / max(math.sqrt(q), min_std)
-            az = abs(z)
-            if active[s]:
-                if az < z_clear:
-                    active[s] = 0
-                    kind = CLEAR
-            elif az >= z_raise:
-                active[s] = 1
-                kind = RAISE
-            update = not (freeze and az >= z_raise)
-        else:
-            z = 0.0
-            count[s] = c + 1
-        if update:
-            d = v - m
-            mean[s] = m + alpha * d
-            var[s] = (1.0 - alpha) * (q + alpha * d * d)
-        if kind != 0:
-            n = _emit(n, i, s, kind, ts[i], z, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
+    c = count[s]
+    if c == 0:
+        mean[s] = v
+        var[s] = 0.0
+        count[s] = 1
+        return 0, 0.0
+    m = mean[s]
+    q = var[s]
+    kind = 0
+    update = True
+    if c >= warmup:
+        z = (v - m) / max(math.sqrt(q), min_std)
+        az = abs(z)
+        if active[s]:
+            if az < z_clear:
+                active[s] = 0
+                kind = CLEAR
+        elif az >= z_raise:
+            active[s] = 1
+            kind = RAISE
+        update = not (freeze and az >= z_raise)
+    else:
+        z = 0.0
+        count[s] = c + 1
+    if update:
+        d = v - m
+        mean[s] = m + alpha * d
+        var[s] = (1.0 - alpha) * (q + alpha * d * d)
+    return kind, z
 
 
-@njit(**_JIT)
-def flatline(slot, ts, value, enabled,
-             run_value, run_ts, active,
-             epsilon, dur_ms,
-             out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+@njit(**_STEP_JIT)
+def flatline_step(s, t, v, run_value, run_ts, active,
+                  epsilon, dur_ms):
     """Stuck sensor: the value stays within ``epsilon`` of the run's first value.
 
     A run starts at a reading (``run_value``, ``run_ts``); each following reading within
@@ -217,6 +182,31 @@ def flatline(slot, ts, value, enabled,
     The first reading outside ``epsilon`` starts a new run and clears a raised series.
     Event value: the reading (the stuck value on raise, the new value on clear).
     """
+    r0 = run_ts[s]
+    if r0 == NO_TS:
+        run_ts[s] = t
+        run_value[s] = v
+    elif abs(v - run_value[s]) <= epsilon:
+        if not active[s] and t - r0 >= dur_ms:
+            active[s] = 1
+            return RAISE, v
+    else:
+        run_ts[s] = t
+        run_value[s] = v
+        if active[s]:
+            active[s] = 0
+            return CLEAR, v
+    return 0, v
+
+
+# --- row kernels: one rule over a batch ----------------------------------------------------
+
+@njit(**_STEP_JIT)
+def threshold(slot, ts, value, enabled,
+              active, since,
+              has_above, above, clear_above, has_below, below, clear_below, min_dur_ms,
+              out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """:func:`threshold_step` over a batch."""
     n = 0
     full = out_row.shape[0]
     cap = enabled.shape[0]
@@ -224,26 +214,77 @@ def flatline(slot, ts, value, enabled,
         s = slot[i]
         if s < 0 or s >= cap or not enabled[s]:
             continue
-        t = ts[i]
-        v = value[i]
-        r0 = run_ts[s]
-        if r0 == NO_TS:
-            run_ts[s] = t
-            run_value[s] = v
-        elif abs(v - run_value[s]) <= epsilon:
-            if not active[s] and t - r0 >= dur_ms:
-                active[s] = 1
-                n = _emit(n, i, s, RAISE, t, v, out_row, out_slot, out_kind, out_ts, out_value)
-                if n == full:
-                    break
-        else:
-            run_ts[s] = t
-            run_value[s] = v
-            if active[s]:
-                active[s] = 0
-                n = _emit(n, i, s, CLEAR, t, v, out_row, out_slot, out_kind, out_ts, out_value)
-                if n == full:
-                    break
+        kind, x = threshold_step(s, ts[i], value[i], active, since,
+                                 has_above, above, clear_above, has_below, below, clear_below, min_dur_ms)
+        if kind != 0:
+            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
+    return n
+
+
+@njit(**_STEP_JIT)
+def rate_of_change(slot, ts, value, enabled,
+                   last_ts, last_value, active,
+                   max_per_s, clear_per_s, direction,
+                   out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """:func:`rate_of_change_step` over a batch."""
+    n = 0
+    full = out_row.shape[0]
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        kind, x = rate_of_change_step(s, ts[i], value[i], last_ts, last_value, active,
+                                      max_per_s, clear_per_s, direction)
+        if kind != 0:
+            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
+    return n
+
+
+@njit(**_STEP_JIT)
+def zscore(slot, ts, value, enabled,
+           mean, var, count, active,
+           alpha, warmup, z_raise, z_clear, min_std, freeze,
+           out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """:func:`zscore_step` over a batch."""
+    n = 0
+    full = out_row.shape[0]
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        kind, x = zscore_step(s, ts[i], value[i], mean, var, count, active,
+                              alpha, warmup, z_raise, z_clear, min_std, freeze)
+        if kind != 0:
+            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
+    return n
+
+
+@njit(**_STEP_JIT)
+def flatline(slot, ts, value, enabled,
+             run_value, run_ts, active,
+             epsilon, dur_ms,
+             out_row, out_slot, out_kind, out_ts, out_value, out_aux):
+    """:func:`flatline_step` over a batch."""
+    n = 0
+    full = out_row.shape[0]
+    cap = enabled.shape[0]
+    for i in range(slot.shape[0]):
+        s = slot[i]
+        if s < 0 or s >= cap or not enabled[s]:
+            continue
+        kind, x = flatline_step(s, ts[i], value[i], run_value, run_ts, active, epsilon, dur_ms)
+        if kind != 0:
+            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
+            if n == full:
+                break
     return n
 
 
