@@ -317,9 +317,15 @@ def run_batched(port: int, lines: list[bytes], work: Path, processes: int, tag: 
         by_dev.setdefault(j % devices, []).append(line)
     groups = 4
     pubs = []
+    pub_end: list[float] = []  # when each publisher had all its messages acknowledged by the broker
+
+    def publish(topic: str, chunk: list[bytes]) -> None:
+        _publish(port, topic, chunk)
+        pub_end.append(time.time())
+
     for g in range(groups):
         chunk = [ln for d in range(g, devices, groups) for ln in by_dev.get(d, [])]
-        pubs.append(threading.Thread(target=_publish, args=(port, f"devices/generic/sewer_level/dev-{tag}-g{g}", chunk)))
+        pubs.append(threading.Thread(target=publish, args=(f"devices/generic/sewer_level/dev-{tag}-g{g}", chunk)))
     try:
         if mode == "drain":
             _start_together(procs)  # sessions and subscriptions exist, then go away
@@ -341,7 +347,9 @@ def run_batched(port: int, lines: list[bytes], work: Path, processes: int, tag: 
         _, last = _wait_count(procs, n)
         for t in pubs:
             t.join()
-        return {"readings": n, "seconds": last - t0, "readings_per_s": n / (last - t0), "mode": mode}
+        published = max(pub_end) - t0  # the consumers cannot finish before this
+        return {"readings": n, "seconds": last - t0, "readings_per_s": n / (last - t0), "mode": mode,
+                "published_s": published, "publish_readings_per_s": n / published}
     finally:
         for p in procs:
             p.stop()
@@ -452,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[batched/{mode}] run {r + 1}/{a.repeat}: two processes, shared subscription ...", flush=True)
                     two = run_batched(port, lines, work, 2, f"two{r}", mode)
                     runs.append({"one": one["readings_per_s"], "two": two["readings_per_s"],
-                                 "ratio": two["readings_per_s"] / one["readings_per_s"]})
+                                 "ratio": two["readings_per_s"] / one["readings_per_s"],
+                                 **({"pub_one": one["publish_readings_per_s"], "pub_two": two["publish_readings_per_s"]}
+                                    if "publish_readings_per_s" in one else {})})
                 med = {k: statistics.median(r_[k] for r_ in runs) for k in ("one", "two", "ratio")}
                 res[f"batched_{mode}"] = {"runs": runs, "median": med, "one": {"readings_per_s": med["one"]}}
         if "latency" not in skip:
@@ -488,6 +498,10 @@ def report(res: dict) -> None:
               f"(target >= 1,000,000); two processes (shared subscription) {m['two']:,.0f} readings/s; "
               f"two/one {m['ratio']:.2f}x (target >= 1.4x)")
         print("  runs (one, two, ratio): " + "; ".join(f"{r['one']:,.0f}, {r['two']:,.0f}, {r['ratio']:.2f}x" for r in b["runs"]))
+        if "pub_two" in b["runs"][0]:  # live: the publishers' own rate bounds what the consumers can show
+            print("  publishers' rate in the same runs (one, two): " + "; ".join(
+                f"{r['pub_one']:,.0f}, {r['pub_two']:,.0f}" for r in b["runs"]) +
+                "  (a consumer rate close to it is bounded by the publishers on this box, not by gridwatch)")
     if "latency" in res:
         l_ = res["latency"]
         print(f"Latency publish -> warning on a subscriber at {l_['load_readings_per_s']:,.0f} readings/s: p50 {l_['p50_ms']:.1f} ms, "
