@@ -63,14 +63,19 @@ def _decode_alone(path: Path, convert: bool = False, paced_fps: float = 0.0) -> 
 
 
 def _pyav_decode_alone(path: Path, paced_fps: float = 0.0) -> float:
-    """CPU seconds for PyAV (FFmpeg) decoding every frame of ``path`` with the pipeline's decoder
-    settings (slice threads), nothing else; paced like a live camera with ``paced_fps``."""
+    """CPU seconds for PyAV (FFmpeg) decoding every frame of ``path`` with the pipeline's default
+    decoder settings (``decode_threads``), nothing else; paced like a live camera with ``paced_fps``."""
     import av
 
+    from gridwatch.ingest.video import CameraConfig
+
+    threads = CameraConfig.model_fields["decode_threads"].default
     c0, n, w0 = _cpu(), 0, time.monotonic()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "SLICE"
+        stream.codec_context.thread_count = threads
+        if threads != 1:
+            stream.thread_type = "SLICE"
         for _ in container.decode(stream):
             n += 1
             if paced_fps:
