@@ -73,8 +73,7 @@ class MotionDetector:
         self.background = None
 
     def _setup(self, h: int, w: int) -> None:
-        mh = min(self.params.frame_height, h)
-        mw = max(1, round(w * mh / h))
+        mh, mw = _motion_shape(h, w, self.params.frame_height)
         self._shape = (h, w)
         if self._user_mask is None:
             self._mask = np.ones((mh, mw), np.uint8)
@@ -91,42 +90,27 @@ class MotionDetector:
         self.background = None
 
     def luminance(self, frame: np.ndarray, limited_range: bool = False) -> np.ndarray:
-        """The small blurred grey frame the gate compares (uint8, C-contiguous).
-
-        ``frame``: BGR, or a luminance plane (any size; e.g. the decoder's own, which is then
-        halved by 2x2 area averages, the cheap case, down to under twice the motion size, and
-        resized bilinearly the rest of the way). ``limited_range``:
-        the plane is in video range (16-235) and is stretched to 0-255 like a BGR frame's grey.
-        """
+        """The small blurred grey frame the gate compares (uint8, C-contiguous); see :func:`reduce_to_gate`."""
         mh, mw = self._mask.shape
-        if frame.ndim == 2:
-            # halve (2x2 area averages, OpenCV's vectorised case) while at least twice the motion
-            # size; what is left is a reduction by less than 2, where bilinear weights of the 2x2
-            # neighbours of already averaged pixels do what a general area resize does (at about a
-            # tenth of its cost, which is most of the gate's cost on a still scene)
-            gray = frame
-            while gray.shape[0] >= 2 * mh and gray.shape[1] >= 2 * mw:
-                h2, w2 = gray.shape[0] // 2, gray.shape[1] // 2
-                gray = cv2.resize(gray[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
-            near = gray.shape[0] < 2 * mh and gray.shape[1] < 2 * mw
-            small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_LINEAR if near else cv2.INTER_AREA)
-        else:
-            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-            small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_AREA)
-        if limited_range:
-            small = cv2.LUT(small, _VIDEO_TO_FULL)
-        b = self.params.blur
-        if b > 1:
-            small = cv2.GaussianBlur(small, (b | 1, b | 1), 0)
-        return np.ascontiguousarray(small)
+        return reduce_to_gate(frame, mh, mw, limited_range, self.params.blur)
 
-    def detect(self, frame: np.ndarray, size: tuple[int, int] | None = None, limited_range: bool = False) -> MotionResult:
+    def prepare(self, luma: np.ndarray, size: tuple[int, int], limited_range: bool = False) -> np.ndarray:
+        """:meth:`luminance` for a frame of ``size`` = (width, height), without touching this
+        detector's state, so a capture thread can do it right after decoding (the plane still in
+        its core's cache, and the work off the one analysis thread); pass it to :meth:`detect`."""
+        mh, mw = _motion_shape(size[1], size[0], self.params.frame_height)
+        return reduce_to_gate(luma, mh, mw, limited_range, self.params.blur)
+
+    def detect(self, frame: np.ndarray, size: tuple[int, int] | None = None, limited_range: bool = False,
+               small: np.ndarray | None = None) -> MotionResult:
         """Motion in ``frame`` (BGR or a luminance plane, see :meth:`luminance`); boxes in the
-        pixels of an image of ``size`` = (width, height), by default the frame's own."""
+        pixels of an image of ``size`` = (width, height), by default the frame's own. ``small``:
+        the frame's :meth:`prepare` result, if it was made already."""
         w, h = size if size is not None else (frame.shape[1], frame.shape[0])
         if self._shape != (h, w):
             self._setup(h, w)
-        small = self.luminance(frame, limited_range)
+        if small is None or small.shape != self._mask.shape:
+            small = self.luminance(frame, limited_range)
         if self.background is None:
             self.background = small.astype(np.float32)
             return _no_motion(0.0, False)
@@ -155,6 +139,41 @@ class MotionDetector:
         boxes[:, 2] = np.minimum(np.ceil(rows[:, 2] * sx), w)
         boxes[:, 3] = np.minimum(np.ceil(rows[:, 3] * sy), h)
         return MotionResult(boxes, rows[:, 4].copy(), frac, False)
+
+
+def _motion_shape(h: int, w: int, frame_height: int) -> tuple[int, int]:
+    """(height, width) of the motion frame for input frames of h x w."""
+    mh = min(frame_height, h)
+    return mh, max(1, round(w * mh / h))
+
+
+def reduce_to_gate(frame: np.ndarray, mh: int, mw: int, limited_range: bool, blur: int) -> np.ndarray:
+    """The small blurred grey frame (``mh`` x ``mw``, uint8, C-contiguous) the gate compares.
+
+    ``frame``: BGR, or a luminance plane (any size; e.g. the decoder's own, which is then
+    halved by 2x2 area averages, the cheap case, down to under twice the motion size, and
+    resized bilinearly the rest of the way). ``limited_range``:
+    the plane is in video range (16-235) and is stretched to 0-255 like a BGR frame's grey.
+    """
+    if frame.ndim == 2:
+        # halve (2x2 area averages, OpenCV's vectorised case) while at least twice the motion
+        # size; what is left is a reduction by less than 2, where bilinear weights of the 2x2
+        # neighbours of already averaged pixels do what a general area resize does (at about a
+        # tenth of its cost, which is most of the gate's cost on a still scene)
+        gray = frame
+        while gray.shape[0] >= 2 * mh and gray.shape[1] >= 2 * mw:
+            h2, w2 = gray.shape[0] // 2, gray.shape[1] // 2
+            gray = cv2.resize(gray[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+        near = gray.shape[0] < 2 * mh and gray.shape[1] < 2 * mw
+        small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_LINEAR if near else cv2.INTER_AREA)
+    else:
+        gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        small = cv2.resize(gray, (mw, mh), interpolation=cv2.INTER_AREA)
+    if limited_range:
+        small = cv2.LUT(small, _VIDEO_TO_FULL)
+    if blur > 1:
+        small = cv2.GaussianBlur(small, (blur | 1, blur | 1), 0)
+    return np.ascontiguousarray(small)
 
 
 _VIDEO_TO_FULL = np.clip(np.round((np.arange(256) - 16) * 255.0 / 219.0), 0, 255).astype(np.uint8)

@@ -111,6 +111,10 @@ class VideoConfig(_M):
                                  "(sys.setswitchinterval, process-wide; 0 = leave Python's 5 ms): the one analysis thread "
                                  "takes the GIL back about ten times a frame, each time from among hundreds of capture "
                                  "threads, and waits up to this long each time.")
+    opencv_threads: int = Field(1, ge=0, le=256, description="OpenCV's worker threads while cameras run "
+                                "(cv2.setNumThreads, process-wide; 0 = leave OpenCV's default of one per core). The "
+                                "analysis thread's OpenCV calls are on small frames, where handing each to a pool of "
+                                "workers costs more CPU than it saves; the decoders keep the cores busy anyway.")
     status_topic_prefix: str = Field("gridwatch/cameras", description="Camera status goes to <prefix>/<site>/<camera> (retained JSON).")
     model_manifest: str = Field("", description="Your own model manifest (same format as models/manifest.json, files "
                                 "relative to it; relative to the config file), read besides the shipped one; its "

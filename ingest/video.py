@@ -148,7 +148,7 @@ class Frame:
     """
 
     __slots__ = ("camera", "seq", "ts_ms", "pts_ms", "_image", "scale", "keyframe_only", "luma", "limited_range",
-                 "_convert", "size")
+                 "_convert", "size", "gate")
 
     def __init__(self, camera: str, seq: int, ts_ms: int, pts_ms: float, image: np.ndarray | None, scale: float,
                  keyframe_only: bool = False, *, luma: np.ndarray | None = None, limited_range: bool = False,
@@ -165,6 +165,7 @@ class Frame:
         self._convert = convert
         # (width, height) of ``image``, known without converting it
         self.size = size if size is not None else (None if image is None else (image.shape[1], image.shape[0]))
+        self.gate: np.ndarray | None = None  # the motion gate's small grey frame, if the capture thread made it
 
     @property
     def image(self) -> np.ndarray:
@@ -465,6 +466,9 @@ class Camera:
         self._stale_requested = False
         self.last_frame_at = 0.0  # monotonic time of the last decoded frame
         self.heartbeat = time.monotonic()  # the capture thread's last sign of progress
+        # called on the capture thread with each kept frame before it is handed over (e.g. the
+        # motion gate's reduction of the luma plane while it is still in this core's cache)
+        self.prepare: Callable[[Frame], None] | None = None
 
     # status ---------------------------------------------------------------------------------
     def _set_state(self, gen: int | None, new: CameraState, reason: str) -> None:
@@ -651,6 +655,12 @@ class Camera:
                 extra = src.deferred(cfg.analysis_width)
                 frame = Frame(self.name, seq, int(time.time() * 1000), pts, None, extra["size"][0] / full_w, keyframes,
                               **extra)
+                if self.prepare is not None:
+                    try:
+                        self.prepare(frame)
+                    except Exception:  # analysis then does it itself; never stop capturing for it
+                        log.exception("camera %s: preparing a frame failed", self.name)
+                        self.prepare = None
             else:
                 try:
                     img = src.image(cfg.analysis_width)

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import orjson
 
@@ -97,12 +98,20 @@ class CameraPipeline:
     last_rules_ts: int = -10**15  # capture time of the last frame the rules saw
 
 
+def _gate_preparer(motion: MotionDetector) -> Callable[[Frame], None]:
+    def prepare(fr: Frame) -> None:
+        if fr.luma is not None and fr.size is not None:
+            fr.gate = motion.prepare(fr.luma, fr.size, fr.limited_range)
+    return prepare
+
+
 class VideoRuntime:
     def __init__(self, cfg: GridwatchConfig, store=None, publisher=None, counters: Counters | None = None,
                  on_events: EventSink | None = None, on_status: Callable[[StatusChange], None] | None = None,
                  models: dict[str, Any] | None = None, collector: VideoCollector | None = None) -> None:
         self.cfg = cfg
         self._switch_before: float | None = None  # Python's switch interval before start()
+        self._cv_threads_before: int | None = None  # OpenCV's thread count before start()
         self.store = store
         self.publisher = publisher
         self.counters = counters or Counters()
@@ -141,6 +150,10 @@ class VideoRuntime:
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
                                                      capture_nice=cfg.video.capture_nice)
+        for c in self.cameras:  # the gate's reduction of each kept frame, on its capture thread
+            src = getattr(self.collector, "cameras", {}).get(c.cfg.name)
+            if src is not None:
+                src.prepare = _gate_preparer(c.motion)
         self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
         self.frames_analysed = 0  # frames the rules saw
         self.frames_gated = 0  # frames only the motion gate saw (still scene)
@@ -181,6 +194,9 @@ class VideoRuntime:
         if self.cfg.video.gil_switch_ms > 0 and self.cfg.cameras and self._switch_before is None:
             self._switch_before = sys.getswitchinterval()
             sys.setswitchinterval(self.cfg.video.gil_switch_ms / 1000.0)
+        if self.cfg.video.opencv_threads > 0 and self.cfg.cameras and self._cv_threads_before is None:
+            self._cv_threads_before = cv2.getNumThreads()
+            cv2.setNumThreads(self.cfg.video.opencv_threads)
         self._stop.clear()
         self.collector.start()
         self._thread = threading.Thread(target=self._loop, name="video-analysis", daemon=True)
@@ -195,6 +211,9 @@ class VideoRuntime:
         if self._switch_before is not None:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
+        if self._cv_threads_before is not None:
+            cv2.setNumThreads(self._cv_threads_before)
+            self._cv_threads_before = None
 
     def __enter__(self) -> "VideoRuntime":
         return self.start()
@@ -246,7 +265,7 @@ class VideoRuntime:
                 continue
             cam.last_frame = fr
             if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
-                m = cam.motion.detect(fr.luma, fr.size, fr.limited_range)
+                m = cam.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
             else:
                 m = cam.motion.detect(fr.image)
             models = []

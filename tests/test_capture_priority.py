@@ -66,3 +66,20 @@ def test_the_video_runtime_shortens_pythons_switch_interval_while_it_runs(tmp_pa
     with rt:
         assert sys.getswitchinterval() == pytest.approx(ms / 1000 if ms else before)
     assert sys.getswitchinterval() == before
+
+
+@pytest.mark.parametrize("threads", [0, 1])
+def test_the_video_runtime_sets_opencvs_threads_while_it_runs(tmp_path, threads):
+    """video.opencv_threads: OpenCV's worker pool while cameras run (0 leaves it), restored on stop."""
+    import cv2
+
+    from gridwatch.config import parse
+    from gridwatch.streams.video import VideoRuntime
+
+    cfg = parse({"site": {"data_dir": str(tmp_path)}, "video": {"opencv_threads": threads},
+                 "cameras": [{"name": "nowhere", "url": "rtsp://127.0.0.1:9/x", "open_timeout_s": 1}]},
+                base_dir=tmp_path)
+    before = cv2.getNumThreads()
+    with VideoRuntime(cfg):
+        assert cv2.getNumThreads() == (threads or before)
+    assert cv2.getNumThreads() == before

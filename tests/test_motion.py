@@ -144,3 +144,28 @@ def test_frame_size_change_restarts_background():
     assert gate.motion_size == (178, 100)
     r = gate.detect(np.zeros((240, 320), np.uint8))
     assert len(r.boxes) == 0 and gate.motion_size == (133, 100)
+
+
+def test_a_capture_thread_prepared_gate_frame_gives_the_same_result():
+    """MotionDetector.prepare (run on a camera's capture thread, stateless) makes exactly the small
+    frame detect() would make from the full luma plane, and detect() uses it as given."""
+    rng = np.random.default_rng(3)
+    size = (640, 360)  # the analysis image the boxes refer to
+    base = cv2.GaussianBlur(rng.integers(16, 236, (720, 1280), dtype=np.uint8), (31, 31), 0)
+    planes = [np.clip(base + rng.integers(-2, 3, base.shape), 16, 235).astype(np.uint8) for _ in range(3)]
+    planes[2][300:420, 500:700] = 235  # something appears
+    a, b = MotionDetector(), MotionDetector()
+    for plane in planes:
+        small = b.prepare(plane, size, limited_range=True)
+        ra = a.detect(plane, size, limited_range=True)
+        np.testing.assert_array_equal(small, a.luminance(plane, limited_range=True))
+        rb = b.detect(np.zeros((2, 2), np.uint8), size, limited_range=True, small=small)  # the plane is not looked at
+        np.testing.assert_array_equal(ra.boxes, rb.boxes)
+        assert ra.changed_fraction == rb.changed_fraction
+    assert len(ra.boxes) == 1 and tuple(ra.boxes[0]) >= (240, 140, 350, 210)  # around x 250-350, y 150-210
+    # a prepared frame of the wrong shape (another size) is ignored, not trusted
+    wrong = b.prepare(planes[0], (400, 400))  # 100 x 100, not the 100 x 178 of this camera
+    ra = a.detect(planes[2], size, limited_range=True)
+    rc = b.detect(planes[2], size, limited_range=True, small=wrong)
+    np.testing.assert_array_equal(ra.boxes, rc.boxes)
+    assert ra.changed_fraction == rc.changed_fraction > 0

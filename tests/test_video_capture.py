@@ -228,3 +228,36 @@ def test_rtsp_keyframe_only_decoding(gstreamer):
             c = video.counters()["cam"]
     assert frames and all(f.keyframe_only for f in frames)
     assert 3 <= c["decoded"] <= 12  # 3 keyframes per second, not 15 frames
+
+
+def test_kept_frames_are_prepared_on_the_capture_thread_and_a_failing_prepare_stops_nothing(scene_mp4):
+    """Camera.prepare runs on the capture thread for every kept (PyAV) frame before hand-over (the
+    video runtime reduces the luma plane for the motion gate there); if it raises, capture goes on
+    without it."""
+    threads: set[str] = set()
+
+    def prepare(fr):
+        threads.add(threading.current_thread().name)
+        fr.gate = fr.luma[::8, ::8].copy()
+
+    calls = {"n": 0}
+
+    def broken(fr):
+        calls["n"] += 1
+        raise RuntimeError("boom")
+
+    ok_cfg = fast("ok", str(scene_mp4), realtime=False, analysis_fps=None)
+    bad_cfg = fast("bad", str(scene_mp4), realtime=False, analysis_fps=None)
+    video = VideoCollector([ok_cfg, bad_cfg])
+    video.cameras["ok"].prepare = prepare
+    video.cameras["bad"].prepare = broken
+    frames: dict[str, list] = {"ok": [], "bad": []}
+    with video:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(video.status()[n][0] is CameraState.OFFLINE for n in frames):
+            for f in video.collect(timeout=0.05):
+                frames[f.camera].append(f)
+    assert frames["ok"] and all(f.gate is not None and f.gate.shape == f.luma[::8, ::8].shape for f in frames["ok"])
+    assert threads and "MainThread" not in threads
+    assert calls["n"] == 1 and frames["bad"] and all(f.gate is None for f in frames["bad"])
+    assert video.counters()["bad"]["decoded"] == SCENE_FRAMES
