@@ -107,12 +107,13 @@ def _run_scan(kernel, head: tuple, state: tuple[np.ndarray, ...], cap: int, olde
 
 
 class _SensorProcessor(Processor):
-    """A series rule defined by one per-reading step (see :mod:`.kernels.sensor`): ``kernel`` runs
-    the step over a batch; :mod:`gridwatch.streams.fused` runs several rules' steps in one pass.
-    The step takes the state arrays in ``_state_arrays`` order, then ``step_params()``."""
+    """A series rule defined by one per-reading step (see :mod:`.kernels.sensor`), run over batches
+    by the kernels :mod:`gridwatch.streams.fused` generates: alone (the rule's state then lives in
+    a one-rule set of records), or in one pass with the other series rules of a pipeline. The step
+    takes the state arrays in ``_state_arrays`` order (the attributes of those names), then
+    ``step_params()``."""
 
     input = "sensor"
-    kernel: Any  # row kernel: (series, ts, value, enabled, *state arrays, *step_params(), *out) -> n
     step: Any  # per-reading step: (slot, ts, value, *state arrays, *step_params()) -> (kind, value), in place
 
     def step_params(self) -> tuple:
@@ -120,8 +121,10 @@ class _SensorProcessor(Processor):
         raise NotImplementedError
 
     def process(self, batch: SensorBatch) -> Events:
-        return _run_rows(self.kernel, (batch.series, batch.ts, batch.value), (self.enabled, *self._state),
-                         self.step_params())
+        from .fused import FusedRules
+
+        home = self.home if self.home is not None else FusedRules([self])
+        return home.process(batch, only=self)[self]
 
 
 # --- threshold ---------------------------------------------------------------------------
@@ -158,7 +161,6 @@ class Threshold(_SensorProcessor):
     """Level threshold with hysteresis and minimum duration."""
 
     kind = "threshold"
-    kernel = staticmethod(sk.threshold)
     step = staticmethod(sk.threshold_step)
     Params = ThresholdParams
 
@@ -194,7 +196,6 @@ class RateOfChange(_SensorProcessor):
     """Too fast a change between successive readings; out-of-order readings are ignored."""
 
     kind = "rate_of_change"
-    kernel = staticmethod(sk.rate_of_change)
     step = staticmethod(sk.rate_of_change_step)
     Params = RateOfChangeParams
 
@@ -236,7 +237,6 @@ class ZScore(_SensorProcessor):
     """Anomaly against an EWMA baseline."""
 
     kind = "zscore"
-    kernel = staticmethod(sk.zscore)
     step = staticmethod(sk.zscore_step)
     Params = ZScoreParams
 
@@ -266,7 +266,6 @@ class Flatline(_SensorProcessor):
     """Stuck sensor; clears on the first change."""
 
     kind = "flatline"
-    kernel = staticmethod(sk.flatline)
     step = staticmethod(sk.flatline_step)
     Params = FlatlineParams
 

@@ -1,5 +1,6 @@
-"""Processors' output handling: small output buffers that grow and resume, and the offline
-tick that skips its scan, give exactly the reference's transitions."""
+"""Processors' output handling: small output buffers that grow and resume (offline), batches cut
+into chunks (the series rules' generated kernels), and the offline tick that skips its scan, give
+exactly the reference's transitions."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gridwatch.records import SensorBatch
+from gridwatch.streams import fused
 from gridwatch.streams import processors as procs
 from gridwatch.streams.kernels import reference as ref
 from gridwatch.streams.kernels import sensor as k
@@ -53,7 +55,9 @@ MODELS = {
 
 @pytest.fixture(params=[1, 2, 256], ids=lambda n: f"out{n}")
 def out_start(request, monkeypatch):
+    """Offline's first output buffer, and the rows per call of the series rules' kernels."""
     monkeypatch.setattr(procs, "_OUT_START", request.param)
+    monkeypatch.setattr(fused, "_CHUNK", request.param)
     return request.param
 
 
@@ -115,13 +119,14 @@ def test_offline_tick_resumes_when_many_devices_go_silent(monkeypatch):
 
 
 def test_a_kernel_stops_when_its_output_is_full():
-    slots = np.zeros(6, np.int32)
-    ts = np.arange(6, dtype=np.int64) * 1000
-    vals = np.array([5.0, 0.0, 5.0, 0.0, 5.0, 0.0])  # raise, clear, raise, clear, ...
-    active, since = np.zeros(1, np.int8), np.full(1, k.NO_TS, np.int64)
-    args = (np.ones(1, np.bool_), active, since, True, 3.0, 3.0, False, np.nan, np.nan, 0)
+    """The row-kernel protocol (offline_seen): a full output stops right after the row that filled
+    it, with that row's state updated and the next rows untouched."""
+    slots = np.arange(6, dtype=np.int32)
+    ts = np.arange(6, dtype=np.int64) * 1000 + 10_000
+    last_seen, offline = np.zeros(6, np.int64), np.ones(6, np.int8)  # all offline: each reading clears
     out = Events.alloc(2)
-    assert k.threshold(slots, ts, vals, *args, *out) == 2
-    assert list(out.row) == [0, 1] and active[0] == 0  # row 2 untouched
+    assert k.offline_seen(slots, ts, np.ones(6, np.bool_), last_seen, offline, *out) == 2
+    assert list(out.row) == [0, 1] and list(offline) == [0, 0, 1, 1, 1, 1] and last_seen[2] == 0
     out = Events.alloc(10)
-    assert k.threshold(slots[2:], ts[2:], vals[2:], *args, *out) == 4
+    assert k.offline_seen(slots[2:], ts[2:], np.ones(6, np.bool_), last_seen, offline, *out) == 4
+    assert list(out.row[:4]) == [0, 1, 2, 3] and not offline.any()

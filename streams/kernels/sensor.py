@@ -1,4 +1,7 @@
-"""Numba kernels for scalar sensor rules (SensorBatch rows, state indexed by series slot).
+"""Numba code for scalar sensor rules (SensorBatch rows, state indexed by slot): the per-reading
+steps of the series rules (threshold, rate of change, z-score, flatline; see "per-reading steps"
+below, run over batches by the kernels :mod:`gridwatch.streams.fused` generates) and the kernels
+of the device-keyed offline rule.
 
 Every kernel is a pure function of (batch arrays, state arrays, enabled mask, scalar
 parameters, output arrays): it walks the rows in arrival order, updates the state arrays in
@@ -54,9 +57,8 @@ def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, ou
 # --- per-reading steps --------------------------------------------------------------------
 # Each series rule is one *step*: (slot, reading ts, reading value, the rule's state arrays,
 # parameters) -> (event kind 0/RAISE/CLEAR, event value), updating the slot's state in place
-# (and only what changes). The row kernels below and the generated one-pass kernel of
-# :mod:`gridwatch.streams.fused` (which passes strided views of its per-slot records) both call
-# them, so a rule's logic exists once.
+# (and only what changes). The kernels :mod:`gridwatch.streams.fused` generates call them per
+# reading (with strided views of their per-slot records), for one rule or several in one pass.
 
 @njit(**_STEP_JIT)
 def threshold_step(s, t, v, active, since,
@@ -197,95 +199,6 @@ def flatline_step(s, t, v, run_value, run_ts, active,
             active[s] = 0
             return CLEAR, v
     return 0, v
-
-
-# --- row kernels: one rule over a batch ----------------------------------------------------
-
-@njit(**_STEP_JIT)
-def threshold(slot, ts, value, enabled,
-              active, since,
-              has_above, above, clear_above, has_below, below, clear_below, min_dur_ms,
-              out_row, out_slot, out_kind, out_ts, out_value, out_aux):
-    """:func:`threshold_step` over a batch."""
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        kind, x = threshold_step(s, ts[i], value[i], active, since,
-                                 has_above, above, clear_above, has_below, below, clear_below, min_dur_ms)
-        if kind != 0:
-            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
-
-
-@njit(**_STEP_JIT)
-def rate_of_change(slot, ts, value, enabled,
-                   last_ts, last_value, active,
-                   max_per_s, clear_per_s, direction,
-                   out_row, out_slot, out_kind, out_ts, out_value, out_aux):
-    """:func:`rate_of_change_step` over a batch."""
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        kind, x = rate_of_change_step(s, ts[i], value[i], last_ts, last_value, active,
-                                      max_per_s, clear_per_s, direction)
-        if kind != 0:
-            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
-
-
-@njit(**_STEP_JIT)
-def zscore(slot, ts, value, enabled,
-           mean, var, count, active,
-           alpha, warmup, z_raise, z_clear, min_std, freeze,
-           out_row, out_slot, out_kind, out_ts, out_value, out_aux):
-    """:func:`zscore_step` over a batch."""
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        kind, x = zscore_step(s, ts[i], value[i], mean, var, count, active,
-                              alpha, warmup, z_raise, z_clear, min_std, freeze)
-        if kind != 0:
-            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
-
-
-@njit(**_STEP_JIT)
-def flatline(slot, ts, value, enabled,
-             run_value, run_ts, active,
-             epsilon, dur_ms,
-             out_row, out_slot, out_kind, out_ts, out_value, out_aux):
-    """:func:`flatline_step` over a batch."""
-    n = 0
-    full = out_row.shape[0]
-    cap = enabled.shape[0]
-    for i in range(slot.shape[0]):
-        s = slot[i]
-        if s < 0 or s >= cap or not enabled[s]:
-            continue
-        kind, x = flatline_step(s, ts[i], value[i], run_value, run_ts, active, epsilon, dur_ms)
-        if kind != 0:
-            n = _emit(n, i, s, kind, ts[i], x, out_row, out_slot, out_kind, out_ts, out_value)
-            if n == full:
-                break
-    return n
 
 
 @njit(**_JIT)
