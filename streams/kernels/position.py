@@ -23,10 +23,15 @@ from numba import njit
 
 from .sensor import CLEAR, NO_TS, RAISE, _emit
 
+# No reference counting: these kernels only borrow arrays, and the increments and decrements
+# Numba would put around every in_zone call (five arrays, per point and zone) cost ~40x the
+# point-in-polygon test itself (locate: 1 M points x 50 zones, 6.07 s with, 0.14 s without).
+_JIT = dict(cache=True, nogil=True, _nrt=False)
+
 EARTH_RADIUS_M = 6371008.8
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def haversine_m(lat1, lon1, lat2, lon2):
     """Great-circle distance in metres between two WGS84 points given in degrees."""
     p1 = math.radians(lat1)
@@ -37,7 +42,7 @@ def haversine_m(lat1, lon1, lat2, lon2):
     return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(a, 1.0)))
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def in_zone(z, x, y, zone_ring, ring_start, xs, ys, bbox):
     """Whether point (x=lon, y=lat) lies in zone ``z`` (bbox prefilter, then even-odd crossings)."""
     if x < bbox[z, 0] or y < bbox[z, 1] or x > bbox[z, 2] or y > bbox[z, 3]:
@@ -57,7 +62,7 @@ def in_zone(z, x, y, zone_ring, ring_start, xs, ys, bbox):
     return inside
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def first_zone(x, y, zone_ring, ring_start, xs, ys, bbox):
     """Index of the first zone containing the point, or -1."""
     for z in range(bbox.shape[0]):
@@ -66,14 +71,14 @@ def first_zone(x, y, zone_ring, ring_start, xs, ys, bbox):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def locate(lat, lon, zone_ring, ring_start, xs, ys, bbox, out):
     """``out[i]`` = first zone containing (lat[i], lon[i]), or -1."""
     for i in range(lat.shape[0]):
         out[i] = first_zone(lon[i], lat[i], zone_ring, ring_start, xs, ys, bbox)
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def speeding(device, ts, lat, lon, speed_kmh, enabled,
              last_ts, last_lat, last_lon, since, active,
              limit_kmh, clear_kmh, min_dur_ms,
@@ -119,7 +124,7 @@ def speeding(device, ts, lat, lon, speed_kmh, enabled,
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def geofence_forbidden(start, device, ts, lat, lon, enabled,
                        last_ts, inside,
                        zone_ring, ring_start, xs, ys, bbox,
@@ -154,7 +159,7 @@ def geofence_forbidden(start, device, ts, lat, lon, enabled,
     return n, i
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def geofence_allowed(device, ts, lat, lon, enabled,
                      last_ts, outside, last_zone,
                      zone_ring, ring_start, xs, ys, bbox,
@@ -190,7 +195,7 @@ def geofence_allowed(device, ts, lat, lon, enabled,
     return n
 
 
-@njit(cache=True, nogil=True)
+@njit(**_JIT)
 def dwell(device, ts, lat, lon, enabled,
           last_ts, anchor_lat, anchor_lon, anchor_ts, anchor_allowed, active,
           radius_m, dur_ms,

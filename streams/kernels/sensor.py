@@ -44,7 +44,7 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy", boundscheck=False)
 _STEP_JIT = dict(_JIT, _nrt=False)
 
 
-@njit(**_JIT)
+@njit(**_STEP_JIT)
 def _emit(n, row, slot, kind, ts, value, out_row, out_slot, out_kind, out_ts, out_value):
     out_row[n] = row
     out_slot[n] = slot
