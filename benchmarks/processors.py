@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gridwatch.records import SensorBatch
+from gridwatch.records import PositionBatch, SensorBatch
 from gridwatch.streams.fused import FusedRules, fusable
 from gridwatch.streams.kernels import reference as ref
 from gridwatch.streams.processor import Processor, create
@@ -199,6 +199,69 @@ def time_pandas(data: SensorBatch) -> float:
     return time.perf_counter() - t0
 
 
+POSITION_RULES = {  # kind label -> (processor kind, params without zones)
+    "geofence forbidden": ("geofence", {"mode": "forbidden"}),
+    "geofence allowed": ("geofence", {"mode": "allowed"}),
+    "dwell": ("dwell", {"radius_m": 200.0, "duration_s": 600}),
+}
+
+
+def position_data(devices: int, fixes: int, zones: int, seed: int = 2):
+    """Vehicles fixing every ~30 s near a home point (50 m jitter, so some dwell) in a 1 x 1 degree
+    area with ``zones`` square zones of 0.02 degrees: (PositionBatch in time order, GeoJSON, the
+    reference's rings)."""
+    rng = np.random.default_rng(seed)
+    corners = np.column_stack([rng.uniform(114, 115, zones), rng.uniform(30, 31, zones)])
+    rings = [[[(x, y), (x + 0.02, y), (x + 0.02, y + 0.02), (x, y + 0.02), (x, y)]] for x, y in corners]
+    fc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": f"zone {i}"}, "geometry": {"type": "Polygon", "coordinates": r}}
+        for i, r in enumerate([[[list(p) for p in ring[0]]] for ring in rings])]}
+    k = -(-fixes // devices)
+    home = np.column_stack([rng.uniform(30, 31, devices), rng.uniform(114, 115, devices)])
+    ts = rng.integers(0, 30_000, devices)[:, None] + np.arange(k)[None, :] * 30_000
+    order = np.argsort(ts.ravel(), kind="stable")[:fixes]
+    dev = np.repeat(np.arange(devices, dtype=np.int32), k)[order]
+    lat = home[dev, 0] + rng.normal(0, 0.0005, fixes)
+    lon = home[dev, 1] + rng.normal(0, 0.0005, fixes)
+    return (PositionBatch(dev, ts.ravel()[order].astype(np.int64), lat, lon, np.full(fixes, 30.0), np.full(fixes, np.nan)),
+            fc, rings)
+
+
+def time_position(devices: int, fixes: int, zones: int, ref_fixes: int, repeat: int) -> dict[str, Any]:
+    """Fixes/s of the geofence and dwell rules (Numba, median of ``repeat`` fresh runs over all
+    fixes) vs their plain-Python references on the first ``ref_fixes``, whose events must agree."""
+    data, fc, rings = position_data(devices, fixes, zones)
+    sub = data.take(slice(0, ref_fixes))
+    cols = (sub.device.tolist(), sub.ts.tolist(), sub.lat.tolist(), sub.lon.tolist())
+    out = {}
+    for label, (kind, params) in POSITION_RULES.items():
+        params = {**params, ("allowed" if kind == "dwell" else "zones"): fc}
+
+        def fresh() -> Processor:
+            p = create(kind, label, params, capacity=devices)
+            p.enabled[:devices] = True
+            return p
+
+        got = ref.as_tuples(fresh().process(sub))
+        model = (ref.Geofence(set(range(devices)), rings, params["mode"]) if kind == "geofence" else
+                 ref.Dwell(set(range(devices)), params["radius_m"], params["duration_s"] * 1000, rings))
+        t0 = time.perf_counter()
+        want = model.process(*cols)
+        ref_s = time.perf_counter() - t0
+        if not ref.same_events(got, want):
+            raise AssertionError(f"{label}: Numba and the reference disagree on the first {ref_fixes} fixes")
+        runs = []
+        for _ in range(repeat):
+            p = fresh()
+            t0 = time.perf_counter()
+            events = len(p.process(data))
+            runs.append(time.perf_counter() - t0)
+        rate = len(data) / statistics.median(runs)
+        out[label] = {"fixes_per_s": rate, "events": events, "reference_fixes_per_s": ref_fixes / ref_s,
+                      "ratio": rate / (ref_fixes / ref_s)}
+    return {"devices": devices, "fixes": len(data), "zones": zones, "ref_fixes": ref_fixes, "rules": out}
+
+
 def device_ids(n: int) -> list[str]:
     vendors, kinds = "ABCDEFGH", ("sewer", "bridge", "airq", "manhole", "streetlight", "flood")
     return [f"vendor{vendors[i % 8]}-{kinds[i // 8 % 6]}-{i:06d}" for i in range(n)]
@@ -226,7 +289,8 @@ def memory_mb(devices: int) -> dict[str, float]:
 
 
 def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_000, repeat: int = 5,
-            ref_readings: int = 100_000, memory_devices: int = 1_000_000, seed: int = 1) -> dict[str, Any]:
+            ref_readings: int = 100_000, memory_devices: int = 1_000_000, seed: int = 1,
+            position_fixes: int = 200_000, position_zones: int = 50, position_ref_fixes: int = 2_000) -> dict[str, Any]:
     """All figures of one benchmark run, as a JSON-ready dict (pinning to one CPU is main's job)."""
     data = generate(devices, readings, seed)
     nb = time_numba(data, devices, batch, repeat)
@@ -246,6 +310,9 @@ def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_
                       "ratio": numba_rate / (ref_rows / ref_s)},
         "pandas": {"seconds": pd_s, "readings_per_s": n / pd_s, "ratio": numba_rate / (n / pd_s)},
         "memory": {"devices": memory_devices, **memory_mb(memory_devices)},
+        "position": (time_position(max(1, position_fixes // 200), position_fixes, position_zones,
+                                   min(position_ref_fixes, position_fixes), max(1, min(repeat, 3)))
+                     if position_fixes else None),
         "targets": TARGETS,
     }
 
@@ -278,6 +345,13 @@ def table(r: dict[str, Any]) -> str:
         f"{'  rule state':<28}{mem['state_mb']:>19.1f} MB  ({mem['bytes_per_slot']:.0f} B/slot)",
         f"{'  peak while building':<28}{mem['peak_mb']:>19.1f} MB",
     ]
+    pos = r.get("position")
+    if pos:
+        lines.append(f"position rules: {pos['fixes']:,} fixes of {pos['devices']:,} vehicles, {pos['zones']} zones "
+                     f"(reference on the first {pos['ref_fixes']:,}, same events)")
+        for label, x in pos["rules"].items():
+            lines.append(f"{'  ' + label:<28}{x['fixes_per_s']:>18,.0f} /s  vs reference {x['reference_fixes_per_s']:,.0f} /s"
+                         f" = {x['ratio']:,.0f}x")
     return "\n".join(lines)
 
 
@@ -290,11 +364,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-readings", type=int, default=100_000, help="readings the pure-Python reference runs on")
     ap.add_argument("--memory-devices", type=int, default=1_000_000, help="devices for the memory measurement")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--position-fixes", type=int, default=200_000, help="GPS fixes for the geofence/dwell part (0: skip)")
+    ap.add_argument("--position-zones", type=int, default=50, help="zones of the geofence/dwell part")
+    ap.add_argument("--position-ref-fixes", type=int, default=2_000, help="fixes the plain-Python references run on")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     a = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    r = measure(a.devices, a.readings, a.batch, a.repeat, a.ref_readings, a.memory_devices, a.seed)
+    r = measure(a.devices, a.readings, a.batch, a.repeat, a.ref_readings, a.memory_devices, a.seed,
+                a.position_fixes, a.position_zones, a.position_ref_fixes)
     print(table(r))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:

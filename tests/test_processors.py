@@ -141,6 +141,10 @@ def test_grow_keeps_state_and_new_slots_start_disabled():
 def test_benchmark_runs_at_toy_size():
     from gridwatch.benchmarks.processors import measure, table
 
-    r = measure(devices=300, readings=6_000, batch=1_000, repeat=1, ref_readings=1_000, memory_devices=1_000)
+    r = measure(devices=300, readings=6_000, batch=1_000, repeat=1, ref_readings=1_000, memory_devices=1_000,
+                position_fixes=3_000, position_zones=5, position_ref_fixes=3_000)
     assert r["readings"] == 6_000 and r["numba"]["events"] > 0
     assert r["memory"]["total_mb"] > 0 and "speed-up vs pandas" in table(r)
+    # the geofence/dwell part checked its events against the references on all 3,000 fixes
+    assert set(r["position"]["rules"]) == {"geofence forbidden", "geofence allowed", "dwell"}
+    assert r["position"]["rules"]["dwell"]["events"] > 0 and "geofence allowed" in table(r)
