@@ -190,15 +190,17 @@ class Pipeline:
         one = np.zeros(1, np.int32)
         sensor = SensorBatch(one, one, np.array([1], np.int64), np.array([1.0]))
         pos = PositionBatch(one, np.array([1], np.int64), np.array([30.0]), np.array([114.0]), np.array([10.0]), np.array([np.nan]))
-        copies = []
+        together = []  # copies of the rules that run fused: only their one-pass kernel is used
         for r, p, _ in self.rules:
             q = create(r.kind, r.name, self.cfg.rule_params(r), capacity=1)
             q.enable(0)
+            if self.fused is not None and fusable(q):
+                together.append(q)
+                continue
             q.process(sensor if q.input == "sensor" else pos)
             q.tick(2)
-            copies.append(q)
-        if self.fused is not None:
-            FusedRules([q for q in copies if fusable(q)]).process(sensor)
+        if together:
+            FusedRules(together).process(sensor)
         DuplicateFilter().apply(one, sensor.ts, np.ones(1, np.bool_))
 
     def state_bytes(self) -> int:

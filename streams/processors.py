@@ -37,6 +37,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from gridwatch.records import PositionBatch, SensorBatch
 
+from .fused import FusedRules
 from .kernels import position as pk
 from .kernels import sensor as sk
 from .processor import Events, Params, Processor
@@ -121,8 +122,6 @@ class _SensorProcessor(Processor):
         raise NotImplementedError
 
     def process(self, batch: SensorBatch) -> Events:
-        from .fused import FusedRules
-
         home = self.home if self.home is not None else FusedRules([self])
         return home.process(batch, only=self)[self]
 
