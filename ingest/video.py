@@ -15,7 +15,7 @@ How it behaves:
   last kept frame are skipped before colour conversion; kept frames are scaled to
   ``analysis_width`` in the same pass as their conversion to BGR.
 * **Watchdog.** A camera that delivers no frame for ``stale_after_s`` is marked stale and its
-  thread reconnects. A thread that stops making progress altogether (stuck inside FFmpeg for longer
+  thread reconnects (checked every fifth of the shortest ``stale_after_s``, at most every second). A thread that stops making progress altogether (stuck inside FFmpeg for longer
   than any timeout allows) is abandoned and replaced; whatever it returns later is ignored.
 * **Decoding yields to analysis.** On Linux each capture thread lowers its own scheduling priority
   (``capture_nice``, default 10; FFmpeg's decoder threads, started from it, inherit it). When the
@@ -148,7 +148,7 @@ class Frame:
     """
 
     __slots__ = ("camera", "seq", "ts_ms", "pts_ms", "_image", "scale", "keyframe_only", "luma", "limited_range",
-                 "_convert", "size", "gate")
+                 "_convert", "size", "gate", "motion")
 
     def __init__(self, camera: str, seq: int, ts_ms: int, pts_ms: float, image: np.ndarray | None, scale: float,
                  keyframe_only: bool = False, *, luma: np.ndarray | None = None, limited_range: bool = False,
@@ -166,6 +166,7 @@ class Frame:
         # (width, height) of ``image``, known without converting it
         self.size = size if size is not None else (None if image is None else (image.shape[1], image.shape[0]))
         self.gate: np.ndarray | None = None  # the motion gate's small grey frame, if the capture thread made it
+        self.motion = None  # the motion gate's result, if the capture thread ran it
 
     @property
     def image(self) -> np.ndarray:
@@ -184,13 +185,14 @@ class Frame:
 class CameraCounters:
     decoded: int = 0  # frames the decoder produced
     skipped: int = 0  # decoded but not kept (analysis-rate skipping)
+    gated: int = 0  # kept, and found still by the motion gate on the capture thread: not handed over
     analysed: int = 0  # taken by the consumer
     dropped: int = 0  # kept but replaced in the slot before the consumer took them
     reconnects: int = 0  # connection attempts after the first
     errors: Counter = field(default_factory=Counter)  # by reason code
 
     def as_dict(self) -> dict:
-        return {"decoded": self.decoded, "skipped": self.skipped, "analysed": self.analysed,
+        return {"decoded": self.decoded, "skipped": self.skipped, "gated": self.gated, "analysed": self.analysed,
                 "dropped": self.dropped, "reconnects": self.reconnects, "errors": dict(self.errors)}
 
 
@@ -249,6 +251,8 @@ class Source(Protocol):
         """(width, height) of the decoded frames."""
 
     def close(self) -> None: ...
+
+    # optional: ``rewind() -> bool``, back to the start of a file (False: reopen it instead)
 
 
 def _target_size(w: int, h: int, width: int | None) -> tuple[int, int]:
@@ -391,6 +395,18 @@ class PyAvSource:
         return {"luma": luma, "limited_range": limited, "size": (tw, th),
                 "convert": lambda: self._bgr(f, tw, th)}
 
+    def rewind(self) -> bool:
+        """Back to the start of the file, for a looping file camera: a seek and a decoder flush
+        instead of reopening (which probes the stream again, decoding frames to do it)."""
+        try:
+            self.container.seek(0, stream=self.stream)
+        except self._av.FFmpegError:
+            return False
+        self.stream.codec_context.flush_buffers()
+        self._packets = self.container.demux(self.stream)
+        self._pending, self._frame = [], None
+        return True
+
     def close(self) -> None:
         self.container.close()
 
@@ -466,9 +482,10 @@ class Camera:
         self._stale_requested = False
         self.last_frame_at = 0.0  # monotonic time of the last decoded frame
         self.heartbeat = time.monotonic()  # the capture thread's last sign of progress
-        # called on the capture thread with each kept frame before it is handed over (e.g. the
-        # motion gate's reduction of the luma plane while it is still in this core's cache)
-        self.prepare: Callable[[Frame], None] | None = None
+        # called on the capture thread with each kept frame before it is handed over (the motion
+        # gate, on the luma plane while it is still in this core's cache); True: the frame needs
+        # no analysis (counted as gated, not handed over)
+        self.prepare: Callable[[Frame], bool] | None = None
 
     # status ---------------------------------------------------------------------------------
     def _set_state(self, gen: int | None, new: CameraState, reason: str) -> None:
@@ -572,7 +589,13 @@ class Camera:
                 self._after_failure(gen, failures, str(e))
                 continue
             try:
-                delivered, end_reason, terminal = self._pump(src, gen)
+                while True:
+                    delivered, end_reason, terminal = self._pump(src, gen)
+                    rewind = getattr(src, "rewind", None)
+                    if (self._alive(gen) and self.cfg.is_file and self.cfg.loop and delivered and not terminal
+                            and rewind is not None and rewind()):
+                        continue  # loop: from the start again, without reopening
+                    break
             finally:
                 src.close()
             if not self._alive(gen):
@@ -657,10 +680,14 @@ class Camera:
                               **extra)
                 if self.prepare is not None:
                     try:
-                        self.prepare(frame)
+                        done = self.prepare(frame)
                     except Exception:  # analysis then does it itself; never stop capturing for it
                         log.exception("camera %s: preparing a frame failed", self.name)
-                        self.prepare = None
+                        self.prepare, done, frame.motion = None, False, None
+                    if done:  # the motion gate found it still, nothing due: analysis need not wake
+                        with self._lock:
+                            self.counters.gated += 1
+                        continue
             else:
                 try:
                     img = src.image(cfg.analysis_width)
@@ -686,7 +713,7 @@ class VideoCollector:
     """All cameras of one node: their threads, the watchdog, and the frame hand-over."""
 
     def __init__(self, cameras: Iterable[CameraConfig], on_status: Callable[[StatusChange], None] | None = None,
-                 watchdog_interval_s: float = 0.25, seed: int | None = None, capture_nice: int = 10) -> None:
+                 watchdog_interval_s: float | None = None, seed: int | None = None, capture_nice: int = 10) -> None:
         self._new_frame = threading.Event()
         rng = random.Random(seed)
         self.cameras: dict[str, Camera] = {}
@@ -695,6 +722,12 @@ class VideoCollector:
                 raise ValueError(f"duplicate camera name {cfg.name!r}")
             self.cameras[cfg.name] = Camera(cfg, on_status, self._new_frame.set, random.Random(rng.random()),
                                             nice=capture_nice)
+        if watchdog_interval_s is None:
+            # a fifth of the shortest stale_after_s (so a stale camera is noticed at most 20 % late),
+            # at most 1 s: each round wakes a thread, which on a one-camera box cost ~1 % of the
+            # camera's decoding at 4 rounds a second
+            shortest = min((cam.cfg.stale_after_s for cam in self.cameras.values()), default=5.0)
+            watchdog_interval_s = min(1.0, shortest / 5)
         self.watchdog_interval_s = watchdog_interval_s
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -706,6 +739,10 @@ class VideoCollector:
         self._watchdog = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
         self._watchdog.start()
         return self
+
+    def wake(self) -> None:
+        """Ends a :meth:`collect` that is waiting for frames now (it returns what there is)."""
+        self._new_frame.set()
 
     def stop(self) -> None:
         self._stop.set()

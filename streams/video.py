@@ -47,7 +47,7 @@ import orjson
 from gridwatch.config import GridwatchConfig
 from gridwatch.detectors.base import UPDATE, FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
 from gridwatch.detectors.evidence import EvidenceStore
-from gridwatch.detectors.motion import MotionDetector, MotionParams
+from gridwatch.detectors.motion import MotionDetector, MotionParams, MotionResult
 from gridwatch.detectors.registry import OnnxClassifier, create
 from gridwatch.detectors.settings import ModelConfig, VideoCameraConfig, manifest_path, model_configs, rule_model
 from gridwatch.ingest.video import CameraState, Frame, StatusChange, VideoCollector
@@ -96,12 +96,51 @@ class CameraPipeline:
     last_model_ts: dict[str, int] = field(default_factory=dict)
     last_frame: Frame | None = None
     last_rules_ts: int = -10**15  # capture time of the last frame the rules saw
+    # the gate's background is updated by one thread at a time: the capture thread's gate, or
+    # analysis for frames that came without a luma plane (and an abandoned capture thread that
+    # comes back late must not race its replacement)
+    gate_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def gate(self, fr: Frame) -> MotionResult:
+        """The motion gate on ``fr`` (its luma plane and prepared small frame when it has them)."""
+        with self.gate_lock:
+            if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
+                return self.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
+            return self.motion.detect(fr.image)
+
+    def models_due(self, ts_ms: int, m: MotionResult) -> list[str]:
+        """The detector models this frame should go through: a periodic re-check, or a rule asks."""
+        out = []
+        for model in self.models:
+            due = ts_ms - self.last_model_ts.get(model, -10**15) >= self.cfg.recheck_s * 1000
+            if due or any(r.model == model and r.detector.wants_model(ts_ms, m) for r in self.rules):
+                out.append(model)
+        return out
+
+    def still(self, ts_ms: int, m: MotionResult, models: list[str]) -> bool:
+        """Still scene, nothing building up, no model due: the rules skip this frame (its BGR
+        picture is never made); they still see one every ``still_recheck_s``."""
+        return (not models and not len(m.boxes) and not m.global_change
+                and ts_ms - self.last_rules_ts < self.cfg.still_recheck_s * 1000
+                and not any(r.detector.busy() for r in self.rules))
 
 
-def _gate_preparer(motion: MotionDetector) -> Callable[[Frame], None]:
-    def prepare(fr: Frame) -> None:
-        if fr.luma is not None and fr.size is not None:
-            fr.gate = motion.prepare(fr.luma, fr.size, fr.limited_range)
+def _capture_gate(cam: CameraPipeline) -> Callable[[Frame], bool]:
+    """The motion gate of ``cam``, run by its capture thread on each kept frame that has a luma
+    plane, right after decoding: True when the frame stops there (a still frame with nothing due,
+    see :meth:`CameraPipeline.still`; counted as ``gated``), so on a still scene the analysis
+    thread is woken only for the periodic re-check. Analysis reuses the result of frames it gets.
+
+    The decision reads state the analysis thread writes (when the rules last ran, whether a rule
+    is busy or wants its model): a frame judged on a value a moment old is at worst handed over
+    when it need not be (analysis then gates it), or gated when the rules became busy during the
+    last 1/analysis_fps, and the next frame goes."""
+    def prepare(fr: Frame) -> bool:
+        if fr.luma is None or fr.size is None:
+            return False
+        fr.gate = cam.motion.prepare(fr.luma, fr.size, fr.limited_range)
+        m = fr.motion = cam.gate(fr)
+        return cam.still(fr.ts_ms, m, cam.models_due(fr.ts_ms, m))
     return prepare
 
 
@@ -150,13 +189,13 @@ class VideoRuntime:
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
                                                      capture_nice=cfg.video.capture_nice)
-        for c in self.cameras:  # the gate's reduction of each kept frame, on its capture thread
+        for c in self.cameras:  # the motion gate on each kept frame, on its capture thread
             src = getattr(self.collector, "cameras", {}).get(c.cfg.name)
             if src is not None:
-                src.prepare = _gate_preparer(c.motion)
+                src.prepare = _capture_gate(c)
         self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
         self.frames_analysed = 0  # frames the rules saw
-        self.frames_gated = 0  # frames only the motion gate saw (still scene)
+        self._gated_here = 0  # frames handed to analysis that only the gate saw
         self.model_frames: Counter = Counter()  # model name -> frames run
         self.model_runs: Counter = Counter()  # model name -> batched calls
         self.status: dict[str, tuple[str, str]] = {c.cfg.name: ("connecting", "starting") for c in self.cameras}
@@ -205,6 +244,7 @@ class VideoRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self.collector.wake()  # the analysis loop may be waiting for frames until its next tick
         if self._thread is not None:
             self._thread.join(10)
         self.collector.stop()
@@ -227,7 +267,9 @@ class VideoRuntime:
         gather = self.cfg.video.gather_ms / 1000.0 if any(c.models for c in self.cameras) else 0.0
         try:
             while not self._stop.is_set():
-                frames = self.collector.collect(timeout=0.2)
+                # idle, it wakes for the next tick only (stop() wakes it too): every wake-up of
+                # the thread costs CPU that a still camera would otherwise not spend
+                frames = self.collector.collect(timeout=max(0.0, next_tick - time.monotonic()) + 0.001)
                 if frames and gather > 0 and len(frames) < len(self.cameras):
                     time.sleep(gather)  # let the other cameras' frames arrive: one batched model run
                     frames += self.collector.collect(timeout=0)
@@ -244,14 +286,21 @@ class VideoRuntime:
             self.error = e
             log.exception("video analysis thread failed")
 
+    @property
+    def frames_gated(self) -> int:
+        """Frames only the motion gate saw (still scene): on the capture threads, and in analysis."""
+        cams = getattr(self.collector, "cameras", {})
+        return self._gated_here + sum(c.counters.gated for c in cams.values())
+
     def tick(self, now_ms: int) -> list[tuple[str, Warning]]:
         with self._lock:
             events = self.lifecycle.tick(now_ms, self.rule_info)
         self._emit(events)
         for name, c in self.collector.counters().items():
             src = f"camera/{name}"
-            for k in ("decoded", "skipped", "analysed", "dropped", "reconnects"):
+            for k in ("decoded", "skipped", "gated", "analysed", "dropped", "reconnects"):
                 self.counters.set(src, k, float(c[k]))
+        self.counters.set("video", "frames_gated", float(self.frames_gated))
         return events
 
     def analyse(self, frames: list[Frame]) -> list[tuple[str, Warning]]:
@@ -264,21 +313,10 @@ class VideoRuntime:
             if cam is None:
                 continue
             cam.last_frame = fr
-            if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
-                m = cam.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
-            else:
-                m = cam.motion.detect(fr.image)
-            models = []
-            for model in cam.models:
-                due = fr.ts_ms - cam.last_model_ts.get(model, -10**15) >= cam.cfg.recheck_s * 1000
-                if due or any(r.model == model and r.detector.wants_model(fr.ts_ms, m) for r in cam.rules):
-                    models.append(model)
-            # still scene, nothing building up, no model due: the rules skip this frame (its BGR
-            # picture is never made); they still see one every still_recheck_s
-            if (not models and not len(m.boxes) and not m.global_change
-                    and fr.ts_ms - cam.last_rules_ts < cam.cfg.still_recheck_s * 1000
-                    and not any(r.detector.busy() for r in cam.rules)):
-                self.frames_gated += 1
+            m = fr.motion if fr.motion is not None else cam.gate(fr)  # the capture thread's, if it ran it
+            models = cam.models_due(fr.ts_ms, m)
+            if cam.still(fr.ts_ms, m, models):
+                self._gated_here += 1
                 continue
             cam.last_rules_ts = fr.ts_ms
             idx = len(work)
@@ -314,7 +352,7 @@ class VideoRuntime:
         st["detectors"] += t3 - t2
         st["evidence"] += t4 - t3
         self.counters.add("video", "frames_analysed", len(work))
-        if self.frames_gated:
+        if self._gated_here:
             self.counters.set("video", "frames_gated", float(self.frames_gated))
         self._emit(events)
         return events

@@ -127,6 +127,35 @@ def test_looping_file_keeps_delivering_and_skips_to_analysis_rate(scene_mp4):
     assert c["skipped"] >= 3 * (c["decoded"] - c["skipped"]) and c["reconnects"] == 0
 
 
+@pytest.mark.parametrize("decode", ["all", "keyframes"])
+def test_a_looping_file_rewinds_instead_of_reopening(scene_mp4, monkeypatch, decode):
+    """Each pass of a looping file camera gives the same frames from the start (pts back to the
+    first), and the file is opened once: the loop seeks back rather than probing it again."""
+    from gridwatch.ingest import video as iv
+
+    opened = []
+    real_init = iv.PyAvSource.__init__
+
+    def counting_init(self, *a, **kw):
+        opened.append(1)
+        real_init(self, *a, **kw)
+    monkeypatch.setattr(iv.PyAvSource, "__init__", counting_init)
+    cfg = fast("f", str(scene_mp4), loop=True, realtime=False, analysis_fps=None, decode=decode)
+    video = VideoCollector([cfg])
+    pts: list[float] = []
+    video.cameras["f"].prepare = lambda fr: pts.append(fr.pts_ms) or False
+    per_pass = SCENE_FRAMES if decode == "all" else SCENE_FRAMES // SCENE_KEYINT
+    with video:
+        deadline = time.monotonic() + 10
+        while len(pts) < 3 * per_pass + 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(pts) > 3 * per_pass
+    passes = [pts[i:i + per_pass] for i in range(0, 3 * per_pass, per_pass)]
+    assert passes[0] == passes[1] == passes[2] and passes[0] == sorted(passes[0]) and len(set(passes[0])) == per_pass
+    assert pts[3 * per_pass] == passes[0][0]  # and on into a fourth pass from the start
+    assert len(opened) == 1 and video.counters()["f"]["reconnects"] == 0
+
+
 def test_keyframe_only_decoding_of_a_file(scene_mp4):
     pytest.importorskip("av")
     cfg = fast("k", str(scene_mp4), decode="keyframes", analysis_fps=None, realtime=False, analysis_width=None)

@@ -249,3 +249,29 @@ def test_still_frames_go_through_the_gate_only_and_are_never_converted(tmp_path)
     for i, img in enumerate(testscenes.moving_blob_scene(20, 640, 360), start=50):
         rt.analyse([frame(i, img)])
     assert converted == list(range(50, 70))  # something moves: the rules see every frame
+
+
+def test_still_frames_stop_at_the_gate_on_the_capture_thread(gstreamer, tmp_path):
+    """Through the real collector: on a still scene the capture thread's motion gate stops the
+    frames (counted as gated, the analysis thread never woken for them); when something moves,
+    every kept frame goes on to the rules."""
+    still = encode_h264(testscenes.empty_scene(60, 640, 360, seed=3), tmp_path / "still.mp4", fps=15)
+    moving = encode_h264(testscenes.moving_blob_scene(60, 640, 360), tmp_path / "moving.mp4", fps=15)
+    cams = [{"name": n, "url": str(p), "realtime": False, "analysis_fps": 5, "rules": ["smoke", "dumping"]}
+            for n, p in (("still", still), ("moving", moving))]
+    cfg = parse({"site": {"name": "vt", "data_dir": str(tmp_path)},
+                 "video": {"rules": [{"name": "smoke", "kind": "smoke"}, {"name": "dumping", "kind": "dumping"}]},
+                 "cameras": cams}, base_dir=tmp_path)
+    rt = VideoRuntime(cfg)
+    offline: set[str] = set()
+    rt.on_status_cb = lambda ch: offline.add(ch.camera) if ch.new.value == "offline" else None
+    with rt:
+        wait_until(lambda: len(offline) == 2, 30)
+        time.sleep(0.3)  # the last frame's analysis
+    c = rt.collector.counters()
+    kept = {n: c[n]["decoded"] - c[n]["skipped"] for n in c}
+    assert kept == {"still": 20, "moving": 20}  # 15 fps file, 5 fps analysis by stream time
+    # the still camera: the first frames go on (the rules start their backgrounds), the rest stop at the gate
+    assert c["still"]["gated"] >= 15 and c["still"]["analysed"] + c["still"]["dropped"] <= 5
+    assert c["moving"]["gated"] == 0 and c["moving"]["analysed"] + c["moving"]["dropped"] == 20
+    assert rt.frames_gated >= c["still"]["gated"] and rt.error is None
