@@ -352,8 +352,6 @@ class VideoRuntime:
         st["detectors"] += t3 - t2
         st["evidence"] += t4 - t3
         self.counters.add("video", "frames_analysed", len(work))
-        if self._gated_here:
-            self.counters.set("video", "frames_gated", float(self.frames_gated))
         self._emit(events)
         return events
 
