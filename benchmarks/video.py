@@ -337,8 +337,9 @@ def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float =
             runs.append(r)
             print(f"  [{mode}] {n} cameras: {'keeps up' if r['ok'] else 'falls behind'} (frames per camera in "
                   f"{window_s:.0f} s: min {r['min_frames']}, median {r['median_frames']:.0f}, expected {r['expected']:.1f}; "
-                  f"lag p95 {r['lag_p95_s']:.2f} s, max {r['lag_max_s']:.2f} s; {r['analysis_thread_frames']} frames past the "
-                  f"gate to the rules, their lag p95 {r['analysis_thread_lag_p95_s']:.2f} s; {r['cpu_cores_busy']:.2f} cores busy; "
+                  f"lag p95 {r['lag_p95_s']:.2f} s, max {r['lag_max_s']:.2f} s; {r['analysis_thread_frames']} "
+                  f"frames past the gate to the rules, their lag p95 {r['analysis_thread_lag_p95_s']:.2f} s; "
+                  f"{r['cpu_cores_busy']:.2f} cores busy; "
                   f"decoded {r['decoded_per_s']:.1f} fps per camera (median), {r['dropped']} kept frames dropped "
                   f"unanalysed in all)",
                   flush=True)

@@ -15,7 +15,8 @@ How it behaves:
   last kept frame are skipped before colour conversion; kept frames are scaled to
   ``analysis_width`` in the same pass as their conversion to BGR.
 * **Watchdog.** A camera that delivers no frame for ``stale_after_s`` is marked stale and its
-  thread reconnects (checked every fifth of the shortest ``stale_after_s``, at most every second). A thread that stops making progress altogether (stuck inside FFmpeg for longer
+  thread reconnects (checked every fifth of the shortest ``stale_after_s``, at most every
+  second). A thread that stops making progress altogether (stuck inside FFmpeg for longer
   than any timeout allows) is abandoned and replaced; whatever it returns later is ignored.
 * **Decoding yields to analysis.** On Linux each capture thread lowers its own scheduling priority
   (``capture_nice``, default 10; FFmpeg's decoder threads, started from it, inherit it). When the
