@@ -260,27 +260,27 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
     measuring = threading.Event()
     analyse = rt.analyse
 
+    def seen(f, now_ms: float, into: list[list[float]]) -> None:
+        """A frame analysed (or stopped by the gate) at ``now_ms``: its lag, while measuring."""
+        if f.pts_ms < last_pts.get(f.camera, float("inf")) or f.camera not in base:
+            base[f.camera] = f.ts_ms - f.pts_ms  # a new loop: the capture thread reset its clock
+        last_pts[f.camera] = f.pts_ms
+        if measuring.is_set():
+            lag = (now_ms - (base[f.camera] + f.pts_ms)) / 1000
+            for out in into:
+                out.append(lag)
+
     def timed(frames):
         now = time.time() * 1000
         for f in frames:
-            if f.pts_ms < last_pts.get(f.camera, float("inf")) or f.camera not in base:
-                base[f.camera] = f.ts_ms - f.pts_ms  # a new loop: the capture thread reset its clock
-            last_pts[f.camera] = f.pts_ms
-            if measuring.is_set():
-                lags.append((now - (base[f.camera] + f.pts_ms)) / 1000)
-                rule_lags.append(lags[-1])
+            seen(f, now, [lags, rule_lags])
         return analyse(frames)
     rt.analyse = timed
     for cam in rt.collector.cameras.values():  # frames the motion gate stops on the capture thread
-        gate = cam.prepare
-
-        def gated(f, gate=gate):
+        def gated(f, gate=cam.prepare):
             done = gate(f)
-            if done and measuring.is_set():
-                if f.pts_ms < last_pts.get(f.camera, float("inf")) or f.camera not in base:
-                    base[f.camera] = f.ts_ms - f.pts_ms
-                last_pts[f.camera] = f.pts_ms
-                lags.append((time.time() * 1000 - (base[f.camera] + f.pts_ms)) / 1000)
+            if done:
+                seen(f, time.time() * 1000, [lags])
             return done
         cam.prepare = gated
     c0, w0 = _cpu(), time.monotonic()
