@@ -107,6 +107,11 @@ class VideoConfig(_M):
     capture_nice: int = Field(10, ge=0, le=19, description="Linux: camera capture threads (and their decoder "
                               "threads) run this much lower in priority than the rest, so an overloaded box decodes "
                               "more slowly instead of starving analysis (0 = same priority).")
+    start_rate: float = Field(50.0, ge=0, description="Cameras started per second when video starts (0 = all at "
+                              "once). Each camera's first frames go to the rules to set up their backgrounds, and "
+                              "cameras started together re-check a still scene together: hundreds at once overload "
+                              "analysis for seconds, long enough for the watchdog to call cameras stale and reconnect "
+                              "them, which adds to the load. At 50 a second, 500 cameras take 10 s to start.")
     gil_switch_ms: float = Field(1.0, ge=0, le=100, description="Python's thread switch interval while cameras run "
                                  "(sys.setswitchinterval, process-wide; 0 = leave Python's 5 ms): the one analysis thread "
                                  "takes the GIL back about ten times a frame, each time from among hundreds of capture "

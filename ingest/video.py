@@ -228,6 +228,43 @@ class LatestFrameSlot:
             return f
 
 
+_END_OF_FILE = "end of file"
+
+
+class PlayClock:
+    """Pacing of a file camera (``realtime``): frame ``pts`` is due ``pts - first pts`` after the
+    first frame, and a looping file's next pass continues where this one ends (the clip's duration
+    after its first frame), so a looping clip plays out like a live camera. Without this, each
+    pass restarted the clock at its first frame: in keyframe mode the demuxer drops the packets
+    after a clip's last keyframe, so a 10 s clip with a 2 s GOP handed out its keyframes at 0, 2,
+    4, 6, 8 s and then the next pass's at once, 25 % more frames than a live camera."""
+
+    __slots__ = ("start_wall", "start_pts", "offset_ms", "last_pts")
+
+    def __init__(self) -> None:
+        self.start_wall: float | None = None
+        self.start_pts: float | None = None
+        self.offset_ms = 0.0  # stream time of the passes before this one
+        self.last_pts: float | None = None  # of this pass
+
+    def wait_s(self, pts: float, now: float) -> float:
+        """Seconds until the frame at ``pts`` (ms) of this pass is due (negative: late)."""
+        if self.start_pts is None:
+            self.start_wall, self.start_pts = now, pts
+        self.last_pts = pts
+        return (self.offset_ms + pts - self.start_pts) / 1000.0 - (now - self.start_wall)
+
+    def next_pass(self, duration_ms: float, fps: float) -> None:
+        """The file starts again: the new pass follows this one by its length (the clip's
+        ``duration_ms`` when the container gives it, else up to its last frame plus one frame)."""
+        if self.start_pts is None or self.last_pts is None:
+            return
+        seen = self.last_pts - self.start_pts + (1000.0 / fps if fps > 0 else 0.0)
+        length = duration_ms if duration_ms == duration_ms and duration_ms > 0 else seen
+        self.offset_ms += max(length, seen)  # never less than what this pass played
+        self.last_pts = None
+
+
 # --- decoders ------------------------------------------------------------------------------------
 class SourceError(Exception):
     """Opening or reading a source failed. ``code`` is the counter key; the message is for people."""
@@ -240,6 +277,7 @@ class SourceError(Exception):
 
 class Source(Protocol):
     fps: float  # nominal frame rate, 0 when unknown
+    duration_ms: float  # length of a file from its first frame, NaN when unknown (streams)
 
     def next(self) -> float | None:
         """Decode the next frame; its pts in ms (NaN if unknown), or None at end of stream."""
@@ -275,6 +313,8 @@ class OpenCvSource:
                 raise SourceError("open_failed", "cannot open file (corrupt, truncated or not a video)", terminal=True)
             raise SourceError("open_failed", "cannot open stream (no answer, refused or not a video)")
         self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        count = float(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0.0)
+        self.duration_ms = count * 1000.0 / self.fps if count > 0 and self.fps > 0 else float("nan")
         w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         self.size = (w, h)
 
@@ -350,6 +390,12 @@ class PyAvSource:
         # decoded frames carry the stream's time base: one float, not Fraction arithmetic per frame
         tb = self.stream.time_base
         self._tb_ms = float(tb) * 1000.0 if tb else 0.0
+        if self.stream.duration and self._tb_ms:
+            self.duration_ms = self.stream.duration * self._tb_ms
+        elif self.container.duration:  # microseconds
+            self.duration_ms = self.container.duration / 1000.0
+        else:
+            self.duration_ms = float("nan")
         # one scaler for this source's conversions: a fresh one per frame (what to_ndarray does)
         # costs its set-up every time, and its default of one thread per core buys nothing on
         # 640-pixel analysis frames but thread hand-offs
@@ -509,18 +555,26 @@ class Camera:
             self.counters.errors[code] += 1
 
     # thread control -------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, delay_s: float = 0.0) -> None:
+        """Start capturing; the thread first waits ``delay_s`` (a staggered start, still
+        ``connecting``; stop ends the wait at once)."""
         self._stop.clear()
-        self._spawn()
+        self._spawn(delay_s)
 
-    def _spawn(self) -> None:
+    def _spawn(self, delay_s: float = 0.0) -> None:
         with self._lock:
             self._gen += 1
             gen = self._gen
             self.heartbeat = time.monotonic()
             self._stale_requested = False
-        self._thread = threading.Thread(target=self._run, args=(gen,), name=f"camera-{self.name}", daemon=True)
+        self._thread = threading.Thread(target=self._start_after, args=(gen, delay_s), name=f"camera-{self.name}",
+                                        daemon=True)
         self._thread.start()
+
+    def _start_after(self, gen: int, delay_s: float) -> None:
+        if delay_s > 0:
+            self._wait(delay_s, gen)
+        self._run(gen)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -559,20 +613,32 @@ class Camera:
         delay = min(c.backoff_max_s, c.backoff_initial_s * 2 ** max(0, failures - 1))
         return delay * (1 + c.backoff_jitter * (2 * self._rng.random() - 1))
 
+    @property
+    def patience_s(self) -> float:
+        """How long the capture thread may go without a heartbeat before the watchdog replaces it:
+        its longest legitimate wait (open, read, then stale) and a margin."""
+        c = self.cfg
+        return c.open_timeout_s + c.read_timeout_s + c.stale_after_s + 2.0
+
     def _wait(self, seconds: float, gen: int) -> None:
+        """Sleep ``seconds`` (stop ends it at once), beating often enough for the watchdog only:
+        with hundreds of cameras each pacing its file, a beat every 0.25 s was thousands of wake-ups
+        (and GIL hand-overs) a second."""
         end = time.monotonic() + seconds
+        beat = max(0.25, self.patience_s / 2)
         while self._alive(gen):
             left = end - time.monotonic()
             if left <= 0:
                 return
             self.heartbeat = time.monotonic()
-            self._stop.wait(min(left, 0.25))
+            self._stop.wait(min(left, beat))
 
     # the capture thread ---------------------------------------------------------------------
     def _run(self, gen: int) -> None:
         lower_thread_priority(self.nice)
         failures = 0
         first_attempt = True
+        clock = PlayClock()  # pacing of a file (realtime), across the passes of a loop
         while self._alive(gen):
             if not first_attempt:
                 with self._lock:
@@ -584,6 +650,7 @@ class Camera:
             except SourceError as e:
                 self._error(e.code)
                 failures += 1
+                clock = PlayClock()
                 if e.terminal:
                     self._set_state(gen, CameraState.OFFLINE, str(e))
                     return
@@ -591,10 +658,13 @@ class Camera:
                 continue
             try:
                 while True:
-                    delivered, end_reason, terminal = self._pump(src, gen)
+                    delivered, end_reason, terminal = self._pump(src, gen, clock)
+                    looping = (self._alive(gen) and self.cfg.is_file and self.cfg.loop and delivered and not terminal
+                               and end_reason == _END_OF_FILE)
+                    if looping:
+                        clock.next_pass(getattr(src, "duration_ms", float("nan")), src.fps)
                     rewind = getattr(src, "rewind", None)
-                    if (self._alive(gen) and self.cfg.is_file and self.cfg.loop and delivered and not terminal
-                            and rewind is not None and rewind()):
+                    if looping and rewind is not None and rewind():
                         continue  # loop: from the start again, without reopening
                     break
             finally:
@@ -606,7 +676,8 @@ class Camera:
                 return
             if self.cfg.is_file and self.cfg.loop and delivered:
                 first_attempt = True  # loop: reopen at the start; not a reconnect, no status change
-                continue
+                continue  # (the clock goes on: the pass was counted above)
+            clock = PlayClock()  # a new connection: its own clock
             failures = 0 if delivered else failures + 1
             if delivered:
                 self._set_state(gen, CameraState.RECONNECTING, end_reason)
@@ -619,13 +690,14 @@ class Camera:
         self._set_state(gen, state, f"{reason}; retry in {delay:.1f} s")
         self._wait(delay, gen)
 
-    def _pump(self, src: Source, gen: int) -> tuple[bool, str, bool]:
-        """Read until the source ends, fails or goes stale: (delivered any frame, reason, terminal)."""
+    def _pump(self, src: Source, gen: int, clock: PlayClock | None = None) -> tuple[bool, str, bool]:
+        """Read until the source ends, fails or goes stale: (delivered any frame, reason, terminal).
+        ``clock`` paces a realtime file (and carries on over the passes of a loop)."""
         cfg = self.cfg
         interval = 1.0 / cfg.analysis_fps if cfg.analysis_fps else 0.0
         last_kept = -1e18
         delivered = False
-        start_wall, start_pts = time.monotonic(), None
+        clock = clock if clock is not None else PlayClock()
         keyframes = cfg.decode == "keyframes"
         while self._alive(gen):
             try:
@@ -646,7 +718,7 @@ class Camera:
                         return False, "no decodable frame (corrupt or truncated file)", True
                     return False, "stream ended before the first frame", False
                 if cfg.is_file:
-                    return True, "end of file", not cfg.loop
+                    return True, _END_OF_FILE, not cfg.loop
                 self._error("stream_ended")
                 return True, "stream ended (server closed the connection or read timed out)", False
             self.last_frame_at = now
@@ -659,9 +731,7 @@ class Camera:
                 w, h = src.size
                 self._set_state(gen, CameraState.ONLINE, f"receiving {w}x{h}")
             if cfg.is_file and cfg.realtime and pts == pts:
-                if start_pts is None:
-                    start_pts = pts
-                ahead = (pts - start_pts) / 1000.0 - (now - start_wall)
+                ahead = clock.wait_s(pts, now)
                 if 0 < ahead < 0.25:  # one frame's wait: a plain sleep costs a third of an Event wait
                     time.sleep(ahead)  # and stops as promptly (the loop checks before the next frame)
                 elif ahead > 0:
@@ -714,7 +784,8 @@ class VideoCollector:
     """All cameras of one node: their threads, the watchdog, and the frame hand-over."""
 
     def __init__(self, cameras: Iterable[CameraConfig], on_status: Callable[[StatusChange], None] | None = None,
-                 watchdog_interval_s: float | None = None, seed: int | None = None, capture_nice: int = 10) -> None:
+                 watchdog_interval_s: float | None = None, seed: int | None = None, capture_nice: int = 10,
+                 start_rate: float = 0.0) -> None:
         self._new_frame = threading.Event()
         rng = random.Random(seed)
         self.cameras: dict[str, Camera] = {}
@@ -730,13 +801,19 @@ class VideoCollector:
             shortest = min((cam.cfg.stale_after_s for cam in self.cameras.values()), default=5.0)
             watchdog_interval_s = min(1.0, shortest / 5)
         self.watchdog_interval_s = watchdog_interval_s
+        self.start_rate = start_rate
+        # extra start delay per camera (s), on top of the staggered start: for tests and benchmarks
+        self.start_offsets: dict[str, float] = {}
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
 
     def start(self) -> "VideoCollector":
+        """Start every camera: ``start_rate`` a second (camera i after i / start_rate seconds;
+        0 = all at once), and the watchdog."""
         self._stop.clear()
-        for cam in self.cameras.values():
-            cam.start()
+        for i, cam in enumerate(self.cameras.values()):
+            delay = i / self.start_rate if self.start_rate > 0 else 0.0
+            cam.start(delay + self.start_offsets.get(cam.name, 0.0))
         self._watchdog = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
         self._watchdog.start()
         return self
@@ -786,6 +863,6 @@ class VideoCollector:
                 if cam.state is CameraState.ONLINE and now - cam.last_frame_at > cfg.stale_after_s:
                     cam.request_reconnect(f"stale: no frame for {now - cam.last_frame_at:.1f} s")
                 # a live thread always beats within its longest legitimate wait
-                patience = cfg.open_timeout_s + cfg.read_timeout_s + cfg.stale_after_s + 2.0
+                patience = cam.patience_s
                 if cam.capturing and now - cam.heartbeat > patience:
                     cam.abandon(f"capture thread stuck for {now - cam.heartbeat:.1f} s; replaced")

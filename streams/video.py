@@ -82,6 +82,15 @@ class _Rule:
     model: str | None  # detector model name (classifiers are called by the detector itself)
 
 
+_NEVER = -10**15
+
+
+def recheck_phase(slot: int, still_recheck_s: float) -> int:
+    """A phase in [0, still_recheck_s) ms for the camera in ``slot``, spread evenly whatever the
+    number of cameras (golden-ratio steps)."""
+    return int(((slot * 0.6180339887498949) % 1.0) * still_recheck_s * 1000)
+
+
 @dataclass
 class CameraPipeline:
     """One camera's analysis state: motion gate, zones, its rules."""
@@ -95,7 +104,14 @@ class CameraPipeline:
     models: list[str]  # detector models this camera's rules use
     last_model_ts: dict[str, int] = field(default_factory=dict)
     last_frame: Frame | None = None
-    last_rules_ts: int = -10**15  # capture time of the last frame the rules saw
+    last_rules_ts: int = _NEVER  # capture time of the last frame the rules saw
+    # capture time of the newest frame the capture thread's gate handed to analysis: a re-check
+    # (or a model) due is then asked for once, not with every frame until analysis has run it
+    handed_ts: int = _NEVER
+    # the first still re-check comes this much sooner after the rules' first frame (a per-camera
+    # phase in [0, still_recheck_s)): cameras started together would otherwise re-check together
+    # for as long as their scenes stay still, one burst per still_recheck_s for analysis
+    recheck_phase_ms: int = 0
     # the gate's background is updated by one thread at a time: the capture thread's gate, or
     # analysis for frames that came without a luma plane (and an abandoned capture thread that
     # comes back late must not race its replacement)
@@ -108,20 +124,27 @@ class CameraPipeline:
                 return self.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
             return self.motion.detect(fr.image)
 
-    def models_due(self, ts_ms: int, m: MotionResult) -> list[str]:
-        """The detector models this frame should go through: a periodic re-check, or a rule asks."""
+    def advanced(self, prev: int, ts_ms: int) -> int:
+        """``last_rules_ts`` / ``handed_ts`` after a frame at ``ts_ms`` went to the rules: the
+        first one counts ``recheck_phase_ms`` earlier, so that the re-checks keep the phase."""
+        return max(prev, ts_ms - (self.recheck_phase_ms if prev == _NEVER else 0))
+
+    def models_due(self, ts_ms: int, m: MotionResult, since: int = _NEVER) -> list[str]:
+        """The detector models this frame should go through: a periodic re-check, or a rule asks.
+        ``since``: a frame handed over at that time counts as the re-check's (see :attr:`handed_ts`)."""
         out = []
         for model in self.models:
-            due = ts_ms - self.last_model_ts.get(model, -10**15) >= self.cfg.recheck_s * 1000
+            due = ts_ms - max(self.last_model_ts.get(model, _NEVER), since) >= self.cfg.recheck_s * 1000
             if due or any(r.model == model and r.detector.wants_model(ts_ms, m) for r in self.rules):
                 out.append(model)
         return out
 
-    def still(self, ts_ms: int, m: MotionResult, models: list[str]) -> bool:
+    def still(self, ts_ms: int, m: MotionResult, models: list[str], since: int = _NEVER) -> bool:
         """Still scene, nothing building up, no model due: the rules skip this frame (its BGR
-        picture is never made); they still see one every ``still_recheck_s``."""
+        picture is never made); they still see one every ``still_recheck_s`` (``since``: as for
+        :meth:`models_due`)."""
         return (not models and not len(m.boxes) and not m.global_change
-                and ts_ms - self.last_rules_ts < self.cfg.still_recheck_s * 1000
+                and ts_ms - max(self.last_rules_ts, since) < self.cfg.still_recheck_s * 1000
                 and not any(r.detector.busy() for r in self.rules))
 
 
@@ -134,13 +157,22 @@ def _capture_gate(cam: CameraPipeline) -> Callable[[Frame], bool]:
     The decision reads state the analysis thread writes (when the rules last ran, whether a rule
     is busy or wants its model): a frame judged on a value a moment old is at worst handed over
     when it need not be (analysis then gates it), or gated when the rules became busy during the
-    last 1/analysis_fps, and the next frame goes."""
+    last 1/analysis_fps, and the next frame goes.
+
+    A periodic re-check (``still_recheck_s``, a model's ``recheck_s``) is asked for once: the
+    frame handed over for it counts as done on this side (``handed_ts``). Otherwise, while
+    analysis is behind, every camera whose re-check is due would hand over every frame until
+    analysis had run the rules on one, and the extra work would put analysis further behind."""
     def prepare(fr: Frame) -> bool:
         if fr.luma is None or fr.size is None:
             return False
         fr.gate = cam.motion.prepare(fr.luma, fr.size, fr.limited_range)
         m = fr.motion = cam.gate(fr)
-        return cam.still(fr.ts_ms, m, cam.models_due(fr.ts_ms, m))
+        since = cam.handed_ts
+        if cam.still(fr.ts_ms, m, cam.models_due(fr.ts_ms, m, since), since):
+            return True
+        cam.handed_ts = cam.advanced(cam.handed_ts, fr.ts_ms)
+        return False
     return prepare
 
 
@@ -184,11 +216,13 @@ class VideoRuntime:
             region = parse_path(cam.region or cfg.regions.default)
             self.cameras.append(CameraPipeline(slot, cam, region, zones,
                                                MotionDetector(MotionParams.model_validate(cam.motion), mask),
-                                               rules, models))
+                                               rules, models,
+                                               recheck_phase_ms=recheck_phase(slot, cam.still_recheck_s)))
         self.by_name = {c.cfg.name: c for c in self.cameras}
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
-                                                     capture_nice=cfg.video.capture_nice)
+                                                     capture_nice=cfg.video.capture_nice,
+                                                     start_rate=cfg.video.start_rate)
         for c in self.cameras:  # the motion gate on each kept frame, on its capture thread
             src = getattr(self.collector, "cameras", {}).get(c.cfg.name)
             if src is not None:
@@ -318,7 +352,7 @@ class VideoRuntime:
             if cam.still(fr.ts_ms, m, models):
                 self._gated_here += 1
                 continue
-            cam.last_rules_ts = fr.ts_ms
+            cam.last_rules_ts = cam.advanced(cam.last_rules_ts, fr.ts_ms)
             idx = len(work)
             work.append((cam, fr, m))
             for model in models:

@@ -15,6 +15,7 @@ import pytest
 
 from gridwatch.models import scenes
 from gridwatch.ingest.video import (
+    PlayClock,
     Camera, CameraConfig, CameraState, Frame, LatestFrameSlot, StatusChange, VideoCollector, redact_url,
 )
 from gridwatch.servers.rtsp import FileStream, RtspServer, TestCamera, encode_h264, gstreamer_missing
@@ -154,6 +155,65 @@ def test_a_looping_file_rewinds_instead_of_reopening(scene_mp4, monkeypatch, dec
     assert passes[0] == passes[1] == passes[2] and passes[0] == sorted(passes[0]) and len(set(passes[0])) == per_pass
     assert pts[3 * per_pass] == passes[0][0]  # and on into a fourth pass from the start
     assert len(opened) == 1 and video.counters()["f"]["reconnects"] == 0
+
+
+def test_play_clock_continues_over_the_passes_of_a_loop():
+    c = PlayClock()
+    assert c.wait_s(1000.0, now=50.0) == 0.0  # the first frame is due now, whatever its pts
+    assert c.wait_s(3000.0, now=50.5) == pytest.approx(1.5)
+    c.next_pass(4000.0, fps=10)  # the clip lasts 4 s: the next pass starts 4 s after the first frame
+    assert c.wait_s(1000.0, now=51.0) == pytest.approx(3.0)
+    c.wait_s(2000.0, now=51.0)
+    c.next_pass(float("nan"), fps=10)  # no duration known: up to the last frame plus one frame
+    assert c.wait_s(1000.0, now=51.0) == pytest.approx(4.0 + 1.1 - 1.0)
+    c.wait_s(3000.0, now=51.0)
+    c.next_pass(500.0, fps=10)  # a duration shorter than what the pass played is not believed
+    assert c.wait_s(1000.0, now=51.0) == pytest.approx(4.0 + 1.1 + 2.1 - 1.0)
+
+
+@pytest.mark.parametrize("decode", ["all", "keyframes"])
+def test_a_looping_file_camera_plays_in_real_time_across_passes(gstreamer, tmp_path, decode):
+    """A looping file paced like a camera starts each pass one clip length after the last: in
+    keyframe mode too, where the demuxer hands out nothing after the clip's last keyframe (here
+    at 1.5 s of a 2 s clip), so without the clock carried over the next pass came 0.5 s early."""
+    clip = encode_h264((f for f in scenes.empty_video(20, 160, 120, seed=3)), tmp_path / "c.mp4", fps=10, keyint=15)
+    cfg = fast("f", str(clip), loop=True, realtime=True, analysis_fps=None, decode=decode)
+    video = VideoCollector([cfg])
+    starts: list[float] = []
+    video.cameras["f"].prepare = lambda fr: (starts.append(time.monotonic()) if fr.pts_ms == 0 else None) or True
+    with video:
+        deadline = time.monotonic() + 12
+        while len(starts) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(starts) >= 4, starts
+    gaps = np.diff(starts)
+    assert np.all(np.abs(gaps - 2.0) < 0.2), gaps  # 2 s a pass (the bug gave 1.5 s with keyframes)
+
+
+def test_cameras_start_at_the_start_rate(scene_mp4):
+    """Hundreds of cameras are not opened at once: camera i starts i / start_rate seconds after
+    the first (still connecting meanwhile), and stop ends the wait at once."""
+    cfgs = [fast(f"c{i}", str(scene_mp4), loop=True, realtime=True) for i in range(4)]
+    video = VideoCollector(cfgs, start_rate=4.0)  # one every 0.25 s
+    first: dict[str, float] = {}
+    for name, cam in video.cameras.items():
+        cam.prepare = lambda fr, name=name: first.setdefault(name, time.monotonic()) and False
+    t0 = time.monotonic()
+    with video:
+        assert video.status()["c3"][0] is CameraState.CONNECTING
+        deadline = time.monotonic() + 10
+        while len(first) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert len(first) == 4
+    starts = [first[f"c{i}"] - t0 for i in range(4)]
+    assert starts == sorted(starts) and all(starts[i] >= 0.25 * i for i in range(4)), starts
+    assert starts[3] - starts[0] < 0.75 + 0.5, starts
+    slow = VideoCollector([fast("s", str(scene_mp4))], start_rate=0.01)
+    slow.start_offsets["s"] = 30.0
+    t = time.monotonic()
+    slow.start()
+    slow.stop()  # waiting to start: stops at once
+    assert time.monotonic() - t < 2.0 and slow.counters()["s"]["decoded"] == 0
 
 
 def test_keyframe_only_decoding_of_a_file(scene_mp4):

@@ -251,6 +251,57 @@ def test_still_frames_go_through_the_gate_only_and_are_never_converted(tmp_path)
     assert converted == list(range(50, 70))  # something moves: the rules see every frame
 
 
+def _still_cameras(tmp_path, n: int, recheck_s: float = 2):
+    cams = [{"name": f"c{i}", "url": "rtsp://127.0.0.1:9/x", "still_recheck_s": recheck_s} for i in range(n)]
+    return VideoRuntime(parse({"site": {"name": "vt", "data_dir": str(tmp_path)},
+                               "video": {"rules": [{"name": "smoke", "kind": "smoke"},
+                                                   {"name": "dumping", "kind": "dumping"}]},
+                               "cameras": cams}, base_dir=tmp_path))
+
+
+def _luma_frame(camera: str, i: int, img):
+    from gridwatch.ingest.video import Frame
+
+    return Frame(camera, i, 1_700_000_000_000 + i * 200, i * 200.0, None, 1.0,  # 5 fps
+                 luma=cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), size=(img.shape[1], img.shape[0]), convert=lambda: img)
+
+
+def test_the_capture_gate_asks_for_a_due_recheck_once_while_analysis_is_behind(tmp_path):
+    """Analysis has set the rules up on the first frame, then falls behind: the capture thread
+    hands over one frame per still_recheck_s, not every frame from the moment the re-check is due
+    until analysis has run it (that extra work is what kept an overloaded box overloaded)."""
+    from gridwatch.streams.video import _capture_gate
+
+    rt = _still_cameras(tmp_path, 1)
+    imgs = list(testscenes.empty_scene(50, 640, 360))
+    rt.analyse([_luma_frame("c0", 0, imgs[0])])
+    gate = _capture_gate(rt.cameras[0])
+    handed = [i for i in range(1, 50) if not gate(_luma_frame("c0", i, imgs[i]))]
+    assert handed == [10, 20, 30, 40]
+
+
+def test_cameras_started_together_recheck_a_still_scene_out_of_step(tmp_path):
+    """Each camera's first re-check comes a phase of its own sooner, so cameras started together
+    do not hand analysis their re-check frames all at once, every still_recheck_s, for ever."""
+    from gridwatch.streams.video import recheck_phase
+
+    rt = _still_cameras(tmp_path, 3)
+    phases = [c.recheck_phase_ms for c in rt.cameras]
+    assert phases == [recheck_phase(i, 2.0) for i in range(3)] and len(set(phases)) == 3
+    assert all(0 <= p < 2000 for p in phases)
+    seen: dict[str, list[int]] = {c.cfg.name: [] for c in rt.cameras}
+    for i, img in enumerate(testscenes.empty_scene(40, 640, 360)):
+        for cam in rt.cameras:
+            before = rt.frames_analysed
+            rt.analyse([_luma_frame(cam.cfg.name, i, img)])
+            if rt.frames_analysed > before:
+                seen[cam.cfg.name].append(i)
+    for cam in rt.cameras:  # the first frame, a first re-check (2 s - phase) later, then every 2 s
+        first = next(i for i in range(1, 40) if i * 200 + cam.recheck_phase_ms >= 2000)
+        assert seen[cam.cfg.name] == [0, *range(first, 40, 10)], (cam.cfg.name, cam.recheck_phase_ms)
+    assert len({tuple(v) for v in seen.values()}) == 3
+
+
 def test_still_frames_stop_at_the_gate_on_the_capture_thread(gstreamer, tmp_path):
     """Through the real collector: on a still scene the capture thread's motion gate stops the
     frames (counted as gated, the analysis thread never woken for them); when something moves,
