@@ -224,12 +224,18 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
 
 
 
-def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: float, warmup_s: float = 4.0,
-                      fps: float = 5.0, lag_limit_s: float = 1.0, capture_nice: int | None = None) -> dict:
+def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: float, warmup_s: float | None = None,
+                      fps: float = 5.0, lag_limit_s: float = 1.0, capture_nice: int | None = None,
+                      start_rate: float | None = None) -> dict:
     """``n`` file cameras looping ``clip``, paced like live cameras, through one :class:`VideoRuntime`
     (smoke + dumping, ``fps`` analysis): do they all keep up for ``window_s`` after ``warmup_s``?
 
-    Camera starts are spread over one GOP (2 s), as independent cameras are not in lockstep.
+    The runtime starts the cameras at ``video.start_rate`` a second (``start_rate``: the config's
+    default unless given; 0 = all at once), and each camera's start is also delayed by its share
+    of one GOP (2 s), as independent cameras are not in lockstep. The warm-up (default: until the
+    last camera has started, plus 10 s: the 2 s of GOP spread, one ``still_recheck_s`` of 5 s and
+    a GOP to spare) keeps the start out of the window; the lag during the warm-up is reported
+    beside (``startup_lag_p95_s``).
     Per camera, the frames analysed in the window (taken by the analysis thread, or stopped as
     still by the motion gate on the capture thread) are compared with what the stream offers
     (``fps``, or one keyframe per 2 s), less one frame for the window's edges; lag is the time from
@@ -243,21 +249,24 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
     street = [{"name": "smoke", "kind": "smoke"}, {"name": "dumping", "kind": "dumping"}]
     cams = [{"name": f"cam{i}", "url": str(clip), "loop": True, "realtime": True, "analysis_fps": fps,
              "decode": decode, "rules": ["smoke", "dumping"]} for i in range(n)]
-    video = {"rules": street} if capture_nice is None else {"rules": street, "capture_nice": capture_nice}
+    video: dict = {"rules": street}
+    if capture_nice is not None:
+        video["capture_nice"] = capture_nice
+    if start_rate is not None:
+        video["start_rate"] = start_rate
     cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)}, "video": video, "cameras": cams}, base_dir=tmp)
     rt = VideoRuntime(cfg)
-    for i, cam in enumerate(rt.collector.cameras.values()):  # spread the starts over one GOP
-        run, delay = cam._run, 2.0 * i / n
-
-        def delayed(gen, run=run, delay=delay, cam=cam):
-            cam._wait(delay, gen)
-            run(gen)
-        cam._run = delayed
+    for i, name in enumerate(rt.collector.cameras):  # and spread over one GOP
+        rt.collector.start_offsets[name] = 2.0 * i / n
+    starting_s = n / cfg.video.start_rate if cfg.video.start_rate > 0 else 0.0
+    if warmup_s is None:
+        warmup_s = starting_s + 10.0
     base: dict[str, float] = {}  # camera -> (ts - pts) of its loop's first frame
     last_pts: dict[str, float] = {}
     lags: list[float] = []
     rule_lags: list[float] = []  # of the frames handed to the analysis thread
-    measuring = threading.Event()
+    startup_lags: list[float] = []  # of all frames seen during the warm-up
+    measuring, measured = threading.Event(), threading.Event()
     analyse = rt.analyse
 
     def seen(f, now_ms: float, into: list[list[float]]) -> None:
@@ -265,10 +274,12 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         if f.pts_ms < last_pts.get(f.camera, float("inf")) or f.camera not in base:
             base[f.camera] = f.ts_ms - f.pts_ms  # a new loop: the capture thread reset its clock
         last_pts[f.camera] = f.pts_ms
+        lag = (now_ms - (base[f.camera] + f.pts_ms)) / 1000
         if measuring.is_set():
-            lag = (now_ms - (base[f.camera] + f.pts_ms)) / 1000
             for out in into:
                 out.append(lag)
+        elif not measured.is_set():
+            startup_lags.append(lag)
 
     def timed(frames):
         now = time.time() * 1000
@@ -293,6 +304,7 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         measuring.set()
         c1, t1 = _cpu(), time.monotonic()
         time.sleep(window_s)
+        measured.set()
         measuring.clear()
         after = rt.collector.counters()
         window, cpu = time.monotonic() - t1, _cpu() - c1
@@ -311,14 +323,16 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
             "lag_p95_s": lag95, "lag_max_s": float(max(lags)) if lags else float("inf"),
             "analysis_thread_frames": len(rule_lags),
             "analysis_thread_lag_p95_s": float(np.percentile(rule_lags, 95)) if rule_lags else float("nan"),
-            "cpu_cores_busy": cpu / window, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
+            "startup_lag_p95_s": float(np.percentile(startup_lags, 95)) if startup_lags else float("nan"),
+            "warmup_s": warmup_s, "start_rate": rt.cfg.video.start_rate, "cpu_cores_busy": cpu / window, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
             "decoded_per_s": float(np.median(decoded)) / window,
             "wall_s": time.monotonic() - w0}
 
 
 def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float = 20.0, steps: int = 6,
                       budget_s: float = 600.0, modes: tuple[str, ...] = ("all", "keyframes"),
-                      capture_nice: int | None = None, start: int | None = None) -> None:
+                      capture_nice: int | None = None, start: int | None = None, warmup_s: float | None = None,
+                      start_rate: float | None = None) -> None:
     """The most cameras this box sustains, by real multi-camera runs: grow from an estimate until
     a run fails, then bisect, at most ``steps`` runs and ``budget_s`` seconds per mode."""
     from gridwatch.servers.rtsp import encode_h264
@@ -333,12 +347,15 @@ def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float =
         for _ in range(steps):
             if time.monotonic() - t0 > budget_s:
                 break
-            r = _multi_camera_run(clip, tmp, n, mode, window_s, capture_nice=capture_nice)
+            r = _multi_camera_run(clip, tmp, n, mode, window_s, warmup_s=warmup_s, capture_nice=capture_nice,
+                                  start_rate=start_rate)
             runs.append(r)
             print(f"  [{mode}] {n} cameras: {'keeps up' if r['ok'] else 'falls behind'} (frames per camera in "
                   f"{window_s:.0f} s: min {r['min_frames']}, median {r['median_frames']:.0f}, expected {r['expected']:.1f}; "
                   f"lag p95 {r['lag_p95_s']:.2f} s, max {r['lag_max_s']:.2f} s; {r['analysis_thread_frames']} "
                   f"frames past the gate to the rules, their lag p95 {r['analysis_thread_lag_p95_s']:.2f} s; "
+                  f"started at {r['start_rate']:g}/s, lag p95 during the {r['warmup_s']:.0f} s warm-up "
+                  f"{r['startup_lag_p95_s']:.2f} s; "
                   f"{r['cpu_cores_busy']:.2f} cores busy; "
                   f"decoded {r['decoded_per_s']:.1f} fps per camera (median), {r['dropped']} kept frames dropped "
                   f"unanalysed in all)",
@@ -466,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-cameras", action="store_true", help="also find the most cameras this box sustains "
                     "(full decode at 5 fps, keyframes only) with real multi-camera runs (a few minutes)")
     ap.add_argument("--max-cameras-window", type=float, default=20.0, help="seconds measured per multi-camera run")
+    ap.add_argument("--max-cameras-warmup", type=float, help="seconds each multi-camera run warms up before its "
+                    "window (default: until the last camera has started, plus 10 s; the warm-up's lag is reported)")
+    ap.add_argument("--start-rate", type=float, help="video.start_rate for the multi-camera runs (cameras started "
+                    "per second; default: the config default; 0 = all at once)")
     ap.add_argument("--max-cameras-steps", type=int, default=6, help="at most this many runs per decode mode")
     ap.add_argument("--max-cameras-start", type=int, help="first camera count to try (default: 0.8 x the single-camera "
                     "estimate)")
@@ -482,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             still = bench_decode_and_analysis(tmp, a.seconds, out, a.repeats)
         if a.max_cameras:
             bench_max_cameras(tmp, out, still, a.max_cameras_window, a.max_cameras_steps,
-                              modes=tuple(a.max_cameras_modes), capture_nice=a.capture_nice, start=a.max_cameras_start)
+                              modes=tuple(a.max_cameras_modes), capture_nice=a.capture_nice, start=a.max_cameras_start,
+                              warmup_s=a.max_cameras_warmup, start_rate=a.start_rate)
         if "detector" not in a.skip:
             bench_detector(out, 2.0)
         if "latency" not in a.skip:
