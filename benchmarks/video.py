@@ -45,6 +45,15 @@ def _cpu() -> float:
     return time.process_time()
 
 
+def _rss_mb() -> float:
+    """This process's resident memory now (MB; NaN where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def _decode_alone(path: Path, convert: bool = False, paced_fps: float = 0.0) -> tuple[float, int]:
     """CPU seconds and frames for OpenCV decoding every frame of ``path``: ``grab`` only (decode,
     no colour conversion), or ``read`` (decode + BGR conversion, the usual OpenCV loop); with
@@ -308,6 +317,7 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         measuring.clear()
         after = rt.collector.counters()
         window, cpu = time.monotonic() - t1, _cpu() - c1
+        rss_mb = _rss_mb()
         states = [st for st, _ in rt.status.values()]
     finally:
         rt.stop()
@@ -324,7 +334,8 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
             "analysis_thread_frames": len(rule_lags),
             "analysis_thread_lag_p95_s": float(np.percentile(rule_lags, 95)) if rule_lags else float("nan"),
             "startup_lag_p95_s": float(np.percentile(startup_lags, 95)) if startup_lags else float("nan"),
-            "warmup_s": warmup_s, "start_rate": rt.cfg.video.start_rate, "cpu_cores_busy": cpu / window, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
+            "warmup_s": warmup_s, "start_rate": rt.cfg.video.start_rate, "cpu_cores_busy": cpu / window,
+            "rss_mb": rss_mb, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
             "decoded_per_s": float(np.median(decoded)) / window,
             "wall_s": time.monotonic() - w0}
 
@@ -356,7 +367,7 @@ def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float =
                   f"frames past the gate to the rules, their lag p95 {r['analysis_thread_lag_p95_s']:.2f} s; "
                   f"started at {r['start_rate']:g}/s, lag p95 during the {r['warmup_s']:.0f} s warm-up "
                   f"{r['startup_lag_p95_s']:.2f} s; "
-                  f"{r['cpu_cores_busy']:.2f} cores busy; "
+                  f"{r['cpu_cores_busy']:.2f} cores busy, resident memory {r['rss_mb']:.0f} MB; "
                   f"decoded {r['decoded_per_s']:.1f} fps per camera (median), {r['dropped']} kept frames dropped "
                   f"unanalysed in all)",
                   flush=True)

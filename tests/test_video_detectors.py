@@ -173,6 +173,22 @@ def test_dumping_object_raises_with_before_snapshot_and_clears_when_removed():
     assert np.abs(h.before[oy1 + 5:oy2 - 5, ox1 + 5:ox2 - 5].astype(int) - h.image[oy1 + 5:oy2 - 5, ox1 + 5:ox2 - 5]).mean() > 30
 
 
+def test_dumping_keeps_its_before_frames_small_and_only_when_the_scene_moved():
+    """The frames kept for the before snapshot are JPEG, about one a second while something moves,
+    and none more while the scene stays still (they would all show the same)."""
+    still = create("dumping", "d", {"duration_s": 3.0})
+    feed(still, testscenes.empty_scene(150))  # 10 s at 5 fps
+    assert len(still.history) == 1
+    moving = create("dumping", "d", {"duration_s": 3.0})
+    frames = list(testscenes.moving_blob_scene(150))
+    feed(moving, frames)
+    assert 8 <= len(moving.history) <= 11
+    raw = frames[0].nbytes
+    assert all(jpeg.nbytes < raw / 5 for _, jpeg in moving.history)
+    before = moving._frame_at(1_700_000_000_000 + 5000)
+    assert before.shape == frames[0].shape and before.dtype == np.uint8
+
+
 def test_dumping_ignores_moving_things_and_ghosts():
     assert feed(create("dumping", "d", {"duration_s": 3.0}), testscenes.moving_blob_scene(120)) == []
     # the bike is in the first frame and rides away: its old place is a ghost, not a dumped object
