@@ -88,3 +88,15 @@ def questdb_server():
     start_or_skip(srv, "questdb")
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def gstreamer():
+    """The GStreamer RTSP server can run here (in CI: it must; locally the test skips with why)."""
+    from gridwatch.servers.rtsp import gstreamer_missing
+
+    why = gstreamer_missing()
+    if why:
+        if in_ci():
+            pytest.fail(f"RTSP server cannot start in CI: {why}")
+        pytest.skip(why)

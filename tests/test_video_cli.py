@@ -12,26 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import cv2
-import pytest
 
 from gridwatch.models import scenes
-from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264, gstreamer_missing
-from tests.conftest import in_ci
+from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264
 from tests.helpers import Subscriber
 
 REGION = "Jiangcheng/Riverside District/East Town/E-02"
-
-
-@pytest.fixture(scope="module")
-def gstreamer():
-    why = gstreamer_missing()
-    if why:
-        if in_ci():
-            pytest.fail(f"RTSP server cannot start in CI: {why}")
-        pytest.skip(why)
 
 
 CONFIG = """

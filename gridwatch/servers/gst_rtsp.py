@@ -6,11 +6,13 @@ and talks to it only through the command line, stdin and stdout.
 
 Two sub-commands:
 
-``serve --port P --mounts JSON``
-    Serve each mount (a JSON list of objects) on ``rtsp://127.0.0.1:P/<path>``:
+``serve --port P --mounts JSON [--auth JSON]``
+    Serve each mount (a JSON list of objects) on ``rtsp://127.0.0.1:P/<path>``; with ``--auth``
+    (``{"user", "password", "method": "basic"|"digest"}``) every mount asks for those credentials:
 
-    * ``{"kind": "test", "path": ..., "width", "height", "fps", "pattern", "keyint"}``:
-      a live ``videotestsrc`` camera encoded with x264 (shared by all clients).
+    * ``{"kind": "test", "path": ..., "width", "height", "fps", "pattern", "keyint", "codec"}``:
+      a live ``videotestsrc`` camera encoded with x264 (or JPEG with ``"codec": "jpeg"``),
+      shared by all clients.
     * ``{"kind": "file", "path": ..., "file": ..., "loop": bool}``: an H.264 mp4 file.
       ``loop=false`` plays it once per client (``filesrc ! qtdemux``). ``loop=true`` reads the
       file's access units into memory once and feeds them through an ``appsrc`` forever with
@@ -32,8 +34,9 @@ import sys
 import gi
 
 gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 PAYLOADER = "rtph264pay name=pay0 pt=96 config-interval=1"
 
@@ -109,10 +112,12 @@ def make_factory(mount: dict) -> GstRtspServer.RTSPMediaFactory:
     if kind == "test":
         w, h, fps = int(mount["width"]), int(mount["height"]), int(mount["fps"])
         keyint = int(mount.get("keyint") or fps)
+        encode = ("video/x-raw,format=I420 ! jpegenc ! rtpjpegpay name=pay0 pt=26" if mount.get("codec") == "jpeg"
+                  else f"{x264(fps, keyint)} ! {PAYLOADER}")
         factory.set_launch(
             f"( videotestsrc is-live=true pattern={mount.get('pattern', 'ball')} "
             f"! video/x-raw,width={w},height={h},framerate={fps}/1 ! videoconvert "
-            f"! {x264(fps, keyint)} ! {PAYLOADER} )")
+            f"! {encode} )")
         factory.set_shared(True)
     elif kind == "file" and not mount.get("loop", True):
         factory.set_launch(f'( filesrc location="{mount["file"]}" ! qtdemux ! video/x-h264 ! {PAYLOADER} )')
@@ -126,13 +131,35 @@ def make_factory(mount: dict) -> GstRtspServer.RTSPMediaFactory:
     return factory
 
 
-def serve(port: int, mounts: list[dict]) -> None:
+def require_auth(server: GstRtspServer.RTSPServer, factories: list, auth: dict) -> None:
+    """Every mount asks for ``auth["user"]`` / ``auth["password"]`` (Basic or Digest)."""
+    a = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "camera-user")
+    if auth.get("method", "digest") == "digest":
+        a.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+        a.add_digest(auth["user"], auth["password"], token)
+    else:
+        a.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+        a.add_basic(GstRtspServer.RTSPAuth.make_basic(auth["user"], auth["password"]), token)
+    server.set_auth(a)
+    role = Gst.Structure.new_from_string(
+        "camera-user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true")
+    for f in factories:
+        f.add_role_from_structure(role)
+
+
+def serve(port: int, mounts: list[dict], auth: dict | None = None) -> None:
     server = GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(port))
     points = server.get_mount_points()
+    factories = []
     for m in mounts:
-        points.add_factory("/" + m["path"].lstrip("/"), make_factory(m))
+        factories.append(make_factory(m))
+        points.add_factory("/" + m["path"].lstrip("/"), factories[-1])
+    if auth:
+        require_auth(server, factories, auth)
     loop = GLib.MainLoop()
     if server.attach(None) == 0:
         raise SystemExit(f"cannot listen on 127.0.0.1:{port}")
@@ -160,6 +187,7 @@ def main(argv: list[str]) -> None:
     s = sub.add_parser("serve")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--mounts", required=True, help="JSON list of mount objects")
+    s.add_argument("--auth", help='JSON {"user", "password", "method": "basic"|"digest"}: credentials every mount asks for')
     e = sub.add_parser("encode")
     for name in ("width", "height", "fps", "keyint"):
         e.add_argument(f"--{name}", type=int, required=True)
@@ -167,7 +195,7 @@ def main(argv: list[str]) -> None:
     a = p.parse_args(argv)
     Gst.init(None)
     if a.cmd == "serve":
-        serve(a.port, json.loads(a.mounts))
+        serve(a.port, json.loads(a.mounts), json.loads(a.auth) if a.auth else None)
     else:
         encode(a.width, a.height, a.fps, a.keyint, a.out)
 

@@ -38,7 +38,8 @@ class ServerUnavailable(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class TestCamera:
-    """A live generated camera (``videotestsrc``), H.264 with a keyframe every ``keyint`` frames."""
+    """A live generated camera (``videotestsrc``), H.264 with a keyframe every ``keyint`` frames
+    (``codec="jpeg"``: Motion JPEG instead, as some cheap cameras send)."""
 
     __test__ = False  # not a pytest test class
 
@@ -48,10 +49,11 @@ class TestCamera:
     fps: int = 15
     pattern: str = "ball"
     keyint: int | None = None  # default: one keyframe per second
+    codec: str = "h264"  # or "jpeg"
 
     def spec(self) -> dict:
         return {"kind": "test", "path": self.path, "width": self.width, "height": self.height,
-                "fps": self.fps, "pattern": self.pattern, "keyint": self.keyint or self.fps}
+                "fps": self.fps, "pattern": self.pattern, "keyint": self.keyint or self.fps, "codec": self.codec}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +113,7 @@ class RtspServer:
     """
 
     def __init__(self, mounts: Sequence[Mount], port: int | None = None, host: str = "127.0.0.1",
-                 start_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 30.0, auth: tuple[str, str, str] | None = None) -> None:
         if not mounts:
             raise ValueError("RtspServer needs at least one mount")
         paths = [m.path for m in mounts]
@@ -121,6 +123,7 @@ class RtspServer:
         self.host = host
         self.port = port or free_port(host)
         self.start_timeout_s = start_timeout_s
+        self.auth = auth  # (user, password, "basic" | "digest"): every mount asks for them
         self._proc: subprocess.Popen | None = None
         self._log = None
 
@@ -137,8 +140,10 @@ class RtspServer:
         self._log = tempfile.TemporaryFile()
         mounts = json.dumps([m.spec() for m in self.mounts])
         try:
+            auth = (["--auth", json.dumps({"user": self.auth[0], "password": self.auth[1], "method": self.auth[2]})]
+                    if self.auth else [])
             self._proc = subprocess.Popen(
-                [SYSTEM_PYTHON, str(SCRIPT), "serve", "--port", str(self.port), "--mounts", mounts],
+                [SYSTEM_PYTHON, str(SCRIPT), "serve", "--port", str(self.port), "--mounts", mounts, *auth],
                 stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
         except OSError as e:
             raise ServerUnavailable(f"cannot start {SYSTEM_PYTHON}: {e}") from e
