@@ -15,6 +15,8 @@
    runs and time per mode). Each run also reports the frames decoded and the kept frames dropped
    unanalysed, so a failing count shows whether it degrades gently; ``--capture-nice 0`` runs the
    capture threads at the analysis thread's priority (the behaviour before ``video.capture_nice``).
+   **RTSP cameras** (``rtsp``): the same keyframes-vs-full comparison with the clip served by a
+   real RTSP server, keyframes through gridwatch's own RTSP client and through FFmpeg's.
 4. **Detector throughput**: ``OnnxDetector.detect`` (letterbox + run + decode) vs a bare
    onnxruntime session on the same model and batch (pre-made input, target ≥ 0.9×), and the gain
    from batching 4 cameras' frames into one run. The model is a random-weight CNN with a YOLOv8
@@ -225,7 +227,7 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
              **{k: v / nf * 1000 for k, v in rt_b.stage_s.items()}}
     out["busy_ms_per_analysed_frame"] = split
     out["busy_ratio_vs_decode"] = cpu_b / dec_cpu_b
-    print(f"[busy 720p25, model every frame] per analysed frame (ms, wall time of each stage): "
+    print("[busy 720p25, model every frame] per analysed frame (ms, wall time of each stage): "
           + ", ".join(f"{k} {v:.1f}" for k, v in split.items())
           + f"; model ran on {rt_b.model_frames['blobs']} of {rt_b.frames_analysed} frames; "
             f"whole pipeline {cpu_b / dec_cpu_b:.2f}x decode alone")
@@ -303,7 +305,7 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
                 seen(f, time.time() * 1000, [lags])
             return done
         cam.prepare = gated
-    c0, w0 = _cpu(), time.monotonic()
+    w0 = time.monotonic()
     rt.start()
     try:
         time.sleep(warmup_s)
@@ -338,6 +340,58 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
             "rss_mb": rss_mb, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
             "decoded_per_s": float(np.median(decoded)) / window,
             "wall_s": time.monotonic() - w0}
+
+
+def bench_rtsp(tmp: Path, out: dict, cameras: int = 20, full_cameras: int = 4, window_s: float = 15.0,
+               rounds: int = 2) -> None:
+    """Keyframes vs full decode for RTSP cameras (the generated 720p25 still clip, 2 s GOP, served
+    by the GStreamer RTSP server, looping), CPU of this process per camera-second: keyframes
+    through gridwatch's RTSP client (``rtsp_client = "gridwatch"``) and through FFmpeg's, and
+    full decode at 5 fps. The server runs in its own process (its CPU is not counted; it shares
+    the cores). Interleaved rounds, medians."""
+    from gridwatch.config import parse
+    from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264
+    from gridwatch.streams.video import VideoRuntime
+
+    clip = encode_h264(_frames_720p(250, "still"), tmp / "rtsp720.mp4", fps=25, keyint=50)
+    street = [{"name": "smoke", "kind": "smoke"}, {"name": "dumping", "kind": "dumping"}]
+
+    def run(urls: list[str], decode: str, client: str) -> float:
+        cams = [{"name": f"r{i}", "url": u, "analysis_fps": 5, "decode": decode, "rtsp_client": client,
+                 "rules": ["smoke", "dumping"], "open_timeout_s": 10, "read_timeout_s": 10} for i, u in enumerate(urls)]
+        cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)}, "video": {"rules": street}, "cameras": cams},
+                    base_dir=tmp)
+        rt = VideoRuntime(cfg)
+        rt.start()
+        try:
+            time.sleep(5.0)  # connect, first frames, backgrounds
+            c0, t0 = _cpu(), time.monotonic()
+            time.sleep(window_s)
+            cpu, wall = _cpu() - c0, time.monotonic() - t0
+            offline = [n for n, (st, _) in rt.status.items() if st != "online"]
+        finally:
+            rt.stop()
+        if offline:
+            raise RuntimeError(f"RTSP bench: cameras not online: {offline}")
+        return cpu / wall / len(urls) * 1000
+
+    runs: dict[str, list[float]] = {"gridwatch": [], "ffmpeg": [], "full": []}
+    with RtspServer([FileStream(f"r{i}", clip, loop=True) for i in range(cameras)]) as srv:
+        urls = [srv.url(f"r{i}") for i in range(cameras)]
+        for _ in range(rounds):
+            runs["gridwatch"].append(run(urls, "keyframes", "gridwatch"))
+            runs["ffmpeg"].append(run(urls, "keyframes", "ffmpeg"))
+            runs["full"].append(run(urls[:full_cameras], "all", "gridwatch"))
+    med = {k: float(np.median(v)) for k, v in runs.items()}
+    ratio = [f / g for f, g in zip(runs["full"], runs["gridwatch"])]
+    out["rtsp_ms_per_camera_s"] = med
+    out["rtsp_keyframes_vs_full"] = float(np.median(ratio))
+    print(f"[RTSP cameras, 720p25 GOP 2 s, served by GStreamer on this box, CPU of this process per camera-second, "
+          f"medians of {rounds} interleaved rounds] keyframes through gridwatch's RTSP client {med['gridwatch']:.2f} ms "
+          f"({cameras} cameras), through FFmpeg's {med['ffmpeg']:.2f} ms; full decode at 5 fps {med['full']:.1f} ms "
+          f"({full_cameras} cameras) -> keyframes {np.median(ratio):.1f}x more cameras per core with gridwatch's client "
+          f"(rounds {', '.join(f'{r:.1f}' for r in ratio)}; target >= 10x), "
+          f"{med['full'] / med['ffmpeg']:.1f}x with FFmpeg's", flush=True)
 
 
 def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float = 20.0, steps: int = 6,
@@ -488,7 +542,7 @@ def bench_latency(tmp: Path, out: dict, cameras: int = 3) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gridwatch bench video")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the generated 720p25 clips")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "detector", "latency"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "rtsp", "detector", "latency"])
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the still-scene and keyframe "
                     "measurements (medians reported)")
     ap.add_argument("--max-cameras", action="store_true", help="also find the most cameras this box sustains "
@@ -512,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
         still = None
         if "decode" not in a.skip:
             still = bench_decode_and_analysis(tmp, a.seconds, out, a.repeats)
+        if "rtsp" not in a.skip:
+            bench_rtsp(tmp, out)
         if a.max_cameras:
             bench_max_cameras(tmp, out, still, a.max_cameras_window, a.max_cameras_steps,
                               modes=tuple(a.max_cameras_modes), capture_nice=a.capture_nice, start=a.max_cameras_start,

@@ -36,8 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import cv2
@@ -48,7 +47,7 @@ from gridwatch.config import GridwatchConfig
 from gridwatch.detectors.base import UPDATE, FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.motion import MotionDetector, MotionParams, MotionResult
-from gridwatch.detectors.registry import OnnxClassifier, create
+from gridwatch.detectors.registry import create
 from gridwatch.detectors.settings import ModelConfig, VideoCameraConfig, manifest_path, model_configs, rule_model
 from gridwatch.ingest.video import CameraState, Frame, StatusChange, VideoCollector
 from gridwatch.observability import Counters
