@@ -343,7 +343,7 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
 
 
 def bench_rtsp(tmp: Path, out: dict, cameras: int = 20, full_cameras: int = 4, window_s: float = 15.0,
-               rounds: int = 2) -> None:
+               rounds: int = 3) -> None:
     """Keyframes vs full decode for RTSP cameras (the generated 720p25 still clip, 2 s GOP, served
     by the GStreamer RTSP server, looping), CPU of this process per camera-second: keyframes
     through gridwatch's RTSP client (``rtsp_client = "gridwatch"``) and through FFmpeg's, and
@@ -558,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-cameras-modes", nargs="+", default=["all", "keyframes"], choices=["all", "keyframes"])
     ap.add_argument("--capture-nice", type=int, help="video.capture_nice for the multi-camera runs (default: the "
                     "config default; 0 = capture threads at the analysis thread's priority, the old behaviour)")
+    ap.add_argument("--rtsp-rounds", type=int, default=3, help="interleaved rounds of the RTSP comparison "
+                    "(each ~1 min: keyframes through both clients and full decode)")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args(argv or [])
     out: dict = {"cpu_cores": os.cpu_count()}
@@ -567,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         if "decode" not in a.skip:
             still = bench_decode_and_analysis(tmp, a.seconds, out, a.repeats)
         if "rtsp" not in a.skip:
-            bench_rtsp(tmp, out)
+            bench_rtsp(tmp, out, rounds=a.rtsp_rounds)
         if a.max_cameras:
             bench_max_cameras(tmp, out, still, a.max_cameras_window, a.max_cameras_steps,
                               modes=tuple(a.max_cameras_modes), capture_nice=a.capture_nice, start=a.max_cameras_start,
