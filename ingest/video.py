@@ -88,7 +88,8 @@ class CameraConfig(BaseModel):
     analysis_width: int | None = Field(640, ge=16, description="Kept frames are downscaled to this width "
                                        "(aspect kept; never upscaled). None = original size.")
     decode: Literal["all", "keyframes"] = Field("all", description="'all' decodes every frame; "
-                                                "'keyframes' decodes keyframes only (PyAV), for slow events.")
+                                                "'keyframes' decodes keyframes only, for slow events (files through "
+                                                "PyAV; RTSP through gridwatch's RTSP client, see rtsp_client).")
     decoder: Literal["pyav", "opencv"] = Field("pyav", description="decode='all' through PyAV (kept frames carry their "
                                                "luma plane; the BGR picture is made only when analysis asks for it) or "
                                                "OpenCV's FFmpeg backend (BGR for every kept frame).")
