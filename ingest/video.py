@@ -43,8 +43,10 @@ warning per frame, so there every kept frame is converted. ``decode="keyframes"`
 decodes only keyframes (``skip_frame = "NONKEY"`` plus dropping non-key packets before the
 decoder), for slow events on a camera with a short GOP: decode cost then follows the keyframe rate
 instead of the camera's frame rate. OpenCV's VideoCapture cannot do this (it does not expose the
-decoder's ``skip_frame``). Credentials in URLs never reach a log line
-or a reason string.
+decoder's ``skip_frame``). Over RTSP, keyframe cameras use gridwatch's own RTSP client
+(:mod:`gridwatch.ingest.rtsp`, ``rtsp_client = "gridwatch"``): FFmpeg's demuxes every RTP packet
+whether or not its frame is decoded, which cost twice the keyframes' decoding. Credentials in
+URLs never reach a log line or a reason string.
 """
 from __future__ import annotations
 
