@@ -565,6 +565,9 @@ def _tcp_refusal(url: str, timeout: float) -> str | None:
         return f"cannot reach {parts.hostname}:{port}: {e.strerror or e}"
 
 
+_FFMPEG_RTSP_ONLY: set[str] = set()  # RTSP URLs whose stream gridwatch's client cannot read (not H.264/H.265)
+
+
 def open_source(cfg: CameraConfig) -> Source:
     if cfg.is_file and not Path(cfg.path).is_file():
         raise SourceError("not_found", f"file not found: {cfg.path}", terminal=True)
@@ -573,12 +576,16 @@ def open_source(cfg: CameraConfig) -> Source:
         if refusal:
             raise SourceError("open_failed", refusal)
     if cfg.decode == "keyframes":
-        if cfg.path.lower().startswith("rtsp://") and cfg.rtsp_client == "gridwatch":
+        if (cfg.path.lower().startswith("rtsp://") and cfg.rtsp_client == "gridwatch"
+                and cfg.path not in _FFMPEG_RTSP_ONLY):
             from gridwatch.ingest.rtsp import RtspError, UnsupportedStream
 
             try:
                 return RtpKeyframeSource(cfg)
             except UnsupportedStream as e:
+                # remembered, so reconnects go straight to FFmpeg: opening a second session right
+                # after the first can meet a server still tearing the first one down (a 5xx)
+                _FFMPEG_RTSP_ONLY.add(cfg.path)
                 log.info("camera %s: %s; keyframes through FFmpeg's RTSP client instead", cfg.name, e)
             except RtspError as e:
                 raise SourceError(e.code, str(e)) from e
