@@ -88,7 +88,7 @@ class KeyframeAssembler:
         self.params: dict[int, bytes] = {}
         for nal in params or []:
             if nal:
-                self.params[self._type(nal[0], nal[1] if len(nal) > 1 else 0)] = bytes(nal)
+                self.params[self._type(nal[0])] = bytes(nal)
         self._ts: int | None = None  # RTP timestamp of the access unit being read
         self._nals: list[bytes] = []  # its keyframe slices, complete
         self._fu: list[bytes] | None = None  # a keyframe slice arriving in fragments
@@ -99,7 +99,8 @@ class KeyframeAssembler:
         self.broken = 0  # keyframes dropped for a gap
         self.packets = 0
 
-    def _type(self, b0: int, b1: int) -> int:
+    def _type(self, b0: int) -> int:
+        """The NAL unit type, from the first byte of its header (H.265: the first of two)."""
         return (b0 >> 1) & 0x3F if self.h265 else b0 & 0x1F
 
     def _is_key(self, t: int) -> bool:
@@ -124,7 +125,7 @@ class KeyframeAssembler:
         """One whole NAL unit ``buf[a:b]``: kept if it is a parameter set or a keyframe slice."""
         if b - a < 2:
             return
-        t = self._type(buf[a], buf[a + 1])
+        t = self._type(buf[a])
         if self._is_param(t):
             self.params[t] = bytes(buf[a:b])
         elif self._is_key(t):
@@ -165,7 +166,7 @@ class KeyframeAssembler:
         hdr = 2 if self.h265 else 1
         if b - a < hdr:
             return
-        t = self._type(buf[a], buf[a + 1] if self.h265 else 0)
+        t = self._type(buf[a])
         aggregate = H265_AP if self.h265 else H264_STAP_A
         frag = H265_FU if self.h265 else H264_FU_A
         if t == aggregate:  # aggregation: [2-byte size, NAL unit] ...
@@ -184,14 +185,11 @@ class KeyframeAssembler:
             s, e, ft = fu & 0x80, fu & 0x40, fu & 0x3F if self.h265 else fu & 0x1F
             if s:
                 self._fu = None
-                if self._is_key(ft):
-                    head = (bytes(((buf[a] & 0x81) | (ft << 1), buf[a + 1])) if self.h265
-                            else bytes(((buf[a] & 0xE0) | ft,)))
-                    self._fu = [head]
-                    self._key = True
-                elif self._is_param(ft):  # parameter sets are small, but may still come in pieces
+                # keyframe slices, and parameter sets (small, but they may still come in pieces)
+                if self._is_key(ft) or self._is_param(ft):
                     self._fu = [bytes(((buf[a] & 0x81) | (ft << 1), buf[a + 1])) if self.h265
                                 else bytes(((buf[a] & 0xE0) | ft,))]
+                    self._key = self._key or self._is_key(ft)
             elif self._fu is not None and gap:
                 self._fu = None
                 self._broken = True
