@@ -65,7 +65,13 @@ def cmd_run(a) -> int:
 
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
     on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
-    rt = EdgeRuntime(cfg, on_events=on_events)
+    from gridwatch.streams.datadir import DataDirBusy
+
+    try:
+        rt = EdgeRuntime(cfg, on_events=on_events)
+    except DataDirBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     video = None
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime

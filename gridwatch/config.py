@@ -68,6 +68,9 @@ class IngestConfig(_Model):
     batch_max_messages: int = Field(5000, ge=1, description="Largest number of messages decoded as one batch (a batch is whatever arrived while the previous one was processed).")
     profile_dirs: list[str] = Field(default_factory=list, description="Extra folders of vendor profile TOML files (see hw/profiles); they override bundled ones of the same vendor.")
     dead_letter_keep: int = Field(100_000, ge=0, description="Dead-letter records kept in the store (oldest removed first).")
+    dead_letter_max_mb: float = Field(64.0, gt=0, description="Most space dead letters take in the store (topic, explanation and payload together; oldest removed first).")
+    max_topic_bytes: int = Field(256, ge=16, le=65535, description="Topics longer than this are rejected at once as 'bad_topic' (never parsed or remembered).")
+    max_devices_per_vendor: int = Field(100_000, ge=0, description="Devices one vendor may register on first sight (ingest.unknown_devices = 'register'); its further new ids are rejected as 'device_limit' while its known devices go on. 0 = no limit.")
 
 
 class DeviceConfig(_Model):

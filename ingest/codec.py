@@ -15,7 +15,7 @@ good ones of the same message with it: each rejected reading (or message, when i
 becomes a :class:`~gridwatch.records.DeadLetter` with a reason code and an explanation.
 
 Reason codes: oversized, malformed_json, not_an_object, bad_topic, unknown_vendor, unknown_device,
-vendor_mismatch, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
+vendor_mismatch, device_limit, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
 out_of_range, future_timestamp, stale_timestamp, duplicate.
 
 JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float64 (1e999) are
@@ -38,6 +38,9 @@ from gridwatch.records import DEADLETTER_PAYLOAD_MAX, DeadLetter, PositionBatch,
 from gridwatch.streams.kernels.dedup import DuplicateFilter
 
 TOPIC_ROOT = "devices"
+TOPIC_CACHE_MAX = 100_000  # remembered routes (each topic at most ingest.max_topic_bytes long)
+DEADLETTER_SOURCE_MAX = 256  # characters of the topic kept in a dead letter
+DEADLETTER_DETAIL_MAX = 512  # characters of the explanation kept in a dead letter
 _NUM = (int, float)
 _NUMSET = frozenset(_NUM)
 _UNIT_CODE = {"auto": 0, "iso": 0, "s": 1, "ms": 2, "us": 3, "ns": 4}
@@ -52,6 +55,7 @@ class Message:
     payload: bytes
     received_ms: int
     token: object = None
+    size: int = -1  # the payload's size as received, where the collector kept only its first bytes
 
 
 @dataclass(slots=True)
@@ -83,8 +87,9 @@ def _iso_ms(s: str) -> float | None:
 
 class Codec:
     def __init__(self, profiles: dict[str, Profile], directory: DeviceDirectory, *, max_payload_bytes: int = 256 * 1024,
-                 max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0) -> None:
+                 max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0, max_topic_bytes: int = 256) -> None:
         self.profiles = profiles
+        self.max_topic = max_topic_bytes
         self.directory = directory
         self.max_payload = max_payload_bytes
         self.max_future_ms = max_future_skew_s * 1e3
@@ -122,6 +127,8 @@ class Codec:
     def _route(self, topic: str):
         r = self._topics.get(topic)
         if r is None:
+            if len(topic) > self.max_topic:  # never split, parsed further or remembered
+                return ("bad_topic", f"topic is over the limit of {self.max_topic} characters (ingest.max_topic_bytes)")
             parts = topic.split("/")
             if len(parts) < 4 or parts[0] != TOPIC_ROOT or not all(parts[1:4]):
                 r = ("bad_topic", f"topic {topic!r} does not match {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id>")
@@ -131,9 +138,10 @@ class Codec:
                 r = ("unknown_vendor", f"no device profile for vendor {parts[1]!r} (topic {topic!r})")
             else:
                 r = (None, parts[1], parts[2], parts[3], self.profiles[parts[1]], self._fmap[parts[1]])
-            if len(self._topics) > 500_000:
-                self._topics.clear()
-            self._topics[topic] = r
+            if r[0] is None:  # only routes that decode are remembered: rejected topics cost no memory
+                if len(self._topics) >= TOPIC_CACHE_MAX:
+                    self._topics.clear()
+                self._topics[topic] = r
         return r
 
     def decode(self, messages: list[Message], now_ms: int) -> Decoded:
@@ -152,7 +160,8 @@ class Codec:
                 d.count += 1
                 return
             m = messages[mi]
-            d = DeadLetter(m.topic, reason, detail() if callable(detail) else detail,
+            d = DeadLetter(_clip(m.topic, DEADLETTER_SOURCE_MAX), reason,
+                           _clip(detail() if callable(detail) else detail, DEADLETTER_DETAIL_MAX),
                            bytes(m.payload[:DEADLETTER_PAYLOAD_MAX]), m.received_ms)
             first[(mi, reason)] = d
             dead.append(d)
@@ -191,7 +200,8 @@ class Codec:
             _, vendor, kind, topic_dev, prof, fmap = route
             payload = msg.payload
             if len(payload) > self.max_payload:
-                reject(mi, "oversized", f"payload is {len(payload)} bytes; the limit is {self.max_payload}")
+                size = msg.size if msg.size >= 0 else len(payload)
+                reject(mi, "oversized", f"payload is {size} bytes; the limit is {self.max_payload} (ingest.max_payload_bytes)")
                 continue
             ci = fast_of.get(mi, -1) if fast_of else -1
             if ci >= 0:  # valid JSON, a non-empty array of flat numeric objects: only the device to check
@@ -295,9 +305,11 @@ class Codec:
         return out
 
     def _topic_device_refused(self, device: str, vendor: str, why: str) -> str:
+        d = self.directory
         return f"device {device!r} on vendor {vendor!r}: " + (
             "not registered and unknown devices are rejected" if why == "unknown_device"
-            else f"belongs to vendor {self.directory.vendor[self.directory.slots.get(device)]!r}")
+            else f"vendor {vendor!r} already registered ingest.max_devices_per_vendor ({d.max_per_vendor}) devices"
+            if why == "device_limit" else f"the config binds it to vendor {d.owner(device)!r}")
 
     # ------------------------------------------------------------------------------------
     def _recognise(self, messages: list[Message]):
@@ -553,6 +565,10 @@ def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):
 
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 60, 60
+
+
+def _clip(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 def _short(v: object, n: int = 60) -> str:

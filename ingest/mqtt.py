@@ -72,8 +72,12 @@ def load_deliveries(blobs: list[bytes]) -> dict[int, int]:
 class MqttCollector:
     source = "mqtt"
 
-    def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters, qos0_inbox_max: int = 200_000) -> None:
+    def __init__(self, cfg: MqttConfig, client_id: str, counters: Counters, qos0_inbox_max: int = 200_000,
+                 max_topic: int = 256, max_payload: int = 256 * 1024) -> None:
         self.cfg = cfg
+        # a message over either limit is rejected by the codec; the inbox keeps only its first
+        # limit + 1 characters/bytes, so hostile sizes cannot fill memory while it waits
+        self.max_topic, self.max_payload = max_topic, max_payload
         self.client_id = client_id
         self.counters = counters
         self.inbox: deque[Message] = deque()
@@ -150,6 +154,10 @@ class MqttCollector:
         return full
 
     def _on_raw(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None:
+        size = -1
+        if len(topic) > self.max_topic or len(payload) > self.max_payload:
+            size = len(payload)
+            topic, payload = topic[: self.max_topic + 1], payload[: self.max_payload + 1]
         if qos == 0 and len(self.inbox) >= self.qos0_inbox_max:
             self.counters.drop(self.source, "inbox_full")
             return
@@ -164,7 +172,7 @@ class MqttCollector:
                     return
         was_empty = not self.inbox
         self.inbox.append(Message(topic, payload, time.time_ns() // 1_000_000,
-                                  (self.generation, mid) if qos > 0 else None))
+                                  (self.generation, mid) if qos > 0 else None, size))
         if was_empty and self.wake is not None:
             self.wake()
 

@@ -70,10 +70,11 @@ from gridwatch.ingest import wire
 from gridwatch.ingest.kafka_forward import warning_event_payload
 from gridwatch.records import PositionBatch, SensorBatch, Warning, RegionPath
 from gridwatch.streams.pipeline import Pipeline
+from gridwatch.ingest.devices import device_key
 from gridwatch.streams.slots import SlotRegistry
 
 log = logging.getLogger("gridwatch.streams.cluster")
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: device slots keyed by (vendor, id)
 _STATE_RANK = {"active": 0, "cleared": 1}
 
 
@@ -99,7 +100,8 @@ class PartitionState:
     def _slots(self, wb: wire.WireBatch) -> np.ndarray:
         d = self.pl.directory
         get = d.slots._slot.get
-        out = np.array([get(i, -1) for i in wb.ids], np.int32)
+        vendor = [v for v, _ in wb.classes]
+        out = np.array([get(device_key(vendor[c], i), -1) for i, c in zip(wb.ids, wb.device_class.tolist())], np.int32)
         for i in np.flatnonzero(out < 0).tolist():  # first sight: register (binds the rules)
             dev = wb.device(i)
             out[i] = d.add(dev.id, dev.vendor, dev.kind)
@@ -203,8 +205,7 @@ class PartitionState:
             raise ValueError(f"partition snapshot version {state.get('v')} (expected {SNAPSHOT_VERSION})")
         self = cls(cfg, partition)
         pl, d, lc = self.pl, self.pl.directory, self.pl.lifecycle
-        keys, d.vendor, d.kind, d.lat, d.lon, d.region = state["devices"]
-        d.slots = _registry(keys)
+        d.restore(*state["devices"])
         skeys, d.series_device, d.series_metric = state["series"]
         d.series = _registry(skeys)
         for _, p, _ in pl.rules:

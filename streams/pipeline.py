@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from gridwatch.config import GridwatchConfig, RuleConfig
 from gridwatch.hw.profiles import METRICS, load_profiles
-from gridwatch.ingest.codec import Codec, Message
+from gridwatch.ingest.codec import Codec, Decoded, Message
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.observability import Counters
 from gridwatch.records import PositionBatch, RegionPath, SensorBatch, Warning
@@ -26,6 +27,19 @@ from gridwatch.streams.processor import Processor, create
 from gridwatch.streams.store import Store
 
 log = logging.getLogger("gridwatch.streams.pipeline")
+
+
+@dataclass(slots=True)
+class Computed:
+    """A batch decoded and run through the rules, not yet stored (see Pipeline.compute)."""
+
+    n_messages: int
+    sensor: SensorBatch
+    position: PositionBatch
+    events: list[tuple[str, Warning]]
+    decoded: Decoded | None
+    deliveries: tuple[str, bytes] | None
+    now_ms: int
 
 
 VALUE_IS_READING = {"threshold", "flatline", "speeding"}  # kinds whose warning value is the reading itself
@@ -50,10 +64,11 @@ class Pipeline:
         self.cfg = cfg
         self.source = source
         self.counters = counters or Counters()
-        self.directory = DeviceDirectory(cfg.ingest.unknown_devices)
+        self.directory = DeviceDirectory(cfg.ingest.unknown_devices, cfg.ingest.max_devices_per_vendor)
         self.codec = Codec(load_profiles([cfg.resolve(d) for d in cfg.ingest.profile_dirs]), self.directory,
                            max_payload_bytes=cfg.ingest.max_payload_bytes,
-                           max_future_skew_s=cfg.ingest.max_future_skew_s, max_age_s=cfg.ingest.max_age_s)
+                           max_future_skew_s=cfg.ingest.max_future_skew_s, max_age_s=cfg.ingest.max_age_s,
+                           max_topic_bytes=cfg.ingest.max_topic_bytes)
         geo = None
         if cfg.regions.geojson:
             geo = json.loads(Path(cfg.resolve(cfg.regions.geojson)).read_text(encoding="utf-8"))
@@ -71,13 +86,15 @@ class Pipeline:
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.directory.on_new_device.append(self._enable_device)
         self.directory.on_new_series.append(self._enable_series)
-        for d in cfg.devices:
-            self.directory.add(d.id, d.vendor, d.kind, d.lat, d.lon, d.region)
-        self.last_lat = np.full(0, np.nan)  # latest fix per device slot: places sensor warnings of moving devices
-        self.last_lon = np.full(0, np.nan)
         self.store = store
+        # the stored directory first (its slots are what the stored readings point at), then the
+        # config's devices: new ones get the next slots, edited ones are updated, all are bound
         if store is not None:
             store.load_directory(self.directory)
+        for d in cfg.devices:
+            self.directory.bind(d.id, d.vendor, d.kind, d.lat, d.lon, d.region)
+        self.last_lat = np.full(0, np.nan)  # latest fix per device slot: places sensor warnings of moving devices
+        self.last_lon = np.full(0, np.nan)
 
     # --- rule binding ---------------------------------------------------------------------
     def _matches(self, r: RuleConfig, dev: int) -> bool:
@@ -99,8 +116,8 @@ class Pipeline:
     def _describe(self, inp: str, slot: int) -> tuple[str, str | None]:
         d = self.directory
         if inp == "series":
-            return d.device_id(int(d.series_device[slot])), METRICS[int(d.series_metric[slot])].name
-        return d.device_id(slot), None
+            return d.display_id(int(d.series_device[slot])), METRICS[int(d.series_metric[slot])].name
+        return d.display_id(slot), None
 
     def _region_of(self, inp: str, slot: int, lat: float, lon: float) -> RegionPath:
         d = self.directory
@@ -121,15 +138,29 @@ class Pipeline:
         ``handoff(sensor, positions, events)`` (the store-and-forward spool) runs before the
         commit: a batch is spooled before its deliveries are recorded, so a crash in between
         cannot make a redelivery look already handled; if it raises, nothing is committed."""
-        dec = self.codec.decode(messages, now_ms)
-        s, pos = dec.sensor, dec.position
-        events = self.run_rules(s, pos)
+        b = self.compute(messages, now_ms, deliveries)
         if handoff is not None:
-            handoff(s, pos, events)
+            handoff(b.sensor, b.position, b.events)
+        self.commit(b)
+        return b.events
+
+    def compute(self, messages: list[Message], now_ms: int, deliveries: tuple[str, bytes] | None = None) -> "Computed":
+        """Decode and run the rules: every change to memory (devices, duplicate filters, rule and
+        warning state) happens here, once per batch. Its result is committed by :meth:`commit`,
+        which may be called again with the same result after a failure: a batch is never decoded
+        twice, so a retried commit stores exactly what the first attempt would have."""
+        dec = self.codec.decode(messages, now_ms)
+        events = self.run_rules(dec.sensor, dec.position)
+        return Computed(len(messages), dec.sensor, dec.position, events, dec, deliveries, now_ms)
+
+    def commit(self, b: "Computed") -> None:
+        """Store the batch in one transaction (raises StoreWriteError, leaving nothing stored);
+        the counters move only once it is stored."""
+        s, pos, dec = b.sensor, b.position, b.decoded
         if self.store is not None:
-            self.store.commit(self.directory, s, pos, [w for _, w in events], dec.dead, deliveries)
+            self.store.commit(self.directory, s, pos, [w for _, w in b.events], dec.dead, b.deliveries)
         c, src = self.counters, self.source
-        c.add(src, "messages", len(messages))
+        c.add(src, "messages", b.n_messages)
         c.add(src, "readings_stored", len(s))
         c.add(src, "positions_stored", len(pos))
         if dec.rejected:
@@ -139,9 +170,8 @@ class Pipeline:
         if dec.no_timestamp:
             c.add(src, "readings_without_timestamp", dec.no_timestamp)
         if len(s):
-            c.set(src, "lag_ms", float(now_ms - s.ts.max()))
-        c.add("warnings", "events", len(events))
-        return events
+            c.set(src, "lag_ms", float(b.now_ms - s.ts.max()))
+        c.add("warnings", "events", len(b.events))
 
     def run_rules(self, s: SensorBatch, pos: PositionBatch) -> list[tuple[str, Warning]]:
         """Every rule over normalised batches -> warning events (shared with the cluster workers)."""
@@ -169,17 +199,24 @@ class Pipeline:
 
     def tick(self, now_ms: int, handoff=None) -> list[tuple[str, Warning]]:
         """Time-driven work: offline devices, held-back clears, periodic updates."""
+        b = self.compute_tick(now_ms)
+        if b.events and handoff is not None:
+            handoff(None, None, b.events)
+        self.commit_tick(b)
+        return b.events
+
+    def compute_tick(self, now_ms: int) -> "Computed":
         events: list[tuple[str, Warning]] = []
         for r, p, info in self.rules:
             ev = p.tick(now_ms)
             if len(ev):
                 events += self.lifecycle.on_events(info, ev)
         events += self.lifecycle.tick(now_ms, self.rule_info)
-        if events and handoff is not None:
-            handoff(None, None, events)
-        if events and self.store is not None:
-            self.store.commit(self.directory, warnings=[w for _, w in events])
-        return events
+        return Computed(0, SensorBatch.empty(), PositionBatch.empty(), events, None, None, now_ms)
+
+    def commit_tick(self, b: "Computed") -> None:
+        if b.events and self.store is not None:
+            self.store.commit(self.directory, warnings=[w for _, w in b.events])
 
     def warm_up(self) -> None:
         """Load every compiled kernel now (from Numba's cache, or compile it), not on the first batch:

@@ -45,10 +45,16 @@ from gridwatch.ingest.mqtt import MqttCollector, delivery_blob, load_deliveries
 from gridwatch.observability import Counters, now_ms, start_metrics_server
 from gridwatch.records import Warning
 from gridwatch.streams.mqtt_alerts import MqttAlertPublisher
+from gridwatch.streams.datadir import DataDirLock
 from gridwatch.streams.pipeline import Pipeline
-from gridwatch.streams.store import Store
+from gridwatch.streams.store import Store, StoreWriteError
 
 log = logging.getLogger("gridwatch.streams.runtime")
+
+
+class StoreBlocked(RuntimeError):
+    """The runtime is stopping while the store cannot be written: the held batch is neither
+    committed nor acknowledged, so the broker delivers it again after a restart."""
 
 
 class SpoolBlocked(RuntimeError):
@@ -108,13 +114,15 @@ EventSink = Callable[[list[tuple[str, Warning]]], None]
 
 
 def open_store(cfg: GridwatchConfig) -> Store:
-    return Store(cfg.data_dir / cfg.store.path, cfg.store.fsync, cfg.store.retention_days, cfg.ingest.dead_letter_keep)
+    return Store(cfg.data_dir / cfg.store.path, cfg.store.fsync, cfg.store.retention_days, cfg.ingest.dead_letter_keep,
+                 int(cfg.ingest.dead_letter_max_mb * 2**20))
 
 
 class EdgeRuntime:
     def __init__(self, cfg: GridwatchConfig, counters: Counters | None = None, on_events: EventSink | None = None) -> None:
         self.cfg = cfg
         self.counters = counters or Counters()
+        self.lock = DataDirLock(cfg.data_dir).acquire()  # DataDirBusy: another instance runs here
         self.store = open_store(cfg)
         self.pipeline = Pipeline(cfg, self.store, self.counters)
         self.on_events = on_events
@@ -122,7 +130,8 @@ class EdgeRuntime:
         self.publisher: MqttAlertPublisher | None = None
         name = cfg.site.name
         if cfg.mqtt is not None:
-            self.collector = MqttCollector(cfg.mqtt, cfg.mqtt.client_id or f"{name}-ingest", self.counters)
+            self.collector = MqttCollector(cfg.mqtt, cfg.mqtt.client_id or f"{name}-ingest", self.counters,
+                                           max_topic=cfg.ingest.max_topic_bytes, max_payload=cfg.ingest.max_payload_bytes)
             self.collector.delivered = load_deliveries(self.store.recent_deliveries(self.collector.client_id))
             if cfg.alerts_mqtt.enabled:
                 self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
@@ -138,20 +147,59 @@ class EdgeRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _step(self, msgs: list[Message]) -> int:
+        """One batch: compute it once, spool it, commit it (retrying the same result while the
+        store cannot be written), then acknowledge it and publish its warnings."""
         c = self.collector
-        handoff = (lambda s, pos, events: self._handoff(s, pos, events, len(msgs))) if self.forwards else None
-        events = self.pipeline.process(msgs, now_ms(), (c.client_id, delivery_blob(msgs, c.delivered)) if c is not None else None,
-                                       handoff=handoff)
+        blob = delivery_blob(msgs) if c is not None else b""
+        b = self.pipeline.compute(msgs, now_ms(), (c.client_id, blob) if c is not None else None)
+        if self.forwards:
+            self._handoff(b.sensor, b.position, b.events, len(msgs))
+        self._until_stored(lambda: self.pipeline.commit(b))
         if c is not None:
+            if blob:  # only what is stored counts as delivered (recognises redeliveries)
+                c.delivered.update(load_deliveries([blob]))
             c.ack(msgs)
-        self._emit(events)
+        self._emit(b.events)
         return len(msgs)
 
     def _tick(self) -> None:
-        self._emit(self.pipeline.tick(now_ms(), handoff=self._handoff if self.forwards else None))
+        b = self.pipeline.compute_tick(now_ms())
+        if b.events and self.forwards:
+            self._handoff(None, None, b.events)
+        self._until_stored(lambda: self.pipeline.commit_tick(b))
+        self._emit(b.events)
         for f in self.forwards:
             self.counters.set("spool", f"{f.name}_records", len(f.spool))
             self.counters.set("spool", f"{f.name}_bytes", f.spool.bytes_on_disk)
+        self.counters.set("store", "dead_letters_pruned", self.store.dead_letters_pruned)
+
+    def _until_stored(self, commit: Callable[[], None]) -> None:
+        """Run ``commit`` until it succeeds. A batch's memory effects happened once, in compute;
+        while the store cannot be written (disk full, read-only, locked) the same result is
+        committed again with backoff, nothing else is taken from the inbox and nothing is
+        acknowledged (the broker keeps the backlog). Stopping meanwhile raises StoreBlocked:
+        the batch stays unacknowledged and is delivered again after a restart."""
+        delay, failed, last = 0.2, 0, ""
+        while True:
+            try:
+                commit()
+            except StoreWriteError as e:
+                failed += 1
+                self.counters.add("store", "commit_errors")
+                self.counters.add("store", f"commit_errors_{e.kind}")
+                self.counters.set("store", "writable", 0)
+                if str(e) != last or failed % 20 == 0:
+                    log.error("store commit failed; holding the batch (not acknowledged) and retrying the same commit",
+                              extra={"fields": {"error": str(e), "kind": e.kind, "attempt": failed, "retry_in_s": delay}})
+                last = str(e)
+                if self._stop.wait(delay):
+                    raise StoreBlocked(str(e)) from e
+                delay = min(delay * 2, 10.0)
+                continue
+            if failed:
+                self.counters.set("store", "writable", 1)
+                log.warning("store writable again; the held batch is committed", extra={"fields": {"failed_attempts": failed}})
+            return
 
     def _handoff(self, sensor, position, events, n_messages: int = 0) -> None:
         """Append the batch to every spool (durable per ``spool.fsync`` on return). A full spool
@@ -274,7 +322,6 @@ class EdgeRuntime:
         batch_max = self.cfg.ingest.batch_max_messages
         next_tick = time.monotonic() + 1.0
         next_retention = time.monotonic() + 5.0
-        retry_delay = 0.5
         while not self._stop.is_set():
             self._wake.wait(max(0.0, next_tick - time.monotonic()))
             self._wake.clear()
@@ -284,29 +331,23 @@ class EdgeRuntime:
                     break
                 try:
                     self._step(msgs)
-                    retry_delay = 0.5
-                except SpoolBlocked:
-                    break  # stopping with a full spool: not committed, not acknowledged -> redelivered
-                except (sqlite3.Error, OSError) as e:
-                    # nothing was acknowledged: put the batch back and retry; the broker keeps the rest
-                    self.collector.inbox.extendleft(reversed(msgs))
-                    self.counters.add("store", "commit_errors")
-                    log.error("store commit failed; retrying", extra={"fields": {"error": str(e), "retry_in_s": retry_delay}})
-                    self._stop.wait(retry_delay)
-                    retry_delay = min(retry_delay * 2, 30.0)
-                    break
+                except (SpoolBlocked, StoreBlocked):
+                    return  # stopping: not committed, not acknowledged -> redelivered
             t = time.monotonic()
             if t >= next_tick and not self._stop.is_set():
                 next_tick = t + 1.0
                 try:
                     self._tick()
-                except SpoolBlocked:
-                    break
+                except (SpoolBlocked, StoreBlocked):
+                    return
                 if self.collector is not None:
                     self.counters.set("mqtt", "inbox", len(self.collector.inbox))
             if t >= next_retention:
                 next_retention = t + 3600.0
-                self.store.enforce_retention()
+                try:
+                    self.store.enforce_retention()
+                except sqlite3.Error as e:  # e.g. disk full: the next round tries again
+                    log.warning("store retention failed; retrying in an hour", extra={"fields": {"error": str(e)}})
 
     async def _shutdown(self, loop) -> None:
         if self.collector is not None:
@@ -322,6 +363,9 @@ class EdgeRuntime:
                         rest, now_ms(), (c.client_id, delivery_blob(rest, c.delivered)), handoff=handoff)))
                 except SpoolBlocked:
                     log.warning("spool full at shutdown: %d messages left unacknowledged for redelivery", len(rest))
+                except StoreWriteError as e:
+                    log.warning("store not writable at shutdown: %d messages left unacknowledged for redelivery", len(rest),
+                                extra={"fields": {"error": str(e)}})
         if self.publisher is not None:
             self.publisher.stop()
         if self._metrics_server is not None:
@@ -329,6 +373,7 @@ class EdgeRuntime:
         self._executor.shutdown(wait=True)
         await loop.run_in_executor(None, self._stop_forwards)
         self.store.close()
+        self.lock.release()
         log.info("gridwatch stopped", extra={"fields": self.counters.snapshot().get("mqtt", {})})
 
 

@@ -15,7 +15,9 @@ The device and series tables persist the slots, so a restarted process gets the 
 """
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -27,9 +29,11 @@ import numpy as np
 from gridwatch.hw.profiles import METRIC_ID, METRICS
 from gridwatch.records import DeadLetter, PositionBatch, RegionPath, SensorBatch, Warning
 
+log = logging.getLogger("gridwatch.streams.store")
+
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, vendor TEXT NOT NULL,
-    kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT);
+CREATE TABLE IF NOT EXISTS devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL, vendor TEXT NOT NULL,
+    kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT, UNIQUE (vendor, id));
 CREATE TABLE IF NOT EXISTS series (slot INTEGER PRIMARY KEY, device INTEGER NOT NULL, metric INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reading_chunks (id INTEGER PRIMARY KEY, t_min INTEGER NOT NULL, t_max INTEGER NOT NULL,
     n INTEGER NOT NULL, series BLOB NOT NULL, ts BLOB NOT NULL, value BLOB NOT NULL);
@@ -50,17 +54,51 @@ CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, source TEXT NOT N
 """
 
 
+class StoreWriteError(sqlite3.DatabaseError):
+    """A write to the store failed; ``kind`` and the message name the real cause (disk full,
+    read-only, locked, I/O error, corrupt file) and what to do. Nothing of the transaction stayed."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.kind, what = describe_write_error(path, cause)
+        super().__init__(what)
+        self.cause = cause
+
+
+def describe_write_error(path: Path, e: BaseException) -> tuple[str, str]:
+    """(kind, one line for the operator) for an error of a write to the store at ``path``."""
+    name = getattr(e, "sqlite_errorname", "") or ""
+    text = str(e)
+    if name.startswith("SQLITE_FULL") or getattr(e, "errno", None) == errno.ENOSPC or "disk is full" in text:
+        return "disk_full", f"disk full: the store {path} cannot grow ({name or text}); free space on {path.parent}"
+    if name.startswith("SQLITE_READONLY") or getattr(e, "errno", None) in (errno.EROFS, errno.EACCES) or "readonly" in text:
+        return "read_only", f"read-only: the store {path} cannot be written ({name or text}); check the file system and the file's permissions"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in text:
+        return "locked", f"locked: another process holds the store {path} ({name or text}); stop it"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return "corrupt", f"corrupt: the store {path} is damaged ({name or text}); move it aside and restart"
+    if name.startswith(("SQLITE_IOERR", "SQLITE_CANTOPEN")) or isinstance(e, OSError):
+        return "io_error", f"I/O error writing the store {path} ({name or text}); check the disk"
+    return "error", f"store {path}: {type(e).__name__}: {text}"
+
+
 class Store:
     """Opening a Store costs nothing until it writes: readers (the CLI, tests, benchmarks) use a
     short read-only connection per query; the first write opens the single writer connection and
-    starts the WAL checkpoint thread."""
+    starts the WAL checkpoint thread.
+
+    Dead letters are bounded twice: by rows (``dead_letter_keep``) and by bytes
+    (``dead_letter_max_bytes``, topic + detail + payload); past either, the oldest are removed at
+    the commit that crossed it and counted in ``dead_letters_pruned``."""
 
     def __init__(self, path: str | Path, fsync: str = "normal", retention_days: float = 30.0,
-                 dead_letter_keep: int = 100_000) -> None:
+                 dead_letter_keep: int = 100_000, dead_letter_max_bytes: int = 64 * 2**20) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.retention_ms = int(retention_days * 86400e3)
         self.dead_letter_keep = dead_letter_keep
+        self.dead_letter_max_bytes = dead_letter_max_bytes
+        self.dead_letters_pruned = 0
+        self._dl_rows = self._dl_bytes = 0
         self._lock = threading.Lock()
         self._db_rw: sqlite3.Connection | None = None
         self._checkpoint_stop = threading.Event()
@@ -74,15 +112,25 @@ class Store:
         if self._db_rw is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.fsync == 'commit' else 'NORMAL'}")
-            db.execute("PRAGMA busy_timeout=10000")
-            db.executescript(SCHEMA)
-            # WAL checkpoints (the only fsyncs with synchronous=NORMAL) run on their own thread and
-            # connection, not inside a commit on the ingest path
-            db.execute("PRAGMA wal_autocheckpoint=0")
-            self._devices_saved = db.execute("SELECT count(*) FROM devices").fetchone()[0]
-            self._series_saved = db.execute("SELECT count(*) FROM series").fetchone()[0]
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={'FULL' if self.fsync == 'commit' else 'NORMAL'}")
+                db.execute("PRAGMA busy_timeout=10000")
+                _migrate(db)
+                db.executescript(SCHEMA)
+                # WAL checkpoints (the only fsyncs with synchronous=NORMAL) run on their own thread and
+                # connection, not inside a commit on the ingest path
+                db.execute("PRAGMA wal_autocheckpoint=0")
+                self._devices_saved = db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM devices").fetchone()[0]
+                self._series_saved = db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM series").fetchone()[0]
+                self._dl_rows, self._dl_bytes = db.execute(
+                    "SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
+                    "FROM dead_letters").fetchone()
+            except BaseException as e:
+                db.close()
+                if isinstance(e, (sqlite3.Error, OSError)):
+                    raise StoreWriteError(self.path, e) from e
+                raise
             self._db_rw = db
             self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="gridwatch-wal-checkpoint", daemon=True)
             self._checkpointer.start()
@@ -115,33 +163,53 @@ class Store:
 
     # --- writing ---------------------------------------------------------------------------
     def load_directory(self, directory) -> None:
-        """Give a fresh DeviceDirectory the devices and series (and their slots) stored before."""
+        """Give a fresh DeviceDirectory the devices and series (and their slots) stored before.
+        Call it before the config's devices are bound (``DeviceDirectory.bind``): stored slots come
+        first, config devices new since then get the next slots, edited ones are updated."""
+        if len(directory):
+            raise RuntimeError("load_directory needs an empty directory: bind the config's devices after it")
         for slot, did, vendor, kind, lat, lon, region in self._db.execute(
                 "SELECT slot, id, vendor, kind, lat, lon, region FROM devices ORDER BY slot"):
             got = directory.add(did, vendor, kind, lat, lon, region)
             if got != slot:
-                raise RuntimeError(f"store {self.path}: device {did!r} stored at slot {slot} but got {got}")
+                raise RuntimeError(f"store {self.path}: device {did!r} stored at slot {slot} but got {got}; "
+                                   "the devices table has a gap (edited by hand?): restore it or move the store aside")
         for slot, d, m in self._db.execute("SELECT slot, device, metric FROM series ORDER BY slot"):
             got = directory.series_slots(np.array([d], np.int32), np.array([m], np.int16))[0]
             if got != slot:
                 raise RuntimeError(f"store {self.path}: series {slot} restored at slot {got}")
-        # what the store holds, not len(directory): devices from the config were added to the
-        # directory before this call and must still be saved by the next commit
-        self._devices_saved = self._db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM devices").fetchone()[0]
-        self._series_saved = self._db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM series").fetchone()[0]
+        self._devices_saved = len(directory)
+        self._series_saved = len(directory.series)
 
     def commit(self, directory=None, sensor: SensorBatch | None = None, position: PositionBatch | None = None,
                warnings: Iterable[Warning] = (), dead: Iterable[DeadLetter] = (),
                deliveries: tuple[str, bytes] | None = None) -> None:
         """One durable transaction: new devices/series, a reading chunk, a position chunk,
         warning upserts, dead letters, and (source, blob) identifying the broker messages this
-        commit holds (see ingest.mqtt: recognising redeliveries)."""
+        commit holds (see ingest.mqtt: recognising redeliveries).
+
+        All or nothing, in the store and in its bookkeeping: on any error the transaction is
+        rolled back (a failed ROLLBACK is logged, never raised over the first error), which
+        devices and series count as saved advances only after COMMIT returned, and the error is
+        raised as :class:`StoreWriteError` naming its real cause. The same arguments can be
+        committed again."""
+        warnings, dead = list(warnings), list(dead)
         with self._lock:
             db = self._db
-            db.execute("BEGIN")
+            dev_new = dev_upd = ser_new = ()
+            n_dev, n_ser = self._devices_saved, self._series_saved
+            if directory is not None:
+                dev_new, dev_upd, ser_new, n_dev, n_ser = self._directory_rows(directory)
+            drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload, d.count) for d in dead]
+            dbytes = sum(len(r[1]) + len(r[3]) + len(r[4] or b"") for r in drows)
             try:
-                if directory is not None:
-                    self._save_directory(directory)
+                db.execute("BEGIN")
+                if dev_new:
+                    db.executemany("INSERT INTO devices VALUES (?,?,?,?,?,?,?)", dev_new)
+                if dev_upd:
+                    db.executemany("UPDATE devices SET kind=?, lat=?, lon=?, region=? WHERE slot=?", dev_upd)
+                if ser_new:
+                    db.executemany("INSERT INTO series VALUES (?,?,?)", ser_new)
                 if sensor is not None and len(sensor):
                     db.execute("INSERT INTO reading_chunks (t_min, t_max, n, series, ts, value) VALUES (?,?,?,?,?,?)",
                                (int(sensor.ts.min()), int(sensor.ts.max()), len(sensor),
@@ -160,34 +228,68 @@ class Store:
                         "INSERT INTO warnings VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET "
                         "state=excluded.state, last_ts=excluded.last_ts, cleared_ts=excluded.cleared_ts, "
                         "value=excluded.value, evidence=excluded.evidence", rows)
+                prune = False
                 if deliveries is not None and deliveries[1]:
                     db.execute("INSERT INTO deliveries (source, n, data) VALUES (?, ?, ?)",
                                (deliveries[0], len(deliveries[1]) // 8, deliveries[1]))
-                    self._deliveries_since_prune += 1
-                    if self._deliveries_since_prune >= 1000:
-                        self._deliveries_since_prune = 0
+                    prune = self._deliveries_since_prune + 1 >= 1000
+                    if prune:
                         db.execute("DELETE FROM deliveries WHERE id < (SELECT min(id) FROM (SELECT id FROM deliveries "
                                    "WHERE source = ? ORDER BY id DESC LIMIT 5000)) AND source = ?", (deliveries[0],) * 2)
-                drows = [(d.received_ms, d.source, d.reason, d.detail, d.payload, d.count) for d in dead]
+                dl_rows, dl_bytes, pruned = self._dl_rows, self._dl_bytes, 0
                 if drows:
                     db.executemany("INSERT INTO dead_letters (received_ms, source, reason, detail, payload, count) VALUES (?,?,?,?,?,?)", drows)
+                    dl_rows, dl_bytes = dl_rows + len(drows), dl_bytes + dbytes
+                    dl_rows, dl_bytes, pruned = self._bound_dead_letters(db, dl_rows, dl_bytes)
                 db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
+            except BaseException as e:
+                if db.in_transaction:
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error as re:  # the first error is the one that matters
+                        log.warning("store rollback failed after a failed commit",
+                                    extra={"fields": {"error": str(re), "first_error": str(e)}})
+                if isinstance(e, (sqlite3.Error, OSError)) and not isinstance(e, StoreWriteError):
+                    raise StoreWriteError(self.path, e) from e
                 raise
+            # committed: only now does the bookkeeping move
+            self._devices_saved, self._series_saved = n_dev, n_ser
+            if directory is not None and dev_upd:
+                directory.changed.difference_update(r[4] for r in dev_upd)
+            if deliveries is not None and deliveries[1]:
+                self._deliveries_since_prune = 0 if prune else self._deliveries_since_prune + 1
+            self._dl_rows, self._dl_bytes = dl_rows, dl_bytes
+            self.dead_letters_pruned += pruned
 
-    def _save_directory(self, directory) -> None:
-        n = len(directory)
-        if n > self._devices_saved:
-            self._db.executemany("INSERT INTO devices VALUES (?,?,?,?,?,?,?)", [
-                (s, directory.slots.key(s), directory.vendor[s], directory.kind[s], directory.lat[s], directory.lon[s],
-                 directory.region[s]) for s in range(self._devices_saved, n)])
-            self._devices_saved = n
-        m = len(directory.series)
-        if m > self._series_saved:
-            self._db.executemany("INSERT INTO series VALUES (?,?,?)", [
-                (s, int(directory.series_device[s]), int(directory.series_metric[s])) for s in range(self._series_saved, m)])
-            self._series_saved = m
+    def _bound_dead_letters(self, db, rows: int, nbytes: int) -> tuple[int, int, int]:
+        """Remove the oldest dead letters past either bound: rows down to ``dead_letter_keep``
+        once they pass it by a tenth, bytes down to 90 % of ``dead_letter_max_bytes`` once they
+        pass it (so the cut runs once in a while, not at every commit). Returns the new
+        (rows, bytes, removed)."""
+        keep_rows, max_bytes = self.dead_letter_keep, self.dead_letter_max_bytes
+        if rows <= keep_rows + keep_rows // 10 and (not max_bytes or nbytes <= max_bytes):
+            return rows, nbytes, 0
+        removed = 0
+        while rows > keep_rows or (max_bytes and nbytes > int(max_bytes * 0.9)):
+            n = max(rows - keep_rows, 1 + rows // 10)
+            got, b = db.execute("SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
+                                "FROM (SELECT source, detail, payload FROM dead_letters ORDER BY id LIMIT ?)", (n,)).fetchone()
+            if not got:
+                break
+            db.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)", (n,))
+            rows, nbytes, removed = rows - got, nbytes - b, removed + got
+        return rows, nbytes, removed
+
+    def _directory_rows(self, directory):
+        """Rows for the devices and series the store has not saved yet, and updates of devices
+        whose attributes the config changed; the counts to advance to once they are committed."""
+        n, m = len(directory), len(directory.series)
+        new = [(s, directory.ids[s], directory.vendor[s], directory.kind[s], directory.lat[s], directory.lon[s],
+                directory.region[s]) for s in range(self._devices_saved, n)]
+        upd = [(directory.kind[s], directory.lat[s], directory.lon[s], directory.region[s], s)
+               for s in sorted(directory.changed) if s < self._devices_saved]
+        ser = [(s, int(directory.series_device[s]), int(directory.series_metric[s])) for s in range(self._series_saved, m)]
+        return new, upd, ser, n, m
 
     def recent_deliveries(self, source: str, max_messages: int = 65535) -> list[bytes]:
         """The newest delivery blobs of ``source`` covering at least ``max_messages``, oldest first."""
@@ -211,6 +313,10 @@ class Store:
                 "dead_letters": db.execute(
                     "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?", (self.dead_letter_keep,)).rowcount,
             }
+            if out["dead_letters"]:
+                self._dl_rows, self._dl_bytes = db.execute(
+                    "SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
+                    "FROM dead_letters").fetchone()
         return out
 
     # --- reading ---------------------------------------------------------------------------
@@ -305,6 +411,26 @@ class Store:
             return con.execute(q, list(args)).fetchall()
         finally:
             con.close()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Stores made before device ids were namespaced by vendor have ``devices.id`` UNIQUE on its
+    own: rebuild that table with UNIQUE (vendor, id), keeping every slot."""
+    row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'devices'").fetchone()
+    if row is None or "UNIQUE (vendor, id)" in row[0]:
+        return
+    db.execute("BEGIN")
+    try:
+        db.execute("ALTER TABLE devices RENAME TO devices_old")
+        db.execute("CREATE TABLE devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL, vendor TEXT NOT NULL, "
+                   "kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT, UNIQUE (vendor, id))")
+        db.execute("INSERT INTO devices SELECT slot, id, vendor, kind, lat, lon, region FROM devices_old")
+        db.execute("DROP TABLE devices_old")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _warning_row(w: Warning) -> tuple:

@@ -93,7 +93,7 @@ def test_every_reason_code_from_a_crafted_input(reason, topic, payload, words):
 
 def test_unknown_device_bad_device_id_vendor_mismatch_and_duplicate():
     c = make("reject")
-    c.directory.add("aq-1", "aqualine", "sewer_level")
+    c.directory.bind("aq-1", "aqualine", "sewer_level")  # a config device: its id is bound to its vendor
     out = decode(c, msg("devices/aqualine/sewer_level/aq-2", {"t": NOW_S, "lvl": 1}))
     assert "aq-2" in dead(out, "unknown_device").detail and len(out.sensor) == 0
     # the device is known, but on another vendor's topic
@@ -172,7 +172,7 @@ def test_units_are_converted_by_the_profile():
 def test_unknown_devices_register_on_first_sight():
     c = make("register")
     out = decode(c, msg("devices/aqualine/sewer_level/new-1", {"t": NOW_S, "lvl": 1}))
-    assert len(out.sensor) == 1 and c.directory.slots.get("new-1") == int(out.sensor.device[0])
+    assert len(out.sensor) == 1 and c.directory.get("new-1", "aqualine") == int(out.sensor.device[0])
     assert c.directory.vendor[int(out.sensor.device[0])] == "aqualine"
 
 
