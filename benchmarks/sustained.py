@@ -1,6 +1,6 @@
 """Sustained load: a steady QoS 1 stream into one ``gridwatch run`` for minutes, nothing lost.
 
-    gridwatch bench sustained [--seconds 600] [--rate 4000] [--per-msg 100]
+    gridwatch bench sustained [--seconds 600] [--rate 4000] [--per-msg 100] [--attack]
 
 A publisher process sends JSON arrays of ``--per-msg`` readings at ``--rate`` messages/s over one
 MQTT connection (QoS 1, a window of 1,000 unacknowledged messages, every PUBACK confirmed), each
@@ -92,6 +92,52 @@ def publish_paced(port: int, rate: float, seconds: float, per_msg: int, devices:
             "publisher_max_behind_s": lag_max}
 
 
+def abuse(port: int, seconds: float, rate: float) -> dict:
+    """The abusive vendor (its own process, vendor ``aqualine``): for ``seconds`` at ``rate``
+    messages/s, QoS 1, a rotation of 60 KB topics (each distinct), a new device id per message,
+    300 KB payloads, malformed JSON and the honest vendor's own device ids. Returns what it sent."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"gw-abuser-{os.getpid()}", protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(2000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    big = b"[" + b"1," * 150_000 + b"1]"
+    kinds = ("huge_topic", "new_device", "oversized", "malformed", "claim")
+    sent = dict.fromkeys(kinds, 0)
+    t0 = time.time()
+    i = 0
+    now_s = int(t0)
+    while time.time() - t0 < seconds:
+        due = int((time.time() - t0) * rate)
+        while i < due:
+            k = kinds[i % len(kinds)]
+            if k == "huge_topic":
+                topic, payload = f"devices/aqualine/sewer_level/{i:08d}" + "x" * 60_000, b'{"lvl": 1}'
+            elif k == "new_device":
+                topic, payload = f"devices/aqualine/sewer_level/flood-{i}", orjson_dumps({"t": now_s, "p": 100})
+            elif k == "oversized":
+                topic, payload = "devices/aqualine/sewer_level/big", big
+            elif k == "malformed":
+                topic, payload = "devices/aqualine/sewer_level/bad", b'{"lvl": '
+            else:  # names a device of the honest vendor
+                topic, payload = f"devices/aqualine/sewer_level/sus-{i % 100}", orjson_dumps({"t": now_s + i // 100, "p": 100})
+            c.publish(topic, payload, qos=1)
+            sent[k] += 1
+            i += 1
+        time.sleep(0.01)
+    c.disconnect()
+    c.loop_stop()
+    return {"messages": i, "by_kind": sent, "seconds": time.time() - t0}
+
+
+def orjson_dumps(o) -> bytes:
+    import orjson
+
+    return orjson.dumps(o)
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -105,19 +151,26 @@ def _cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(seconds: float, rate: float, per_msg: int) -> dict:
+def run(seconds: float, rate: float, per_msg: int, attack: bool = False, abuse_rate: float = 200.0) -> dict:
+    """One run; with ``attack`` an abusive vendor (see :func:`abuse`) and a hostile RTSP camera
+    (see :mod:`gridwatch.servers.hostile_rtsp`) run beside the honest publisher the whole time."""
     from gridwatch.benchmarks.mqtt import GridwatchProc
     from gridwatch.servers.mosquitto import MosquittoServer
     from gridwatch.streams.store import Store
 
     devices = max(2000, int(rate * per_msg / 250))  # timestamps advance <= 250 ms per second per device
     with tempfile.TemporaryDirectory(prefix="gw-bench-sustained-") as tmp, \
-            MosquittoServer(max_queued_messages=10_000_000, max_inflight_messages=1000) as mq:
-        gw = GridwatchProc(mq.port, Path(tmp) / "gw", "bench-sustained", rules=RULES).start()
+            MosquittoServer(max_queued_messages=10_000_000, max_inflight_messages=1000) as mq, \
+            _hostile_camera(attack) as camera_toml:
+        gw = GridwatchProc(mq.port, Path(tmp) / "gw", "bench-sustained", rules=RULES + camera_toml).start()
         pid = gw.p.pid
+        abuser = None
         try:
             pub = subprocess.Popen([PY, "-m", "gridwatch.benchmarks.sustained", "--publish", str(mq.port), str(rate),
                                     str(seconds), str(per_msg), str(devices)], stdout=subprocess.PIPE, text=True)
+            if attack:
+                abuser = subprocess.Popen([PY, "-m", "gridwatch.benchmarks.sustained", "--abuse", str(mq.port),
+                                           str(seconds), str(abuse_rate)], stdout=subprocess.PIPE, text=True)
             t0 = time.time()
             cpu0 = _cpu_s(pid)
             samples = []
@@ -137,21 +190,30 @@ def run(seconds: float, rate: float, per_msg: int) -> dict:
             p = json.loads(pub.stdout.read().strip().splitlines()[-1])
             if pub.returncode != 0:
                 raise RuntimeError(f"publisher failed: {p}")
+            ab = json.loads(abuser.communicate(timeout=120)[0].strip().splitlines()[-1]) if abuser is not None else None
             n = p["readings"]
+            st = Store(gw.db)
+            honest = (lambda: len(st.readings(metric="water_level")["ts"])) if attack else gw.count
             deadline = time.time() + 300
-            while gw.count() < n and time.time() < deadline:
+            while honest() < n and time.time() < deadline:
                 time.sleep(0.5)
             drained_after = time.time() - t0 - p["seconds"]
             time.sleep(1.0)
-            stored = gw.count()
+            stored = honest()
+            camera = _camera_status(gw) if attack else None
         finally:
+            if abuser is not None and abuser.poll() is None:
+                abuser.kill()
             gw.stop()
-        st = Store(gw.db)
         dead = st.dead_letter_counts()
         warnings = len(st.warnings(limit=10**9))
+        if attack:  # the abuser's rejections are expected; the honest vendor must have none
+            honest_dead = [d for d in st.dead_letters(limit=10**6) if "/generic/" in d["source"]]
+            dead = {"honest": len(honest_dead), "abuser": dead}
     backlogs = [s["backlog"] for s in samples]
     half = len(backlogs) // 2
     return {
+        "attack": attack, "abuser": ab, "camera": camera, "honest_readings_per_s": round(n / (p["seconds"] + max(0.0, drained_after)), 1),
         "seconds": seconds, "rate_msgs": rate, "per_msg": per_msg, "devices": devices, "publisher": p,
         "readings_published": n, "readings_stored": stored, "lost": n - stored if stored <= n else 0,
         "stored_twice": stored - n if stored > n else 0, "dead_letters": dead, "warnings": warnings,
@@ -166,7 +228,10 @@ def run(seconds: float, rate: float, per_msg: int) -> dict:
 
 def report(r: dict) -> None:
     p = r["publisher"]
-    print("\n== gridwatch bench sustained ==")
+    print("\n== gridwatch bench sustained" + (" with attackers ==" if r["attack"] else " =="))
+    if r["attack"]:
+        print(f"  abusive vendor: {r['abuser']['messages']:,} messages {r['abuser']['by_kind']}; "
+              f"hostile camera: {r['camera']}")
     print(f"{r['seconds']:.0f} s at {r['rate_msgs']:,.0f} messages/s x {r['per_msg']} readings "
           f"= {r['rate_msgs'] * r['per_msg']:,.0f} readings/s, {r['devices']:,} devices, QoS 1")
     print(f"  published {p['messages']:,} messages ({r['readings_published']:,} readings), all acknowledged by the broker: "
@@ -183,6 +248,9 @@ def report(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--abuse":
+        print(json.dumps(abuse(int(argv[1]), float(argv[2]), float(argv[3]))), flush=True)
+        return 0
     if argv and argv[0] == "--publish":
         port, rate, secs, per, dev = int(argv[1]), float(argv[2]), float(argv[3]), int(argv[4]), int(argv[5])
         print(json.dumps(publish_paced(port, rate, secs, per, dev)), flush=True)
@@ -192,13 +260,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=600.0)
     ap.add_argument("--rate", type=float, default=4000.0, help="messages per second")
     ap.add_argument("--per-msg", type=int, default=100, help="readings per message")
+    ap.add_argument("--attack", action="store_true",
+                    help="soak: first a run without attackers, then the same run with an abusive vendor and a hostile "
+                         "RTSP camera beside it; prints the honest vendor's throughput as a ratio of the two")
+    ap.add_argument("--abuse-rate", type=float, default=200.0, help="the abusive vendor's messages per second")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
-    r = run(a.seconds, a.rate, a.per_msg)
-    report(r)
+    runs = [run(a.seconds, a.rate, a.per_msg)]
+    report(runs[0])
+    if a.attack:
+        runs.append(run(a.seconds, a.rate, a.per_msg, attack=True, abuse_rate=a.abuse_rate))
+        report(runs[1])
+        base, att = runs[0]["honest_readings_per_s"], runs[1]["honest_readings_per_s"]
+        print(f"\nhonest vendor under attack: {att:,.0f} vs {base:,.0f} readings/s without = {att / base:.2f}x "
+              f"(target >= 0.9x); lost {runs[1]['lost']}; max RSS {runs[1]['rss_mb_max']} vs {runs[0]['rss_mb_max']} MB")
     if a.json:
-        Path(a.json).write_text(json.dumps(r, indent=2, default=str))
-    return 0 if r["lost"] == 0 and r["stored_twice"] == 0 else 1
+        Path(a.json).write_text(json.dumps(runs, indent=2, default=str))
+    return 0 if all(r["lost"] == 0 and r["stored_twice"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":
