@@ -154,6 +154,10 @@ def cmd_run(a) -> int:
         rt = EdgeRuntime(cfg, on_events=on_events)
     except sqlite3.DatabaseError as e:
         raise UserError(f"store {store}: {e}; move it aside (gridwatch creates a new one) or restore it from a backup") from None
+    if cfg.mqtt is not None:  # series from the start at 0, so rate() and dashboards see them before the first event
+        for src, name in (("mqtt", "messages"), ("mqtt", "readings_stored"), ("mqtt", "positions_stored"), ("mqtt", "connects"),
+                          ("mqtt", "disconnects"), ("mqtt", "connect_failures"), ("warnings", "events"), ("alerts_mqtt", "published")):
+            rt.counters.add(src, name, 0)
     if _say_compiling():
         t0 = time.monotonic()
         rt.pipeline.warm_up()
