@@ -329,8 +329,9 @@ def status_lines(before: dict, after: dict, interval_s: float) -> list[str]:
             parts.append(f"{'connected' if conn > disc else 'NOT CONNECTED'} ({conn:.0f} connects, {disc:.0f} disconnects, "
                          f"{fail:.0f} failed)")
         rej = reasons(after, "gridwatch_rejected", src)
-        parts.append("rejected " + (f"{sum(rej.values()):.0f} (" + ", ".join(f"{k}={v:.0f}" for k, v in sorted(rej.items())) + ")"
-                                    if rej else "0"))
+        if msgs is not None or rej:
+            parts.append("rejected " + (f"{sum(rej.values()):.0f} (" + ", ".join(f"{k}={v:.0f}" for k, v in sorted(rej.items())) + ")"
+                                        if rej else "0"))
         drop = reasons(after, "gridwatch_dropped", src)
         if drop:
             parts.append(f"dropped {sum(drop.values()):.0f} (" + ", ".join(f"{k}={v:.0f}" for k, v in sorted(drop.items())) + ")")
@@ -373,7 +374,7 @@ def cmd_status(a) -> int:
     except (urllib.error.URLError, OSError) as e:
         why = getattr(e, "reason", e)
         raise UserError(f"no gridwatch answers at {url} ({why}); is `gridwatch run -c {a.config or 'FILE'}` running?") from None
-    print(f"gridwatch {site} at {url}, over {a.interval:g} s:".replace("  ", " "))
+    print(f"{site or 'gridwatch'} at {url} (rates over {a.interval:g} s):")
     for line in status_lines(before, after, a.interval):
         print("  " + line)
     return 0
