@@ -121,25 +121,30 @@ def cmd_check_config(a) -> int:
     return 0
 
 
-def _port_free(bind: str, port: int) -> bool:
+def _listen_problem(bind: str, port: int) -> str | None:
+    """Why the metrics endpoint could not listen on bind:port (None: it can), found by binding and
+    closing a socket there."""
+    import errno
     import socket
 
-    with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM) as sk:
-        sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM) as sk:
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sk.bind((bind, port))
-        except OSError:
-            return False
-    return True
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return f"{bind}:{port} is in use (another gridwatch? `gridwatch status -c FILE` tells); choose another port, or 0 for none"
+        return f"cannot listen on {bind}:{port} ({e.strerror or e}); check metrics.bind and metrics.port"
+    return None
 
 
 def cmd_run(a) -> int:
     from gridwatch.observability import setup_logging
 
     cfg = _config(a.config)  # nothing is created on disk before the whole config is known to be good
-    if cfg.metrics.port and not _port_free(cfg.metrics.bind, cfg.metrics.port):
-        raise UserError(f"{a.config}: metrics.port: {cfg.metrics.bind}:{cfg.metrics.port} is in use (another gridwatch? "
-                        "`gridwatch status -c FILE` tells); choose another port, or 0 for none")
+    why = _listen_problem(cfg.metrics.bind, cfg.metrics.port) if cfg.metrics.port else None
+    if why:
+        raise UserError(f"{a.config}: metrics: {why}")
     from gridwatch.streams.runtime import EdgeRuntime, run_blocking
 
     secrets = tuple(s for s in ((cfg.mqtt.password if cfg.mqtt else None),) if s)

@@ -239,3 +239,17 @@ def test_cold_numba_cache_is_detected(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "empty")})
     assert r.stdout.strip() == "True", r.stderr
+
+
+def test_run_with_a_busy_or_impossible_metrics_address_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        f = write(tmp_path, f"[metrics]\nport = {port}\n" + RULE)
+        one_line_error(cli("run", "-c", str(f), "--duration", "0"), str(f), f"127.0.0.1:{port} is in use")
+    f = write(tmp_path, '[metrics]\nport = 9464\nbind = "192.0.2.1"\n' + RULE)
+    one_line_error(cli("run", "-c", str(f), "--duration", "0"), "cannot listen on 192.0.2.1:9464", "metrics.bind")
+    assert not (tmp_path / "data").exists()
