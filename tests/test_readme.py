@@ -95,6 +95,7 @@ def _run(script: str, env: dict, timeout: float = 60) -> subprocess.CompletedPro
     return subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.timeout(600)  # a cold Numba cache compiles the kernels in `run` first
 def test_readme_walkthrough_runs_as_written(tmp_path):
     for b in ("mosquitto", "mosquitto_sub", "mosquitto_pub"):
         _need(b)
@@ -124,12 +125,17 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
         procs["run"].wait_for("mqtt connected", 300)  # a cold Numba cache compiles the kernels first
         procs["run"].wait_for("gridwatch running", 30)
         procs["subscribe"] = _Proc("subscribe", block["subscribe"], env, tmp_path / "sub.out")
-        time.sleep(1.0)  # mosquitto_sub has no "subscribed" output: give it a moment
+        # mosquitto_sub says nothing once subscribed: probe until it receives something
+        end = time.monotonic() + 20
+        while "readme-probe" not in procs["subscribe"].text():
+            assert time.monotonic() < end, f"mosquitto_sub never subscribed: {procs['subscribe'].text()}"
+            _run(f"mosquitto_pub -p {broker_port} -t gridwatch/warnings/readme-probe -m probe", env)
+            time.sleep(0.2)
 
         r = _run(block["publish"], env)
         assert r.returncode == 0, r.stderr
         sub = procs["subscribe"].wait_for("sewer_overflow", 20)
-        first = sub.splitlines()[0]
+        first = next(x for x in sub.splitlines() if "sewer_overflow" in x)
         topic, payload = first[:first.index(" {")], first[first.index(" {") + 1:]  # the topic has spaces
         assert topic == "gridwatch/warnings/Jiangcheng/Riverside District/East Town/E-02/sewer_overflow"
         event = json.loads(payload)
