@@ -32,6 +32,23 @@ def test_status_shows_a_dead_cameras_state_and_last_error(tmp_path):
         assert out.startswith(f"gate-box at http://127.0.0.1:{metrics_port}/metrics"), out
         cam = next(x for x in out.splitlines() if "camera/gate" in x)
         assert "offline" in cam and f"last error: connection refused by 127.0.0.1:{dead_port}" in cam, out
+        _camera_panels_query_exported_metrics(metrics_port)
     finally:
         os.killpg(run.pid, signal.SIGINT)
         run.wait(30)
+
+
+def _camera_panels_query_exported_metrics(port: int) -> None:
+    import json
+    import re
+    import urllib.request
+    from pathlib import Path
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    dash = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] if p["title"].startswith("Cameras") for t in p["targets"]]
+    queried = {m for e in exprs for m in re.findall(r"\bgridwatch_[a-z0-9_]+", e)}
+    assert queried, "the dashboard has no camera panel"
+    assert queried <= exported, f"camera panels query metrics the runtime does not export: {sorted(queried - exported)}"
