@@ -138,6 +138,17 @@ def _listen_problem(bind: str, port: int) -> str | None:
     return None
 
 
+def _before_start(rt) -> None:
+    if rt.cfg.mqtt is not None:  # series from the start at 0, so rate() and dashboards see them before the first event
+        for src, name in (("mqtt", "messages"), ("mqtt", "readings_stored"), ("mqtt", "positions_stored"), ("mqtt", "connects"),
+                          ("mqtt", "disconnects"), ("mqtt", "connect_failures"), ("warnings", "events"), ("alerts_mqtt", "published")):
+            rt.counters.add(src, name, 0)
+    if _say_compiling():  # the runtime's own warm-up then finds them compiled
+        t0 = time.monotonic()
+        rt.pipeline.warm_up()
+        print(f"gridwatch: rule kernels compiled in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
 def cmd_run(a) -> int:
     from gridwatch.observability import setup_logging
 
@@ -154,19 +165,7 @@ def cmd_run(a) -> int:
 
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
     on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
-    store = cfg.data_dir / cfg.store.path
-    try:
-        rt = EdgeRuntime(cfg, on_events=on_events)
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"store {store}: {e}; move it aside (gridwatch creates a new one) or restore it from a backup") from None
-    if cfg.mqtt is not None:  # series from the start at 0, so rate() and dashboards see them before the first event
-        for src, name in (("mqtt", "messages"), ("mqtt", "readings_stored"), ("mqtt", "positions_stored"), ("mqtt", "connects"),
-                          ("mqtt", "disconnects"), ("mqtt", "connect_failures"), ("warnings", "events"), ("alerts_mqtt", "published")):
-            rt.counters.add(src, name, 0)
-    if _say_compiling():
-        t0 = time.monotonic()
-        rt.pipeline.warm_up()
-        print(f"gridwatch: rule kernels compiled in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    rt = EdgeRuntime(cfg, on_events=on_events)
     video = None
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime
@@ -177,6 +176,7 @@ def cmd_run(a) -> int:
         video = VideoRuntime(cfg, store=rt.store, publisher=rt.publisher, counters=rt.counters, on_events=on_events,
                              on_status=on_status)
         video.start()
+    _before_start(rt)
     try:
         run_blocking(rt.run(duration_s=a.duration))
     finally:
@@ -469,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except FileNotFoundError as e:
         print(f"gridwatch: file not found: {e.filename}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:  # `run` opening a store that is damaged past its header
+        where = _load(a.config, store_path) if getattr(a, "config", None) else getattr(a, "db", "the store")
+        print(f"gridwatch: store {where} cannot be used ({e}); move it aside (gridwatch creates a new one) or restore "
+              "it from a backup", file=sys.stderr)
         return 2
     except PermissionError as e:
         print(f"gridwatch: permission denied: {e.filename} (run as a user that may read/write it, or chown it)", file=sys.stderr)
