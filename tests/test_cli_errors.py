@@ -253,3 +253,10 @@ def test_run_with_a_busy_or_impossible_metrics_address_is_one_line(tmp_path):
     f = write(tmp_path, '[metrics]\nport = 9464\nbind = "192.0.2.1"\n' + RULE)
     one_line_error(cli("run", "-c", str(f), "--duration", "0"), "cannot listen on 192.0.2.1:9464", "metrics.bind")
     assert not (tmp_path / "data").exists()
+
+
+def test_run_with_a_store_damaged_past_its_header_is_one_line(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "gridwatch.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 8000)
+    f = write(tmp_path, RULE)
+    one_line_error(cli("run", "-c", str(f), "--duration", "0"), "gridwatch.db", "move it aside")
