@@ -602,7 +602,9 @@ def _shown(key: str, value: Any) -> str:
         return "'***' (set, not shown)"
     if isinstance(value, BaseModel):
         value = value.model_dump(exclude_defaults=True)
-    return repr(value)
+    from gridwatch.observability import scrub
+
+    return scrub(repr(value))  # e.g. a camera URL's rtsp://user:password@
 
 
 def explain_values(cfg: BaseModel, prefix: str = "") -> list[str]:
@@ -623,7 +625,7 @@ def explain_values(cfg: BaseModel, prefix: str = "") -> list[str]:
                 if isinstance(item, RuleConfig):
                     lines.extend(_explain_rule(i, item, cfg))
                 else:
-                    lines.append(f"  {key}.{i} = {item.model_dump(exclude_defaults=True)!r}")
+                    lines.append(f"  {key}.{i} = {_shown(key, item)}")
         else:
             lines.append(f"  {key} = {_shown(key, value)}{mark}")
     return lines

@@ -173,12 +173,14 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
 # --- --explain, cleared events, status, first-run notice ---------------------------------------
 
 def test_explain_file_shows_the_files_values_and_every_rule_kinds_parameters(tmp_path, capsys):
-    f = write(tmp_path, '[mqtt]\nport = 1999\npassword = "hunter2"\n' + RULE)
+    f = write(tmp_path, '[mqtt]\nport = 1999\npassword = "hunter2"\n' + RULE
+              + '[[cameras]]\nname = "gate"\nurl = "rtsp://admin:camsecret@127.0.0.1:8554/gate"\n')
     assert main(["check-config", "--explain", str(f)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^  mqtt\.port = 1999$", out, re.M), out  # the file's value, not marked default
     assert re.search(r"^  mqtt\.host = '127\.0\.0\.1'  \(default\)$", out, re.M)
     assert "hunter2" not in out and "mqtt.password = '***'" in out
+    assert "camsecret" not in out and "cameras.0 = " in out and "rtsp://admin:***@127.0.0.1:8554/gate" in out
     assert re.search(r"rules\.0\.params\.above = 2\.0  \[metric's unit\]", out)
     assert re.search(r"rules\.0\.params\.min_duration_s = 0\.0  \(default\)  \[s\]", out)
     for kind in ("threshold", "rate_of_change", "zscore", "flatline", "offline", "speeding", "geofence", "dwell"):
