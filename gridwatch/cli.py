@@ -43,8 +43,15 @@ def print_event(event: str, w, out=sys.stdout) -> None:
     if event == "cleared":  # the stored message is the raise text: say that it is over, and how long it lasted
         ended = w.cleared_ts if w.cleared_ts is not None else w.last_ts
         text = f"cleared after {_fmt_duration(ended - w.start_ts)} (it was raised for: {w.message})"
-    print(f"{_fmt_ts(w.last_ts if event != 'raised' else w.start_ts)}  {event.upper():8} {sev:8} {w.rule:24} "
-          f"{w.source:22} value={val}{zone}  region={w.region.as_path() or '-'}  {text}", file=out, flush=True)
+    try:
+        print(f"{_fmt_ts(w.last_ts if event != 'raised' else w.start_ts)}  {event.upper():8} {sev:8} {w.rule:24} "
+              f"{w.source:22} value={val}{zone}  region={w.region.as_path() or '-'}  {text}", file=out, flush=True)
+    except BrokenPipeError:
+        if out is not sys.stdout:
+            raise
+        # stdout's reader went away (`gridwatch run ... | head`): stop printing; the runtime goes on
+        # storing and publishing warnings
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _fmt_duration(ms: int) -> str:
@@ -138,25 +145,6 @@ def _listen_problem(bind: str, port: int) -> str | None:
     return None
 
 
-def _event_printer():
-    """Prints warning events; when stdout's reader goes away (`gridwatch run ... | head`) it stops
-    printing, and the runtime goes on storing and publishing them."""
-    gone = False
-
-    def on_events(evs) -> None:
-        nonlocal gone
-        if gone:
-            return
-        try:
-            for e, w in evs:
-                print_event(e, w)
-        except BrokenPipeError:
-            gone = True
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-
-    return on_events
-
-
 def _before_start(rt) -> None:
     if rt.cfg.mqtt is not None:  # series from the start at 0, so rate() and dashboards see them before the first event
         for src, name in (("mqtt", "messages"), ("mqtt", "readings_stored"), ("mqtt", "positions_stored"), ("mqtt", "connects"),
@@ -183,7 +171,7 @@ def cmd_run(a) -> int:
         import logging
 
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
-    on_events = _event_printer() if not a.quiet else None
+    on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
     rt = EdgeRuntime(cfg, on_events=on_events)
     video = None
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
