@@ -262,3 +262,40 @@ def test_run_with_a_store_damaged_past_its_header_is_one_line(tmp_path):
     (tmp_path / "data" / "gridwatch.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 8000)
     f = write(tmp_path, RULE)
     one_line_error(cli("run", "-c", str(f), "--duration", "0"), "gridwatch.db", "move it aside")
+
+
+@pytest.mark.broker
+def test_run_with_a_closed_stdout_goes_on_storing(tmp_path, mosquitto):
+    """`gridwatch run -c FILE | head -1`: once the reader is gone, printing stops and the runtime
+    goes on; before, the first warning's print raised BrokenPipeError in the pipeline thread."""
+    import signal
+    import time
+
+    f = write(tmp_path, f'[mqtt]\nport = {mosquitto.port}\nclient_id = "closed-stdout"\n' + RULE)
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)
+    err = tmp_path / "run.err"
+    with open(err, "wb") as ef:
+        run = subprocess.Popen([*GRIDWATCH, "run", "-c", str(f)], stdout=w_fd, stderr=ef, start_new_session=True)
+    os.close(w_fd)
+    try:
+        end = time.monotonic() + 120
+        while "mqtt connected" not in err.read_text():
+            assert time.monotonic() < end and run.poll() is None, err.read_text()
+            time.sleep(0.1)
+        for level, dev in ((3.0, "d1"), (3.5, "d2")):
+            subprocess.run(["mosquitto_pub", "-p", str(mosquitto.port), "-q", "1", "-t", f"devices/generic/sewer_level/{dev}",
+                            "-m", f'{{"water_level": {level}}}'], check=True, timeout=30)
+        db = tmp_path / "data" / "gridwatch.db"
+        end = time.monotonic() + 20
+        while True:
+            rows = Store(db).warnings() if db.exists() else []
+            if len(rows) == 2:
+                break
+            assert time.monotonic() < end and run.poll() is None, err.read_text()
+            time.sleep(0.2)
+    finally:
+        os.killpg(run.pid, signal.SIGINT)
+        rc = run.wait(30)
+    log = err.read_text()
+    assert rc == 0 and "Traceback" not in log and "Broken pipe" not in log and " ERROR " not in log, log
