@@ -236,6 +236,20 @@ class GridwatchConfig(_Model):
         return self
 
     @model_validator(mode="after")
+    def _tls_paths_relative_to_the_file(self) -> "GridwatchConfig":
+        """TLS files given relative are relative to the config file (as GeoJSON and profile folders
+        are), not to wherever gridwatch was started."""
+        owners = [(self.kafka, ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"))]
+        if self.mqtt is not None and self.mqtt.tls is not None:
+            owners.append((self.mqtt.tls, ("ca_file", "cert_file", "key_file")))
+        for owner, keys in owners:
+            for k in keys:
+                v = getattr(owner, k)
+                if v and not Path(v).is_absolute():
+                    object.__setattr__(owner, k, str(self.resolve(v)))
+        return self
+
+    @model_validator(mode="after")
     def _forward_valid(self) -> "GridwatchConfig":
         if self.forward.influx and self.influx is None:
             raise ValueError("forward.influx = true needs an [influx] table (url, token, bucket)")

@@ -120,3 +120,10 @@ def test_preflight_passes_the_shipped_configs_and_creates_nothing(tmp_path):
 def test_empty_credentials_mean_none():
     cfg = parse({"mqtt": {"username": "${U:-}", "password": "${P:-}"}}, env={})
     assert cfg.mqtt.username is None and cfg.mqtt.password is None
+
+
+def test_relative_tls_files_are_relative_to_the_config_file(tmp_path):
+    cfg = parse({"mqtt": {"tls": {"ca_file": "certs/ca.pem", "cert_file": "/abs/c.pem"}},
+                 "kafka": {"ssl_ca_file": "k/ca.pem"}}, base_dir=tmp_path)
+    assert cfg.mqtt.tls.ca_file == str(tmp_path / "certs" / "ca.pem")
+    assert cfg.mqtt.tls.cert_file == "/abs/c.pem" and cfg.kafka.ssl_ca_file == str(tmp_path / "k" / "ca.pem")
