@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
               "\n".join(f"config error: {line}" for line in msg.splitlines()), file=sys.stderr)
         return 2
     except FileNotFoundError as e:
-        print(f"gridwatch: file not found: {e.filename}", file=sys.stderr)
+        print(f"gridwatch: file not found: {e.filename}" if e.filename else f"gridwatch: a file was not found ({e})", file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:  # `run` opening a store that is damaged past its header
         where = _load(a.config, store_path) if getattr(a, "config", None) else getattr(a, "db", "the store")
@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
               "it from a backup", file=sys.stderr)
         return 2
     except PermissionError as e:
-        print(f"gridwatch: permission denied: {e.filename} (run as a user that may read/write it, or chown it)", file=sys.stderr)
+        print(f"gridwatch: permission denied: {e.filename or e} (run as a user that may read/write it, or chown it)", file=sys.stderr)
         return 2
     except BrokenPipeError:
         # stdout's reader closed early (e.g. `gridwatch alerts --json | head -1`): stop quietly; point

@@ -299,3 +299,35 @@ def test_run_with_a_closed_stdout_goes_on_storing(tmp_path, mosquitto):
         rc = run.wait(30)
     log = err.read_text()
     assert rc == 0 and "Traceback" not in log and "Broken pipe" not in log and " ERROR " not in log, log
+
+
+@pytest.mark.broker
+def test_ok_from_check_config_means_run_connects_over_tls(tmp_path, mosquitto_factory):
+    """A TLS config whose CA file is given relative to the config file: check-config says ok, and run,
+    started from another folder, connects with it."""
+    import shutil
+    import signal
+    import time
+
+    mq = mosquitto_factory(tls=True)
+    (tmp_path / "certs").mkdir()
+    shutil.copy(mq.ca_file, tmp_path / "certs" / "ca.pem")
+    f = write(tmp_path, f'[mqtt]\nport = {mq.tls_port}\nclient_id = "tls-front-door"\n[mqtt.tls]\nca_file = "certs/ca.pem"\n' + RULE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    r = cli("check-config", str(f), cwd=elsewhere)
+    assert r.returncode == 0 and ": ok" in r.stdout, r.stderr
+    err = tmp_path / "run.err"
+    with open(err, "wb") as ef:
+        run = subprocess.Popen([*GRIDWATCH, "run", "-c", str(f)], cwd=elsewhere, stdout=subprocess.DEVNULL, stderr=ef,
+                               start_new_session=True)
+    try:
+        end = time.monotonic() + 120
+        while "mqtt connected" not in err.read_text():
+            assert time.monotonic() < end and run.poll() is None, err.read_text()
+            time.sleep(0.1)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGINT)
+        run.wait(30)
+    assert f"port={mq.tls_port}" in err.read_text()
