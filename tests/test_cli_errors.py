@@ -295,7 +295,8 @@ def test_run_with_a_closed_stdout_goes_on_storing(tmp_path, mosquitto):
             assert time.monotonic() < end and run.poll() is None, err.read_text()
             time.sleep(0.2)
     finally:
-        os.killpg(run.pid, signal.SIGINT)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGINT)
         rc = run.wait(30)
     log = err.read_text()
     assert rc == 0 and "Traceback" not in log and "Broken pipe" not in log and " ERROR " not in log, log

@@ -34,7 +34,8 @@ def test_status_shows_a_dead_cameras_state_and_last_error(tmp_path):
         assert "offline" in cam and f"last error: connection refused by 127.0.0.1:{dead_port}" in cam, out
         _camera_panels_query_exported_metrics(metrics_port)
     finally:
-        os.killpg(run.pid, signal.SIGINT)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGINT)
         run.wait(30)
 
 
