@@ -1,20 +1,32 @@
-"""The ``gridwatch`` command line: demo, run, check-config, alerts, dead-letters, bench."""
+"""The ``gridwatch`` command line: demo, run, check-config, status, alerts, dead-letters, bench.
+
+A user's mistake (a missing or broken file, a config error, a damaged store) ends in one line on
+stderr saying what is wrong, where, and what to do, with exit status 2 - never a traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
+import sqlite3
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gridwatch.config import ConfigError, explain, load, secrets_world_readable
+from gridwatch.config import (ConfigError, MetricsConfig, SiteConfig, explain, explain_metrics, explain_rule_kinds,
+                              explain_values, load, load_sections, preflight, secrets_world_readable, store_file_problem,
+                              store_path)
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
                 "fuzz": "gridwatch.benchmarks.fuzz"}
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as one line (what, where, what to do), exit status 2."""
 
 
 def _fmt_ts(ms: int | None) -> str:
@@ -27,37 +39,132 @@ def print_event(event: str, w, out=sys.stdout) -> None:
     sev = w.severity.upper()
     val = "-" if w.value != w.value else f"{w.value:.4g}"
     zone = f" zone={w.zone}" if w.zone else ""
-    print(f"{_fmt_ts(w.last_ts if event != 'raised' else w.start_ts)}  {event.upper():8} {sev:8} {w.rule:24} "
-          f"{w.source:22} value={val}{zone}  region={w.region.as_path() or '-'}  {w.message}", file=out, flush=True)
+    text = w.message
+    if event == "cleared":  # the stored message is the raise text: say that it is over, and how long it lasted
+        ended = w.cleared_ts if w.cleared_ts is not None else w.last_ts
+        text = f"cleared after {_fmt_duration(ended - w.start_ts)} (it was raised for: {w.message})"
+    try:
+        print(f"{_fmt_ts(w.last_ts if event != 'raised' else w.start_ts)}  {event.upper():8} {sev:8} {w.rule:24} "
+              f"{w.source:22} value={val}{zone}  region={w.region.as_path() or '-'}  {text}", file=out, flush=True)
+    except BrokenPipeError:
+        if out is not sys.stdout:
+            raise
+        # stdout's reader went away (`gridwatch run ... | head`): stop printing; the runtime goes on
+        # storing and publishing warnings
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _fmt_duration(ms: int) -> str:
+    s = max(0, int(round(ms / 1000)))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def kernels_cold() -> bool:
+    """True when Numba's on-disk cache holds no compiled rule kernels yet (a first run compiles them)."""
+    import numba
+
+    from gridwatch.streams import kernels
+
+    here = Path(kernels.__file__).parent
+    roots = [Path(numba.config.CACHE_DIR)] if numba.config.CACHE_DIR else [here / "__pycache__"]
+    for mod in ("sensor", "position"):
+        if not any(any(r.rglob(f"{mod}.*.nbi")) for r in roots if r.is_dir()):
+            return True
+    return False
+
+
+def _say_compiling() -> bool:
+    if not kernels_cold():
+        return False
+    print("gridwatch: compiling the rule kernels with Numba - first run only, up to a minute or two; "
+          "later runs load them from the cache ...", file=sys.stderr, flush=True)
+    return True
+
+
+def _load(path: str, loader=load, *args):
+    """load() (or another reader of the file) with the file named in every error."""
+    try:
+        return loader(path, *args)
+    except ConfigError as e:
+        if str(path) in str(e):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def _config(path: str):
+    """The parsed config and everything `run` needs checked; a problem is one line, exit 2."""
+    cfg = _load(path)
+    problems = preflight(cfg)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {p}" for p in problems))
+    return cfg
 
 
 def cmd_check_config(a) -> int:
     if a.explain:
-        print("\n".join(explain()))
+        if a.file:
+            cfg = _load(a.file)
+            print(f"# {a.file}: every setting as gridwatch reads it ((default) = not set in the file; secrets not shown)")
+            print("\n".join(explain_values(cfg)))
+        else:
+            print("# every setting: key = default - description")
+            print("\n".join(explain()))
+        print()
+        print("\n".join(explain_rule_kinds()))
+        print()
+        print("\n".join(explain_metrics()))
         if not a.file:
             return 0
-    try:
-        cfg = load(a.file)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = _config(a.file)
     if secrets_world_readable(a.file):
         print(f"warning: {a.file} holds a secret and is readable by every user (chmod 600 it, or use ${{ENV}} substitution)",
               file=sys.stderr)
     print(f"{a.file}: ok — {len(cfg.rules)} rules, {len(cfg.devices)} devices, "
-          f"mqtt={'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt else 'off'}, store={cfg.data_dir / cfg.store.path}")
+          f"mqtt={'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt else 'off'}, store={os.path.normpath(cfg.data_dir / cfg.store.path)}")
     return 0
+
+
+def _listen_problem(bind: str, port: int) -> str | None:
+    """Why the metrics endpoint could not listen on bind:port (None: it can), found by binding and
+    closing a socket there."""
+    import errno
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET, socket.SOCK_STREAM) as sk:
+            sk.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sk.bind((bind, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return f"{bind}:{port} is in use (another gridwatch? `gridwatch status -c FILE` tells); choose another port, or 0 for none"
+        return f"cannot listen on {bind}:{port} ({e.strerror or e}); check metrics.bind and metrics.port"
+    return None
+
+
+def _before_start(rt) -> None:
+    if rt.cfg.mqtt is not None:  # series from the start at 0, so rate() and dashboards see them before the first event
+        for src, name in (("mqtt", "messages"), ("mqtt", "readings_stored"), ("mqtt", "positions_stored"), ("mqtt", "connects"),
+                          ("mqtt", "disconnects"), ("mqtt", "connect_failures"), ("warnings", "events"), ("alerts_mqtt", "published")):
+            rt.counters.add(src, name, 0)
+    if _say_compiling():  # the runtime's own warm-up then finds them compiled
+        t0 = time.monotonic()
+        rt.pipeline.warm_up()
+        print(f"gridwatch: rule kernels compiled in {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 def cmd_run(a) -> int:
     from gridwatch.observability import setup_logging
+
+    cfg = _config(a.config)  # nothing is created on disk before the whole config is known to be good
+    why = _listen_problem(cfg.metrics.bind, cfg.metrics.port) if cfg.metrics.port else None
+    if why:
+        raise UserError(f"{a.config}: metrics: {why}")
     from gridwatch.streams.runtime import EdgeRuntime, run_blocking
 
-    try:
-        cfg = load(a.config)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     secrets = tuple(s for s in ((cfg.mqtt.password if cfg.mqtt else None),) if s)
     setup_logging(cfg.log.level, cfg.log.format, secrets)
     if secrets_world_readable(a.config):
@@ -76,8 +183,13 @@ def cmd_run(a) -> int:
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime
 
-        video = VideoRuntime(cfg, store=rt.store, publisher=rt.publisher, counters=rt.counters, on_events=on_events)
+        def on_status(ch, counters=rt.counters) -> None:  # `gridwatch status` shows each camera's state and why
+            counters.info(f"camera/{ch.camera}", "camera_state", state=ch.new.value, reason=ch.reason or "")
+
+        video = VideoRuntime(cfg, store=rt.store, publisher=rt.publisher, counters=rt.counters, on_events=on_events,
+                             on_status=on_status)
         video.start()
+    _before_start(rt)
     try:
         run_blocking(rt.run(duration_s=a.duration))
     finally:
@@ -113,21 +225,32 @@ def cmd_hw(a) -> int:
 def cmd_demo(a) -> int:
     from gridwatch.demo.replay import run_demo
 
+    _say_compiling()
     return run_demo(Path(a.data_dir), speed=a.speed, quiet=a.quiet)
 
 
 def _open_store_ro(a):
     from gridwatch.streams.store import Store
 
-    if a.config:
-        cfg = load(a.config)
-        path = cfg.data_dir / cfg.store.path
-    else:
-        path = Path(a.db)
+    path = _load(a.config, store_path) if a.config else Path(a.db)
     if not path.exists():
-        print(f"no store at {path} (run `gridwatch demo` or `gridwatch run -c FILE` first, or pass --db/-c)", file=sys.stderr)
-        return None
+        raise UserError(f"no store at {path} (run `gridwatch demo` or `gridwatch run -c FILE` first, or pass --db/-c)")
+    why = store_file_problem(path)
+    if why:
+        raise UserError(why)
     return Store(path)
+
+
+def _reading_store(fn):
+    """A damaged store (sqlite3.DatabaseError) is one line naming the file and what to do."""
+    def run(a) -> int:
+        try:
+            return fn(a)
+        except sqlite3.DatabaseError as e:
+            path = store_path(a.config) if a.config else Path(a.db)
+            raise UserError(f"store {path} cannot be read ({e}): it is damaged or not a gridwatch store; move it aside "
+                            "(gridwatch run creates a new one) or restore it from a backup") from None
+    return run
 
 
 def _since(s: str | None) -> int | None:
@@ -136,13 +259,15 @@ def _since(s: str | None) -> int | None:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if s[-1] in units and s[:-1].replace(".", "", 1).isdigit():
         return int((time.time() - float(s[:-1]) * units[s[-1]]) * 1000)
-    return int(datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    try:
+        return int(datetime.fromisoformat(s).replace(tzinfo=timezone.utc).timestamp() * 1000)
+    except ValueError:
+        raise UserError(f"--since {s!r}: expected e.g. 30m, 2h, 1d or an ISO time such as 2026-11-20T08:00") from None
 
 
+@_reading_store
 def cmd_alerts(a) -> int:
     st = _open_store_ro(a)
-    if st is None:
-        return 1
     rows = st.warnings(state=a.state, rule=a.rule, source=a.source, region=a.region, severity=a.severity,
                        since=_since(a.since), limit=a.limit)
     if a.json:
@@ -158,16 +283,118 @@ def cmd_alerts(a) -> int:
     return 0
 
 
+@_reading_store
 def cmd_dead_letters(a) -> int:
     st = _open_store_ro(a)
-    if st is None:
-        return 1
     counts = st.dead_letter_counts()
     print("rejections by reason: " + (", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "none"))
     for d in st.dead_letters(a.reason, a.limit):
         more = f" (and {d['count'] - 1} more readings of this message)" if d["count"] > 1 else ""
         print(f"{_fmt_ts(d['received_ms'])}  {d['reason']:18} {d['source']:40} {d['detail']}{more}")
         print(f"{'':21}payload: {bytes(d['payload'] or b'')[:120]!r}")
+    return 0
+
+
+def scrape(url: str, timeout: float = 3.0) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text from ``url`` -> metric name -> [(labels, value)]."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        text = r.read().decode("utf-8")
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name.endswith("_created"):
+                continue
+            out.setdefault(smp.name.removesuffix("_total"), []).append((dict(smp.labels), smp.value))
+    return out
+
+
+def status_lines(before: dict, after: dict, interval_s: float) -> list[str]:
+    """Per source: what flows (per second over the interval), lag, rejections and drops by reason;
+    per camera: its state and last error."""
+    def by_source(m: dict, name: str) -> dict[str, float]:
+        return {lab.get("source", ""): v for lab, v in m.get(name, [])}
+
+    def reasons(m: dict, name: str, src: str) -> dict[str, float]:
+        return {lab["reason"]: v for lab, v in m.get(name, []) if lab.get("source") == src}
+
+    sources = sorted({lab.get("source", "") for samples in after.values() for lab, _ in samples} - {""})
+    lines = []
+    for src in sources:
+        if src.startswith("camera/"):
+            continue
+        parts = []
+        msgs = by_source(after, "gridwatch_messages").get(src)
+        if msgs is not None:
+            rate = (msgs - by_source(before, "gridwatch_messages").get(src, 0.0)) / interval_s
+            parts.append(f"{'flowing' if rate > 0 else 'idle'} {rate:.1f} msg/s ({msgs:.0f} messages")
+            stored = by_source(after, "gridwatch_readings_stored").get(src, 0.0)
+            pos = by_source(after, "gridwatch_positions_stored").get(src, 0.0)
+            parts[-1] += f", {stored:.0f} readings and {pos:.0f} positions stored)"
+        lag = by_source(after, "gridwatch_lag_ms").get(src)
+        if lag is not None:
+            parts.append(f"lag {lag / 1000:.1f} s{' (LAGGING)' if lag > 60_000 else ''}")
+        inbox = by_source(after, "gridwatch_inbox").get(src)
+        if inbox is not None:
+            parts.append(f"inbox {inbox:.0f}")
+        conn = by_source(after, "gridwatch_connects").get(src)
+        if conn is not None:
+            disc = by_source(after, "gridwatch_disconnects").get(src, 0.0)
+            fail = by_source(after, "gridwatch_connect_failures").get(src, 0.0)
+            parts.append(f"{'connected' if conn > disc else 'NOT CONNECTED'} ({conn:.0f} connects, {disc:.0f} disconnects, "
+                         f"{fail:.0f} failed)")
+        rej = reasons(after, "gridwatch_rejected", src)
+        if msgs is not None or rej:
+            parts.append("rejected " + (f"{sum(rej.values()):.0f} (" + ", ".join(f"{k}={v:.0f}" for k, v in sorted(rej.items())) + ")"
+                                        if rej else "0"))
+        drop = reasons(after, "gridwatch_dropped", src)
+        if drop:
+            parts.append(f"dropped {sum(drop.values()):.0f} (" + ", ".join(f"{k}={v:.0f}" for k, v in sorted(drop.items())) + ")")
+        known = {"gridwatch_messages", "gridwatch_readings_stored", "gridwatch_positions_stored", "gridwatch_lag_ms",
+                 "gridwatch_inbox", "gridwatch_connects", "gridwatch_disconnects", "gridwatch_connect_failures"}
+        rest = [f"{n.removeprefix('gridwatch_')}={v:g}" for n in sorted(after) if n not in known
+                and n not in ("gridwatch_rejected", "gridwatch_dropped") for lab, v in after[n] if lab.get("source") == src]
+        if rest:
+            parts.append(" ".join(rest))
+        lines.append(f"{src:10} " + "; ".join(parts))
+    states = {lab["source"]: lab for lab, _ in after.get("gridwatch_camera_state_info", [])}
+    for src in sources:
+        if not src.startswith("camera/"):
+            continue
+        lab = states.get(src, {})
+        state = lab.get("state") or ("online" if by_source(after, "gridwatch_online").get(src) else "unknown")
+        dec = by_source(after, "gridwatch_decoded").get(src)
+        rate = "" if dec is None else f"; decoding {(dec - by_source(before, 'gridwatch_decoded').get(src, 0.0)) / interval_s:.1f} frames/s"
+        err = f"; last error: {lab['reason']}" if lab.get("reason") and state != "online" else ""
+        lines.append(f"{src:10} {state}{rate}{err}")
+    return lines
+
+
+def cmd_status(a) -> int:
+    import urllib.error
+
+    if a.url:
+        url, site = a.url, ""
+    else:
+        parts = _load(a.config, load_sections, {"site": SiteConfig, "metrics": MetricsConfig})
+        m = parts["metrics"]
+        if not m.port:
+            raise UserError(f"{a.config}: metrics.port is 0, so a running gridwatch exports nothing to read; set e.g. "
+                            "[metrics] port = 9464 and restart it")
+        url, site = f"http://{m.bind}:{m.port}/metrics", parts["site"].name
+    try:
+        before = scrape(url)
+        time.sleep(a.interval)
+        after = scrape(url)
+    except (urllib.error.URLError, OSError) as e:
+        why = getattr(e, "reason", e)
+        raise UserError(f"no gridwatch answers at {url} ({why}); is `gridwatch run -c {a.config or 'FILE'}` running?") from None
+    print(f"{site or 'gridwatch'} at {url} (rates over {a.interval:g} s):")
+    for line in status_lines(before, after, a.interval):
+        print("  " + line)
     return 0
 
 
@@ -225,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--reason")
         s.set_defaults(fn=fn)
 
+    st = sub.add_parser("status", help="what a running `gridwatch run` sees: per source flow, lag, rejections; per camera its state")
+    st.add_argument("-c", "--config", help="the config `gridwatch run` was started with (its [metrics] endpoint is read)")
+    st.add_argument("--url", help="metrics endpoint to read instead, e.g. http://127.0.0.1:9464/metrics")
+    st.add_argument("--interval", type=float, default=1.0, help="seconds between the two reads rates come from (default 1)")
+    st.set_defaults(fn=cmd_status)
+
     h = sub.add_parser("hw", help="what this box has for video: ONNX providers, hardware decoders, camera URL templates")
     h.set_defaults(fn=cmd_hw)
 
@@ -236,7 +469,36 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.cmd == "check-config" and not a.file and not a.explain:
         p.error("check-config needs FILE (or --explain)")
-    return a.fn(a)
+    if a.cmd == "status" and not a.config and not a.url:
+        p.error("status needs -c FILE (or --url)")
+    try:
+        rc = a.fn(a)
+        sys.stdout.flush()  # inside the try: a reader that went away (`| head`) is not an error
+        return rc
+    except (ConfigError, UserError) as e:
+        msg = str(e)
+        print(msg if isinstance(e, UserError) or msg.startswith("config error") else
+              "\n".join(f"config error: {line}" for line in msg.splitlines()), file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"gridwatch: file not found: {e.filename}" if e.filename else f"gridwatch: a file was not found ({e})", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:  # `run` opening a store that is damaged past its header
+        where = _load(a.config, store_path) if getattr(a, "config", None) else getattr(a, "db", "the store")
+        print(f"gridwatch: store {where} cannot be used ({e}); move it aside (gridwatch creates a new one) or restore "
+              "it from a backup", file=sys.stderr)
+        return 2
+    except PermissionError as e:
+        print(f"gridwatch: permission denied: {e.filename or e} (run as a user that may read/write it, or chown it)", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # stdout's reader closed early (e.g. `gridwatch alerts --json | head -1`): stop quietly; point
+        # stdout at /dev/null so the interpreter's final flush does not complain either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

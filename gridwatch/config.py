@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -58,6 +59,12 @@ class MqttConfig(_Model):
     keepalive_s: int = Field(30, ge=5, description="Keep-alive interval.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay; doubles up to reconnect_max_s.")
     reconnect_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+
+    @field_validator("username", "password")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        """``${GRIDWATCH_MQTT_PASSWORD:-}`` left unset means no credentials, not an empty one."""
+        return v or None
 
 
 class IngestConfig(_Model):
@@ -226,7 +233,23 @@ class GridwatchConfig(_Model):
             try:
                 cls.Params.model_validate(_resolve_param_paths(r.params, self.base_dir))
             except ValidationError as e:
-                raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e)}") from None
+                raise ValueError(f"rules.{i}.params ({r.name}): {_describe(e, cls.Params)}") from None
+            except OSError as e:  # a zones file that cannot be read
+                raise ValueError(f"rules.{i}.params ({r.name}): cannot read {e.filename or 'a file'}: {e.strerror}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _tls_paths_relative_to_the_file(self) -> "GridwatchConfig":
+        """TLS files given relative are relative to the config file (as GeoJSON and profile folders
+        are), not to wherever gridwatch was started."""
+        owners = [(self.kafka, ("ssl_ca_file", "ssl_cert_file", "ssl_key_file"))]
+        if self.mqtt is not None and self.mqtt.tls is not None:
+            owners.append((self.mqtt.tls, ("ca_file", "cert_file", "key_file")))
+        for owner, keys in owners:
+            for k in keys:
+                v = getattr(owner, k)
+                if v and not Path(v).is_absolute():
+                    object.__setattr__(owner, k, str(self.resolve(v)))
         return self
 
     @model_validator(mode="after")
@@ -286,12 +309,39 @@ def substitute_env(value: Any, env: dict[str, str] | None = None, where: str = "
 _SECRET_KEY = re.compile(r"(?i)pass|token|secret|key|cred|auth")
 
 
-def _describe(err: ValidationError) -> str:
+def _model_at(model: type[BaseModel] | None, loc: tuple) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc`` (list indexes skipped); None when not a model."""
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        f = model.model_fields.get(part)
+        if f is None:
+            return None
+        model = _submodel(f.annotation)
+    return model
+
+
+def unknown_key_hint(key: str, valid: list[str]) -> str:
+    """'did you mean ...?' plus the valid keys, for a key that is not one of them."""
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    return f"{hint}valid keys: {', '.join(valid)}"
+
+
+def _describe(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
+        loc = prefix + ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
-        if not loc:  # a whole-model check: its message already names the key
+        if e["type"] == "extra_forbidden" and model is not None:
+            holder = _model_at(model, tuple(e["loc"][:-1]))
+            if holder is not None:
+                valid = [k for k in holder.model_fields if k != "base_dir"]
+                parts.append(f"{loc}: unknown key; {unknown_key_hint(str(e['loc'][-1]), valid)}")
+                continue
+        if not e["loc"]:  # a whole-model check: its message already names the key
             parts.append(msg)
             continue
         got = e.get("input")
@@ -310,7 +360,7 @@ def parse(data: dict[str, Any], base_dir: str | Path = ".", env: dict[str, str] 
     try:
         return GridwatchConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e)) from None
+        raise ConfigError(_describe(e, GridwatchConfig)) from None
 
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> GridwatchConfig:
@@ -362,3 +412,282 @@ def _submodel(ann: Any) -> type[BaseModel] | None:
             if isinstance(b, type) and issubclass(b, BaseModel):
                 return b
     return None
+
+
+# --- what `gridwatch run` needs beyond the file's own syntax ------------------------------------
+
+def load_sections(path: str | Path, models: dict[str, type[BaseModel]], env: dict[str, str] | None = None) -> dict[str, BaseModel]:
+    """Only the named tables of a config file (``${NAME}`` substituted in them alone): commands
+    that need a few settings do not fail on, or need the secrets of, the others."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    parts: dict[str, BaseModel] = {}
+    for key, model in models.items():
+        raw = substitute_env(data.get(key, {}), env, key)
+        try:
+            parts[key] = model.model_validate(raw)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, model, prefix=f"{key}.")) from None
+    return parts
+
+
+def store_path(path: str | Path, env: dict[str, str] | None = None) -> Path:
+    """The store file a config names, reading only ``[site]`` and ``[store]``: `gridwatch alerts`
+    and `dead-letters` read the store and need no broker password or any other setting."""
+    path = Path(path)
+    parts = load_sections(path, {"site": SiteConfig, "store": StoreConfig}, env)
+    site, store = parts["site"], parts["store"]
+    base = path.resolve().parent
+    data_dir = Path(site.data_dir) if Path(site.data_dir).is_absolute() else base / site.data_dir
+    return data_dir / store.path
+
+
+def _readable_file(where: str, value: str | None, cfg: "GridwatchConfig", problems: list[str]) -> Path | None:
+    if not value:
+        return None
+    p = cfg.resolve(value)
+    if not p.is_file():
+        rel = "" if Path(value).is_absolute() else " (a relative path is relative to the config file's folder)"
+        problems.append(f"{where}: file {str(p)!r} does not exist{rel}" if not p.exists() else f"{where}: {str(p)!r} is not a file")
+        return None
+    if not os.access(p, os.R_OK):
+        problems.append(f"{where}: file {str(p)!r} is not readable by this user")
+        return None
+    return p
+
+
+def _check_tls(prefix: str, ca: str | None, cert: str | None, key: str | None, cfg: "GridwatchConfig",
+               problems: list[str]) -> None:
+    import ssl
+
+    n = len(problems)
+    ca_p = _readable_file(f"{prefix}ca_file", ca, cfg, problems)
+    cert_p = _readable_file(f"{prefix}cert_file", cert, cfg, problems)
+    key_p = _readable_file(f"{prefix}key_file", key, cfg, problems)
+    if len(problems) > n:
+        return
+    if key and not cert:
+        problems.append(f"{prefix}key_file is set without {prefix}cert_file")
+        return
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if ca_p is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_p))
+        except (ssl.SSLError, OSError) as e:
+            problems.append(f"{prefix}ca_file: {str(ca_p)!r} is not a PEM CA certificate ({e.args[-1] if e.args else e})")
+    if cert_p is not None:
+        try:
+            ctx.load_cert_chain(str(cert_p), str(key_p) if key_p else None)
+        except (ssl.SSLError, OSError) as e:
+            problems.append(f"{prefix}cert_file/key_file: {str(cert_p)!r} and its key do not load "
+                            f"({e.args[-1] if e.args else e}); both must be PEM and belong together")
+
+
+def _writable_dir(where: str, p: Path, problems: list[str]) -> None:
+    """``p`` is (or can be made) a folder this user may write, checked without creating anything."""
+    if p.exists():
+        if not p.is_dir():
+            problems.append(f"{where}: {str(p)!r} exists and is not a folder")
+        elif not os.access(p, os.W_OK | os.X_OK):
+            problems.append(f"{where}: folder {str(p)!r} is not writable by this user (chown it, or choose another folder)")
+        return
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        problems.append(f"{where}: folder {str(p)!r} does not exist and cannot be created: {str(parent)!r} is not writable "
+                        "by this user (create it and chown it, or choose another folder)")
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def store_file_problem(path: Path) -> str | None:
+    """Why an existing store file cannot be a gridwatch store (None when it is fine or absent)."""
+    try:
+        if not path.exists() or path.stat().st_size == 0:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        return f"store {str(path)!r} cannot be read: {e.strerror}"
+    if head != SQLITE_HEADER:
+        return (f"store {str(path)!r} is not an SQLite database (damaged, or another file): move it aside "
+                "(gridwatch creates a new one) or restore it from a backup")
+    return None
+
+
+def preflight(cfg: "GridwatchConfig") -> list[str]:
+    """Everything `gridwatch run` would trip over that the file's syntax does not show, one line per
+    problem, found without creating or changing anything on disk: vendor profiles, GeoJSON files,
+    TLS files, devices of unknown vendors, rules naming metrics no profile produces, the data folder
+    and an existing store file. An empty list means `run` can start."""
+    from gridwatch.hw.profiles import METRICS, ProfileError, load_profiles
+
+    problems: list[str] = []
+    # vendor profiles
+    profiles = None
+    dirs = []
+    for i, d in enumerate(cfg.ingest.profile_dirs):
+        p = cfg.resolve(d)
+        if not p.is_dir():
+            problems.append(f"ingest.profile_dirs.{i}: folder {str(p)!r} does not exist")
+        else:
+            dirs.append(p)
+    try:
+        profiles = load_profiles(dirs)
+    except (ProfileError, OSError, tomllib.TOMLDecodeError) as e:
+        problems.append(f"ingest.profile_dirs: a vendor profile does not load: {e}")
+    metric_names = [m.name for m in METRICS]
+    if profiles is not None:
+        vendors = sorted(profiles)
+        for i, d in enumerate(cfg.devices):
+            if d.vendor not in profiles:
+                problems.append(f"devices.{i}.vendor ({d.id}): no profile for vendor {d.vendor!r}; "
+                                f"{unknown_key_hint(d.vendor, vendors).replace('valid keys', 'known vendors')} "
+                                "(add a profile: hw/profiles or ingest.profile_dirs)")
+        for i, r in enumerate(cfg.rules):
+            for v in r.vendors:
+                if v not in profiles:
+                    problems.append(f"rules.{i}.vendors ({r.name}): no profile for vendor {v!r}; "
+                                    f"{unknown_key_hint(v, vendors).replace('valid keys', 'known vendors')}")
+            for m in r.metrics:
+                if m not in metric_names:
+                    problems.append(f"rules.{i}.metrics ({r.name}): unknown metric {m!r}; "
+                                    f"{unknown_key_hint(m, metric_names).replace('valid keys', 'canonical metrics')}")
+                    continue
+                mid = metric_names.index(m)
+                producers = [v for v in (r.vendors or vendors) if v in profiles
+                             and any(f.metric_id == mid for f in profiles[v].fields.values())]
+                if not producers:
+                    problems.append(f"rules.{i}.metrics ({r.name}): no profile of vendors {r.vendors} produces "
+                                    f"metric {m!r}, so the rule never sees a reading")
+    # regions
+    if cfg.regions.geojson:
+        p = _readable_file("regions.geojson", cfg.regions.geojson, cfg, problems)
+        if p is not None:
+            from gridwatch.regions import RegionMapper
+            import json
+
+            try:
+                RegionMapper(cfg.regions.default, cfg.regions.static, json.loads(p.read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+                problems.append(f"regions.geojson: {str(p)!r}: {e}")
+    # TLS
+    if cfg.mqtt is not None and cfg.mqtt.tls is not None:
+        t = cfg.mqtt.tls
+        _check_tls("mqtt.tls.", t.ca_file, t.cert_file, t.key_file, cfg, problems)
+    k = cfg.kafka
+    if cfg.forward.kafka and k.security_protocol in ("SSL", "SASL_SSL"):
+        _check_tls("kafka.ssl_", k.ssl_ca_file, k.ssl_cert_file, k.ssl_key_file, cfg, problems)
+    # the data folder and an existing store
+    _writable_dir("site.data_dir", cfg.data_dir, problems)
+    store = cfg.data_dir / cfg.store.path
+    why = store_file_problem(store)
+    if why:
+        problems.append(f"store.path: {why}")
+    return problems
+
+
+# --- `gridwatch check-config --explain` ---------------------------------------------------------
+
+# Units of rule parameters that the field name does not show (sensor levels are in the metric's
+# canonical unit, listed under "Canonical metrics").
+_PARAM_UNITS = {"above": "metric's unit", "below": "metric's unit", "clear_at": "metric's unit",
+                "epsilon": "metric's unit", "min_std": "metric's unit", "max_per_s": "metric's unit per s",
+                "limit_kmh": "km/h", "z_raise": "standard deviations", "z_clear": "standard deviations",
+                "alpha": "fraction", "clear_ratio": "fraction", "warmup": "readings", "zones": "GeoJSON",
+                "allowed": "GeoJSON"}
+
+
+def param_unit(name: str) -> str:
+    if name in _PARAM_UNITS:
+        return _PARAM_UNITS[name]
+    for suffix, unit in (("_s", "s"), ("_ms", "ms"), ("_m", "m"), ("_kmh", "km/h"), ("_mb", "MiB")):
+        if name.endswith(suffix):
+            return unit
+    return "-"
+
+
+def _shown(key: str, value: Any) -> str:
+    if value is not None and value != "" and _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and not key.endswith(("_file", "sasl_mechanism")):
+        return "'***' (set, not shown)"
+    if isinstance(value, BaseModel):
+        value = value.model_dump(exclude_defaults=True)
+    from gridwatch.observability import scrub
+
+    return scrub(repr(value))  # e.g. a camera URL's rtsp://user:password@
+
+
+def explain_values(cfg: BaseModel, prefix: str = "") -> list[str]:
+    """One line per setting of a parsed file: its value, marked ``(default)`` where the file does not
+    set it; secrets are not shown."""
+    lines: list[str] = []
+    for name, f in type(cfg).model_fields.items():
+        if name == "base_dir":
+            continue
+        key = f"{prefix}{name}"
+        value = getattr(cfg, name)
+        mark = "" if name in cfg.model_fields_set else "  (default)"
+        if isinstance(value, BaseModel):
+            lines.append(f"[{key}]{mark}")
+            lines.extend(explain_values(value, key + "."))
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            for i, item in enumerate(value):
+                if isinstance(item, RuleConfig):
+                    lines.extend(_explain_rule(i, item, cfg))
+                else:
+                    lines.append(f"  {key}.{i} = {_shown(key, item)}")
+        else:
+            lines.append(f"  {key} = {_shown(key, value)}{mark}")
+    return lines
+
+
+def _explain_rule(i: int, r: RuleConfig, cfg: BaseModel) -> list[str]:
+    from gridwatch.streams import processors  # noqa: F401  registers kinds
+    from gridwatch.streams.processor import Processor
+
+    lines = [f"[[rules]] {i}: {r.name} (kind {r.kind}, severity {r.severity})"]
+    for k in ("metrics", "device_kinds", "vendors", "cooldown_s", "min_active_s", "message"):
+        v = getattr(r, k)
+        lines.append(f"  rules.{i}.{k} = {v!r}{'' if k in r.model_fields_set else '  (default)'}")
+    cls = Processor.registry.get(r.kind)
+    if cls is not None:
+        for pname, pf in cls.Params.model_fields.items():
+            given = pname in r.params
+            v = r.params[pname] if given else (None if pf.is_required() else pf.get_default(call_default_factory=True))
+            if isinstance(v, dict):
+                v = "(inline GeoJSON)"
+            lines.append(f"  rules.{i}.params.{pname} = {v!r}{'' if given else '  (default)'}  [{param_unit(pname)}]")
+    return lines
+
+
+def explain_rule_kinds() -> list[str]:
+    """Every rule kind with each parameter's type, default, unit and description."""
+    from gridwatch.streams import processors  # noqa: F401  registers kinds
+    from gridwatch.streams.processor import Processor
+
+    lines = ["Rule kinds ([[rules]] kind = ...; parameters go in its params = { ... }):"]
+    for kind, cls in sorted(Processor.registry.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        what = "sensor readings" if cls.input == "sensor" else "position fixes"
+        lines.append(f"  {kind} ({what}): {doc}")
+        for pname, pf in cls.Params.model_fields.items():
+            default = "required" if pf.is_required() else f"default {pf.get_default(call_default_factory=True)!r}"
+            lines.append(f"    {pname}  [{param_unit(pname)}; {default}]  {pf.description or ''}")
+    return lines
+
+
+def explain_metrics() -> list[str]:
+    """Canonical metrics: what rules' ``metrics`` name, with unit and accepted range."""
+    from gridwatch.hw.profiles import METRICS
+
+    lines = ["Canonical metrics (rules' metrics = [...]; readings outside the range are rejected as out_of_range):"]
+    for m in METRICS:
+        lines.append(f"  {m.name:15} {m.unit:6} {m.lo:g} .. {m.hi:g}  {m.description}")
+    return lines

@@ -39,6 +39,7 @@ class Counters:
         self.dropped: dict[str, Counter] = defaultdict(Counter)
         self.lag_ms: dict[str, float] = {}
         self.gauges: dict[tuple[str, str], float] = {}
+        self.infos: dict[tuple[str, str], dict[str, str]] = {}  # (source, name) -> text labels, e.g. a camera's state and reason
 
     def add(self, source: str, name: str, n: int = 1) -> None:
         with self._lock:
@@ -55,6 +56,12 @@ class Counters:
     def set(self, source: str, name: str, value: float) -> None:
         with self._lock:
             self.gauges[(source, name)] = value
+
+    def info(self, source: str, name: str, **labels: str) -> None:
+        """Text that belongs to a source (a camera's state and why): exported as
+        ``gridwatch_<name>_info{source=..., <labels>} 1``."""
+        with self._lock:
+            self.infos[(source, name)] = {k: str(v) for k, v in labels.items()}
 
     def get(self, source: str, name: str) -> int:
         return self.values.get((source, name), 0)
@@ -106,6 +113,14 @@ def start_metrics_server(counters: Counters, port: int, bind: str = "127.0.0.1")
                 for (src, n), v in snap_g.items():
                     if n == gname:
                         g.add_metric([src], v)
+                yield g
+            snap_i = dict(counters.infos)
+            for iname in sorted({n for _, n in snap_i}):
+                keys = sorted({k for (_, n), lab in snap_i.items() if n == iname for k in lab})
+                g = GaugeMetricFamily(f"gridwatch_{iname}_info", f"gridwatch {iname.replace('_', ' ')}", labels=["source", *keys])
+                for (src, n), lab in snap_i.items():
+                    if n == iname:
+                        g.add_metric([src, *(lab.get(k, "") for k in keys)], 1.0)
                 yield g
 
     reg = CollectorRegistry()

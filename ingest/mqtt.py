@@ -137,6 +137,9 @@ class MqttCollector:
         with self._lock:
             self.generation += 1
         self.counters.add(self.source, "disconnects")
+        if getattr(self, "_stopping", False):  # our own disconnect on shutdown: nothing is wrong
+            log.info("mqtt disconnected (stopping)")
+            return
         log.warning("mqtt disconnected; reconnecting with backoff", extra={"fields": {"reason": str(reason_code)}})
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -196,5 +199,6 @@ class MqttCollector:
             self.counters.add(self.source, "acks_skipped_after_reconnect", len(stale))
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()

@@ -61,7 +61,7 @@ def test_alerts_and_dead_letters_commands(demo_db, capsys):
     assert main(["dead-letters", "--db", str(demo_db), "--reason", "oversized"]) == 0
     out = capsys.readouterr().out
     assert "oversized" in out and "payload is 300028 bytes" in out
-    assert main(["alerts", "--db", str(demo_db.parent / "nope.db")]) == 1
+    assert main(["alerts", "--db", str(demo_db.parent / "nope.db")]) == 2
 
 
 def test_check_config_reports_key_value_and_expectation(tmp_path, capsys):

@@ -92,3 +92,38 @@ def test_secrets_world_readable(tmp_path):
     assert not secrets_world_readable(f)  # the secret comes from the environment
     f.write_text('[mqtt]\nhost = "x"\n')
     assert not secrets_world_readable(f)
+
+
+def test_store_path_reads_only_site_and_store(tmp_path):
+    from gridwatch.config import store_path
+
+    f = tmp_path / "gw.toml"
+    f.write_text('[site]\ndata_dir = "${DD:-state}"\n[store]\npath = "x.db"\n[mqtt]\npassword = "${UNSET_PW}"\nbogus = 1\n')
+    assert store_path(f, env={}) == tmp_path.resolve() / "state" / "x.db"
+    with pytest.raises(ConfigError, match=r"store\.paht: unknown key; did you mean 'path'"):
+        f.write_text('[store]\npaht = "x.db"\n')
+        store_path(f, env={})
+
+
+def test_preflight_passes_the_shipped_configs_and_creates_nothing(tmp_path):
+    from pathlib import Path
+
+    from gridwatch.config import preflight
+
+    root = Path(__file__).resolve().parents[1]
+    env = {"GRIDWATCH_DATA_DIR": str(tmp_path / "data")}
+    for f in [*sorted((root / "examples").glob("*.toml")), root / "gridwatch" / "demo" / "demo.toml"]:
+        assert preflight(load(f, env=env)) == [], f
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_credentials_mean_none():
+    cfg = parse({"mqtt": {"username": "${U:-}", "password": "${P:-}"}}, env={})
+    assert cfg.mqtt.username is None and cfg.mqtt.password is None
+
+
+def test_relative_tls_files_are_relative_to_the_config_file(tmp_path):
+    cfg = parse({"mqtt": {"tls": {"ca_file": "certs/ca.pem", "cert_file": "/abs/c.pem"}},
+                 "kafka": {"ssl_ca_file": "k/ca.pem"}}, base_dir=tmp_path)
+    assert cfg.mqtt.tls.ca_file == str(tmp_path / "certs" / "ca.pem")
+    assert cfg.mqtt.tls.cert_file == "/abs/c.pem" and cfg.kafka.ssl_ca_file == str(tmp_path / "k" / "ca.pem")
