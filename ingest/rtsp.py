@@ -631,3 +631,19 @@ class RtspSession:
         finally:
             self.sock.close()
             self._mv.release()
+
+
+def auth_schemes(url: str, timeout_s: float) -> list[str]:
+    """The authentication schemes (lower case: ``basic``, ``digest``) a camera asks for when it
+    answers a DESCRIBE without credentials with 401; empty when it asks for none. For clients
+    that cannot be told to refuse Basic (FFmpeg's): ask first, then decide whether to give them
+    the password. The whole exchange has one deadline of ``timeout_s``."""
+    s = RtspSession(url, timeout_s, timeout_s, 0.0)
+    try:
+        s._send("DESCRIBE", s.url, {"Accept": "application/sdp"})
+        status, hdrs, _ = s._response()
+        if status != 401:
+            return []
+        return [c.split(None, 1)[0].lower() for c in hdrs.get("www-authenticate", []) if c.strip()]
+    finally:
+        s.close()

@@ -607,6 +607,24 @@ def _tcp_refusal(url: str, timeout: float) -> str | None:
 _FFMPEG_RTSP_ONLY: set[str] = set()  # RTSP URLs whose stream gridwatch's client cannot read (not H.264/H.265)
 
 
+def _refuse_basic_for_ffmpeg(cfg: CameraConfig) -> None:
+    """FFmpeg's RTSP client answers Basic authentication whenever asked, sending the password
+    readable on the path over plain rtsp://. Unless the camera allows Basic, ask the camera
+    first (one DESCRIBE without credentials) and refuse when it offers Basic only."""
+    if cfg.rtsp_allow_basic_auth or not cfg.path.lower().startswith("rtsp://") or not urlsplit(cfg.path).password:
+        return
+    from gridwatch.ingest.rtsp import RtspError, auth_schemes
+
+    try:
+        schemes = auth_schemes(cfg.path, cfg.open_timeout_s)
+    except RtspError as e:
+        raise SourceError(e.code, str(e)) from e
+    if "basic" in schemes and "digest" not in schemes:
+        raise SourceError("auth_insecure", "the camera offers only Basic authentication, which would send the password "
+                          "in clear over rtsp://; not sent (set rtsp_allow_basic_auth = true to allow it, or switch "
+                          "the camera to Digest)")
+
+
 def open_source(cfg: CameraConfig) -> Source:
     if cfg.is_file and not Path(cfg.path).is_file():
         raise SourceError("not_found", f"file not found: {cfg.path}", terminal=True)
@@ -614,9 +632,12 @@ def open_source(cfg: CameraConfig) -> Source:
         refusal = _tcp_refusal(cfg.path, cfg.open_timeout_s)
         if refusal:
             raise SourceError("open_failed", refusal)
+    own_client = (cfg.decode == "keyframes" and cfg.path.lower().startswith("rtsp://")
+                  and cfg.rtsp_client == "gridwatch" and cfg.path not in _FFMPEG_RTSP_ONLY)
+    if not own_client:
+        _refuse_basic_for_ffmpeg(cfg)
     if cfg.decode == "keyframes":
-        if (cfg.path.lower().startswith("rtsp://") and cfg.rtsp_client == "gridwatch"
-                and cfg.path not in _FFMPEG_RTSP_ONLY):
+        if own_client:
             from gridwatch.ingest.rtsp import RtspError, UnsupportedStream
 
             try:
@@ -783,6 +804,8 @@ class Camera:
         wait = c.read_timeout_s
         if c.decode == "keyframes" and c.rtsp_client == "gridwatch" and not c.is_file:
             wait = c.open_timeout_s + max(wait, c.rtsp_keyframe_timeout_s)  # port probe, then open, then a keyframe
+        elif not c.rtsp_allow_basic_auth and c.url.lower().startswith("rtsp://") and "@" in c.url:
+            wait += c.open_timeout_s  # FFmpeg's client: first the camera's authentication schemes
         return c.open_timeout_s + wait + c.stale_after_s + 2.0
 
     def _wait(self, seconds: float, gen: int) -> None:
