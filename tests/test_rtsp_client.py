@@ -190,6 +190,24 @@ def test_keyframes_through_an_authenticated_session(gstreamer, method):
             assert "wrong" not in str(e.value) and "pa:ss" not in str(e.value)  # no secret in reasons
 
 
+def test_ffmpegs_client_gets_the_password_for_digest_and_not_for_basic_unless_allowed(gstreamer):
+    """decode = "all" goes through FFmpeg's RTSP client, which cannot be told to refuse Basic:
+    the camera is asked for its schemes first. Digest: opens; Basic only: refused unless allowed."""
+    for method in ("digest", "basic"):
+        with RtspServer([TestCamera("cam", 320, 240, fps=10, keyint=10)], auth=("admin", "pw1", method)) as srv:
+            cfg = CameraConfig(name="c", url=_with_credentials(srv.url("cam"), "admin", "pw1"), decode="all")
+            if method == "basic":
+                with pytest.raises(Exception) as e:
+                    open_source(cfg)
+                assert getattr(e.value, "code", "") == "auth_insecure" and "pw1" not in str(e.value)
+                cfg = cfg.model_copy(update={"rtsp_allow_basic_auth": True})
+            src = open_source(cfg)
+            try:
+                assert src.next() is not None
+            finally:
+                src.close()
+
+
 def test_keep_alive_requests_are_answered_and_the_stream_goes_on(gstreamer):
     with RtspServer([TestCamera("cam", 320, 240, fps=15, keyint=15)]) as srv:
         s = RtspSession(srv.url("cam"), read_interval_s=0.05)

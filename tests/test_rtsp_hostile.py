@@ -220,6 +220,16 @@ def test_basic_authentication_over_plain_rtsp_is_refused_unless_allowed(hostile)
     assert not any(e.startswith("auth ") for e in srv.events()), srv.events()  # nothing sent, not even the user
     assert all("s3cret" not in c.reason for c in seen)
 
+    # FFmpeg's client (decode = "all") would answer Basic whenever asked: the camera is asked first
+    seen.clear()
+    ffmpeg = small("cam", srv.url("admin:s3cret-pw@"), decode="all")
+    with VideoCollector([ffmpeg], on_status=seen.append) as video:
+        deadline = time.monotonic() + 10
+        while video.counters()["cam"]["errors"].get("auth_insecure", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert any("rtsp_allow_basic_auth" in c.reason for c in seen), seen
+    assert not any(e.startswith("auth ") for e in srv.events()), srv.events()
+
     allowed = small("cam", srv.url("admin:s3cret-pw@"), rtsp_allow_basic_auth=True)
     with VideoCollector([allowed]) as video:
         deadline = time.monotonic() + 10
