@@ -73,8 +73,7 @@ def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
-def connections_to(port: int) -> int:
-    """This process's open TCP connections to ``port`` on loopback (its own sockets only)."""
+def _socket_inodes() -> set[str]:
     inodes = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -83,7 +82,14 @@ def connections_to(port: int) -> int:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    n = 0
+    return inodes
+
+
+def connections_to(port: int) -> int:
+    """This process's open TCP connections to ``port`` on loopback (its own sockets only; a
+    socket counts if it is open before and after the connection table is read)."""
+    before = _socket_inodes()
+    inodes: list[str] = []
     for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -91,9 +97,10 @@ def connections_to(port: int) -> int:
             continue
         for line in lines:
             cols = line.split()
-            if int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in inodes:
-                n += 1
-    return n
+            if int(cols[2].rsplit(":", 1)[1], 16) == port and cols[9] in before:
+                inodes.append(cols[9])
+    after = _socket_inodes()
+    return sum(1 for i in inodes if i in after)
 
 
 class Sampler:
