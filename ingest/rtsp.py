@@ -453,6 +453,7 @@ class RtspSession:
             lines.append(f"Authorization: {self._auth.header(method, uri)}")
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         try:
+            self.sock.settimeout(self.read_timeout_s if self.session else self.open_timeout_s)
             self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         except TimeoutError as e:
             raise RtspError("timeout", f"{method}: the camera takes no request for {self.sock.gettimeout():g} s") from e
