@@ -18,6 +18,25 @@ CPU per camera-second just to demux, where decoding its keyframes costs ~1.5 ms.
 * a keyframe access unit goes to the decoder in Annex B form, with the stream's parameter sets
   (from the SDP's ``sprop-*`` or the stream) in front.
 
+A camera is outside input, so nothing it sends can grow the process without bound or hold a
+thread for ever:
+
+* **Bounded buffers.** One fixed read buffer per session (``_BUFFER``); an RTSP answer's header
+  at most ``MAX_HEADER_BYTES``, its body at most ``MAX_BODY_BYTES``; an interleaved packet is at
+  most 64 KiB by its 16-bit length; a keyframe being assembled at most ``max_frame_bytes``
+  (FU-A fragments that never end, STAP-A slices that never reach a marker): past it the frame is
+  dropped, counted (``KeyframeAssembler.oversized``) and :class:`FrameTooLarge` ends the session.
+* **Deadlines.** Opening (connect, DESCRIBE, SETUP, PLAY) has one overall deadline, however
+  slowly the camera drips its answers; the caller sets another for each wait for a keyframe
+  (:meth:`RtspSession.set_deadline`), checked at every read.
+* **Abort.** :meth:`RtspSession.abort` (any thread) shuts the socket down, so a capture that is
+  given up on ends its blocked read at once and closes its connection.
+* **Parse errors are camera errors.** A malformed answer or SDP raises :class:`RtspError` with a
+  code (``bad_response``, ``bad_sdp``, ``timeout``, ``frame_too_large``, ...) and a reason;
+  nothing else escapes.
+* **No password in clear.** A camera that offers only Basic authentication over rtsp:// gets no
+  credentials unless ``allow_basic`` (error ``auth_insecure``).
+
 Streams that are not H.264/H.265 raise :class:`UnsupportedStream`; the caller then falls back to
 FFmpeg's client.
 """
@@ -36,6 +55,11 @@ START_CODE = b"\x00\x00\x00\x01"
 # bytes read per recv at most: 0.25 s of an 8 Mbps stream (an interleaved frame is at most
 # 64 KiB + 4); when a read fills it, the next one does not wait (faster streams still keep up)
 _BUFFER = 1 << 18
+# largest RTSP answer header and body (an SDP is a few hundred bytes; cameras' headers ~1 KiB)
+MAX_HEADER_BYTES = 16 * 1024
+MAX_BODY_BYTES = 64 * 1024
+# default largest keyframe (Annex B): a 4K IDR at a high bitrate is ~1-3 MB
+MAX_FRAME_BYTES = 8 * 1024 * 1024
 # NAL unit types
 H264_IDR, H264_SPS, H264_PPS, H264_STAP_A, H264_FU_A = 5, 7, 8, 24, 28
 H265_IRAP = range(16, 22)  # BLA_W_LP .. CRA_NUT
@@ -48,6 +72,13 @@ class RtspError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class FrameTooLarge(RtspError):
+    """A keyframe grew past the assembler's ``max_frame_bytes``: dropped; the session should end."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("frame_too_large", message)
 
 
 class UnsupportedStream(RtspError):
@@ -79,9 +110,11 @@ class KeyframeAssembler:
     ``push(buf, start, end)`` takes one RTP packet (``buf[start:end]``, not copied) and returns a
     :class:`Keyframe` when that packet completed an access unit holding a keyframe. Only
     parameter sets and keyframe slices are ever copied. A gap in the sequence numbers inside a
-    keyframe drops that keyframe (counted in ``broken``)."""
+    keyframe drops that keyframe (counted in ``broken``). An access unit that keeps growing past
+    ``max_frame_bytes`` (its slices, fragments and parameter sets together) is dropped, counted in
+    ``oversized``, and :class:`FrameTooLarge` is raised: memory stays bounded whatever arrives."""
 
-    def __init__(self, codec: str, params: list[bytes] | None = None) -> None:
+    def __init__(self, codec: str, params: list[bytes] | None = None, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         if codec not in ("h264", "hevc"):
             raise ValueError(f"codec {codec!r}: only h264 and hevc")
         self.h265 = codec == "hevc"
@@ -95,6 +128,9 @@ class KeyframeAssembler:
         self._key = False  # the access unit holds a keyframe slice
         self._broken = False  # ... and lost part of it
         self._seq: int | None = None
+        self._bytes = 0  # bytes held for the access unit being read (slices and fragments)
+        self.max_frame_bytes = max_frame_bytes
+        self.oversized = 0  # keyframes dropped for exceeding max_frame_bytes
         self.keyframes = 0
         self.broken = 0  # keyframes dropped for a gap
         self.packets = 0
@@ -118,8 +154,18 @@ class KeyframeAssembler:
             self.keyframes += 1
         elif self._key:
             self.broken += 1
-        self._nals, self._fu, self._key, self._broken = [], None, False, False
+        self._nals, self._fu, self._key, self._broken, self._bytes = [], None, False, False, 0
         return out
+
+    def _hold(self, n: int) -> None:
+        """Count ``n`` more bytes held for this access unit; past the limit, drop it and raise."""
+        self._bytes += n
+        if self._bytes > self.max_frame_bytes:
+            self._nals, self._fu, self._key, self._broken, self._bytes = [], None, False, False, 0
+            self._ts = None
+            self.oversized += 1
+            raise FrameTooLarge(f"a keyframe larger than {self.max_frame_bytes} bytes (rtsp_max_frame_bytes): "
+                                "dropped")
 
     def _nal(self, buf, a: int, b: int) -> None:
         """One whole NAL unit ``buf[a:b]``: kept if it is a parameter set or a keyframe slice."""
@@ -127,8 +173,10 @@ class KeyframeAssembler:
             return
         t = self._type(buf[a])
         if self._is_param(t):
+            self._hold(b - a)  # one per type is kept, but counted: an endless aggregate of them is bounded too
             self.params[t] = bytes(buf[a:b])
         elif self._is_key(t):
+            self._hold(b - a)
             self._key = True
             self._nals.append(bytes(buf[a:b]))
 
@@ -195,10 +243,12 @@ class KeyframeAssembler:
                 self._broken = True
             if self._fu is None:
                 return  # not a fragment we keep (or its start was lost)
+            self._hold(b - (a + hdr + 1))
             self._fu.append(bytes(buf[a + hdr + 1:b]))
             if e:
                 nal = b"".join(self._fu)
                 self._fu = None
+                self._bytes -= len(nal) - hdr  # held as fragments until now; _nal counts it whole
                 self._nal(nal, 0, len(nal))
         elif t < aggregate:  # a single NAL unit
             self._nal(buf, a, b)
@@ -214,9 +264,10 @@ def _auth_params(value: str) -> dict[str, str]:
 
 
 class _Auth:
-    """Answers a 401: Digest (RFC 2617, MD5, with or without qop=auth) or Basic."""
+    """Answers a 401: Digest (RFC 2617, MD5, with or without qop=auth) or Basic. Basic sends the
+    password readable by anyone on the path, so it is refused unless ``allow_basic``."""
 
-    def __init__(self, user: str, password: str, challenges: list[str]) -> None:
+    def __init__(self, user: str, password: str, challenges: list[str], allow_basic: bool = True) -> None:
         self.user, self.password = user, password
         digest = [c for c in challenges if c.lower().startswith("digest")]
         basic = [c for c in challenges if c.lower().startswith("basic")]
@@ -226,6 +277,10 @@ class _Auth:
             if algo not in ("MD5", ""):
                 raise RtspError("auth_failed", f"digest algorithm {algo} is not supported")
         elif basic:
+            if not allow_basic:
+                raise RtspError("auth_insecure", "the camera offers only Basic authentication, which would send the "
+                                "password in clear over rtsp://; not sent (set rtsp_allow_basic_auth = true to allow "
+                                "it, or switch the camera to Digest)")
             self.scheme, self.p = "basic", {}
         else:
             raise RtspError("auth_failed", f"no supported authentication scheme in {challenges!r}")
@@ -286,6 +341,7 @@ def parse_sdp(sdp: str, base: str) -> Track:
                     fps = float(line[12:])
                 except ValueError:
                     pass
+                fps = fps if 0 < fps < 1000 else 0.0  # nan, inf, negative: unknown
         for pt in fmts:
             enc = rtpmap.get(pt, "")
             name, _, rate = enc.partition("/")
@@ -293,6 +349,11 @@ def parse_sdp(sdp: str, base: str) -> Track:
             codec = {"H264": "h264", "H265": "hevc", "HEVC": "hevc"}.get(name.upper())
             if codec is None:
                 continue
+            if not (pt.isdigit() and int(pt) < 128):
+                raise RtspError("bad_sdp", f"SDP: payload type {pt[:20]!r} is not a number from 0 to 127")
+            rate = rate.split("/")[0].strip()
+            if rate and not (rate.isdigit() and 0 < int(rate) < 1 << 32):
+                raise RtspError("bad_sdp", f"SDP: clock rate {rate[:20]!r} is not a positive number")
             params: list[bytes] = []
             opts = dict(kv.strip().partition("=")[::2] for kv in fmtp.get(pt, "").split(";") if "=" in kv)
             keys = ("sprop-vps", "sprop-sps", "sprop-pps") if codec == "hevc" else ("sprop-parameter-sets",)
@@ -308,27 +369,37 @@ def parse_sdp(sdp: str, base: str) -> Track:
                 url = control
             else:
                 url = base + ("" if base.endswith("/") else "/") + control
-            return Track(codec, int(pt), url, int(rate.split("/")[0]) if rate else 90000, params, fps)
+            return Track(codec, int(pt), url, int(rate) if rate else 90000, params, fps)
     raise UnsupportedStream(f"no H.264/H.265 video track (found: {', '.join(seen) or 'no video'})")
 
 
 class RtspSession:
-    """One RTSP session carrying one video track as RTP interleaved on the RTSP connection."""
+    """One RTSP session carrying one video track as RTP interleaved on the RTSP connection.
+
+    Opening (connect, DESCRIBE, SETUP, PLAY) must finish within ``open_timeout_s`` overall; a
+    read waits at most ``read_timeout_s`` for data and never past the deadline set with
+    :meth:`set_deadline`. Basic authentication is refused unless ``allow_basic``."""
 
     USER_AGENT = "gridwatch"
 
     def __init__(self, url: str, open_timeout_s: float = 5.0, read_timeout_s: float = 5.0,
-                 read_interval_s: float = 0.25) -> None:
+                 read_interval_s: float = 0.25, allow_basic: bool = False) -> None:
         parts = urlsplit(url)
         if parts.scheme.lower() != "rtsp":
             raise RtspError("config", f"not an rtsp:// URL: {parts.scheme}://")
+        try:
+            port = parts.port or 554
+        except ValueError as e:
+            raise RtspError("config", "the URL's port is not a number from 0 to 65535") from e
         self.user = unquote(parts.username or "")
         self.password = unquote(parts.password or "")
-        host, port = parts.hostname or "", parts.port or 554
+        host = parts.hostname or ""
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.url = urlunsplit(("rtsp", netloc, parts.path or "/", parts.query, ""))  # no credentials
+        self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
         self.read_interval_s = read_interval_s
+        self.allow_basic = allow_basic
         # one fixed buffer, filled with recv_into: a fresh 1 MiB bytes object per recv cost more
         # than the parsing (allocation, page faults). Data lives in _buf[_pos:_end].
         self._buf = bytearray(_BUFFER)
@@ -341,7 +412,13 @@ class RtspSession:
         self.keepalive_s = 30.0
         self._next_keepalive = float("inf")
         self._next_read = 0.0
+        # the deadline every read checks (monotonic), and the error it raises when passed
+        self._deadline = float("inf")
+        self._deadline_error = ("timeout", "deadline passed")
+        self._aborted = False
         self.recvs = 0
+        self.set_deadline(open_timeout_s, "timeout", f"no complete answer from the camera in {open_timeout_s:g} s "
+                          "(opening: connect, DESCRIBE, SETUP, PLAY)")
         try:
             self.sock = socket.create_connection((host, port), timeout=open_timeout_s)
         except TimeoutError as e:
@@ -349,6 +426,22 @@ class RtspSession:
         except OSError as e:
             raise RtspError("open_failed", f"cannot connect to {host}:{port}: {e.strerror or e}") from e
         self.sock.settimeout(open_timeout_s)
+
+    def set_deadline(self, seconds: float | None, code: str = "timeout", message: str = "") -> None:
+        """From now on, a read that would wait past ``seconds`` from now raises
+        ``RtspError(code, message)`` (None: no deadline). Checked at every read, so a camera that
+        sends a byte now and then cannot hold the session beyond it."""
+        self._deadline = float("inf") if seconds is None else time.monotonic() + seconds
+        self._deadline_error = (code, message or f"no result in {seconds or 0:g} s")
+
+    def abort(self) -> None:
+        """Stop the session from any thread: a read blocked in the capture thread returns at once
+        (and raises ``RtspError("stopped")``); the socket is closed by :meth:`close`."""
+        self._aborted = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # not connected (any more)
 
     # -- requests -------------------------------------------------------------------------------
     def _send(self, method: str, uri: str, headers: dict[str, str] | None = None) -> None:
@@ -360,8 +453,13 @@ class RtspSession:
             lines.append(f"Authorization: {self._auth.header(method, uri)}")
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
         try:
+            self.sock.settimeout(self.read_timeout_s if self.session else self.open_timeout_s)
             self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        except TimeoutError as e:
+            raise RtspError("timeout", f"{method}: the camera takes no request for {self.sock.gettimeout():g} s") from e
         except OSError as e:
+            if self._aborted:
+                raise RtspError("stopped", "capture stopped") from e
             raise RtspError("read_failed", f"{method} failed: {e.strerror or e}") from e
 
     def request(self, method: str, uri: str, headers: dict[str, str] | None = None) -> tuple[int, dict, str]:
@@ -373,12 +471,26 @@ class RtspSession:
                 break
             if not self.user:
                 raise RtspError("auth_failed", f"{method}: the camera asks for credentials (401); put them in the URL")
-            self._auth = _Auth(self.user, self.password, hdrs.get("www-authenticate", []))
+            self._auth = _Auth(self.user, self.password, hdrs.get("www-authenticate", []), self.allow_basic)
         if status == 401:
             raise RtspError("auth_failed", f"{method}: user or password refused (401)")
         if status != 200:
-            raise RtspError("open_failed", f"{method}: {status} {hdrs.get('_reason', '')}".strip())
+            raise RtspError("open_failed", f"{method}: {status} {hdrs.get('_reason', '')[:80]}".strip())
         return status, hdrs, body
+
+    @staticmethod
+    def _content_length(value: str) -> int:
+        """A Content-Length header's value, checked: digits only, at most ``MAX_BODY_BYTES``."""
+        value = value.strip()
+        if not value:
+            return 0
+        if not value.isdigit():
+            raise RtspError("bad_response", f"Content-Length {value[:20]!r} is not a number")
+        n = int(value)
+        if n > MAX_BODY_BYTES:
+            raise RtspError("bad_response", f"Content-Length {n} is more than the {MAX_BODY_BYTES} bytes "
+                            "an RTSP answer may carry")
+        return n
 
     def _response(self) -> tuple[int, dict, str]:
         """The next RTSP response on the connection (interleaved data before it is skipped)."""
@@ -390,12 +502,14 @@ class RtspSession:
                     self._pos = pos + 4 + n
                     continue
             elif end - pos >= 5:
-                head_end = buf.find(b"\r\n\r\n", pos, end)
+                head_end = buf.find(b"\r\n\r\n", pos, min(end, pos + MAX_HEADER_BYTES))
+                if head_end < 0 and end - pos >= MAX_HEADER_BYTES:
+                    raise RtspError("bad_response", f"an RTSP answer's header longer than {MAX_HEADER_BYTES} bytes")
                 if head_end >= 0:
                     head = bytes(buf[pos:head_end]).decode("latin-1").split("\r\n")
                     m = re.match(r"RTSP/\d\.\d\s+(\d{3})\s*(.*)", head[0])
                     if not m:
-                        raise RtspError("protocol", f"not an RTSP response: {head[0][:80]!r}")
+                        raise RtspError("bad_response", f"not an RTSP response: {head[0][:80]!r}")
                     hdrs: dict = {"_reason": m.group(2)}
                     for line in head[1:]:
                         k, _, v = line.partition(":")
@@ -404,7 +518,7 @@ class RtspSession:
                             hdrs.setdefault(k, []).append(v)
                         else:
                             hdrs[k] = v
-                    length = int(hdrs.get("content-length", "0") or 0)
+                    length = self._content_length(hdrs.get("content-length", ""))
                     if end - (head_end + 4) >= length:
                         body = bytes(buf[head_end + 4:head_end + 4 + length]).decode("utf-8", "replace")
                         self._pos = head_end + 4 + length
@@ -412,25 +526,41 @@ class RtspSession:
             self._fill(wait=False)
 
     def _fill(self, wait: bool = True) -> None:
-        """Read what the socket has, at most every ``read_interval_s`` when ``wait``."""
+        """Read what the socket has, at most every ``read_interval_s`` when ``wait``; never
+        waits past the deadline."""
         pos, end = self._pos, self._end
         if pos:  # keep the unread rest at the front (an unfinished frame: at most 64 KiB)
             self._buf[:end - pos] = self._mv[pos:end]
             self._pos, self._end = 0, end - pos
         if self._end >= len(self._buf):
-            raise RtspError("protocol", "an RTSP message larger than the read buffer")
+            raise RtspError("bad_response", "an RTSP message larger than the read buffer")
         space = len(self._buf) - self._end
+        now = time.monotonic()
+        if self._aborted:
+            raise RtspError("stopped", "capture stopped")
+        if now >= self._deadline:
+            raise RtspError(*self._deadline_error)
         if wait and not self._full:
-            pause = self._next_read - time.monotonic()
+            pause = min(self._next_read - now, self._deadline - now)
             if pause > 0:
                 time.sleep(pause)
-        self._next_read = time.monotonic() + self.read_interval_s
+                now = time.monotonic()
+        self._next_read = now + self.read_interval_s
+        left = self._deadline - now
+        timeout = self.read_timeout_s if self.session else self.open_timeout_s
         try:
+            self.sock.settimeout(max(0.001, min(timeout, left)))
             n = self.sock.recv_into(self._mv[self._end:])
         except TimeoutError as e:
-            raise RtspError("read_failed", f"no data from the camera for {self.sock.gettimeout():g} s") from e
+            if time.monotonic() >= self._deadline:
+                raise RtspError(*self._deadline_error) from e
+            raise RtspError("read_failed", f"no data from the camera for {timeout:g} s") from e
         except OSError as e:
+            if self._aborted:
+                raise RtspError("stopped", "capture stopped") from e
             raise RtspError("read_failed", f"read failed: {e.strerror or e}") from e
+        if self._aborted:
+            raise RtspError("stopped", "capture stopped")
         if not n:
             raise RtspError("stream_ended", "the camera closed the connection")
         self.recvs += 1
@@ -445,14 +575,14 @@ class RtspSession:
         _, hdrs, _ = self.request("SETUP", track.control, {"Transport": "RTP/AVP/TCP;unicast;interleaved=0-1"})
         session = hdrs.get("session", "")
         self.session, _, opts = session.partition(";")
-        self.session = self.session.strip()
-        m = re.search(r"timeout\s*=\s*(\d+)", opts)
+        self.session = self.session.strip()[:256]
+        m = re.search(r"timeout\s*=\s*(\d{1,6})", opts)
         timeout = float(m.group(1)) if m else 60.0
         self.keepalive_s = max(1.0, timeout / 2)
-        m = re.search(r"interleaved\s*=\s*(\d+)", hdrs.get("transport", ""))
+        m = re.search(r"interleaved\s*=\s*(\d{1,3})", hdrs.get("transport", ""))
         self.channel = int(m.group(1)) if m else 0
         self.request("PLAY", self.url, {"Range": "npt=0.000-"})
-        self.sock.settimeout(self.read_timeout_s)
+        self.set_deadline(None)  # opened: the caller sets the deadline for what it waits for
         self._next_keepalive = time.monotonic() + self.keepalive_s
         return track
 
@@ -473,11 +603,14 @@ class RtspSession:
                         yield buf, pos + 4, pos + 4 + n
                     pos = self._pos
                 elif buf.startswith(b"RTSP/", pos, end):  # the answer to a keep-alive
-                    head_end = buf.find(b"\r\n\r\n", pos, end)
+                    head_end = buf.find(b"\r\n\r\n", pos, min(end, pos + MAX_HEADER_BYTES))
                     if head_end < 0:
+                        if end - pos >= MAX_HEADER_BYTES:
+                            raise RtspError("bad_response", f"an RTSP answer's header longer than {MAX_HEADER_BYTES} "
+                                            "bytes")
                         break
-                    m = re.search(rb"content-length:\s*(\d+)", bytes(buf[pos:head_end]), re.I)
-                    stop = head_end + 4 + (int(m.group(1)) if m else 0)
+                    m = re.search(rb"content-length:([^\r\n]*)", bytes(buf[pos:head_end]), re.I)
+                    stop = head_end + 4 + (self._content_length(m.group(1).decode("latin-1")) if m else 0)
                     if end < stop:
                         break
                     pos = self._pos = stop
@@ -491,7 +624,7 @@ class RtspSession:
 
     def close(self) -> None:
         try:
-            if self.session:
+            if self.session and not self._aborted:
                 self.sock.settimeout(0.5)
                 self._send("TEARDOWN", self.url)
         except (RtspError, OSError):
@@ -499,3 +632,19 @@ class RtspSession:
         finally:
             self.sock.close()
             self._mv.release()
+
+
+def auth_schemes(url: str, timeout_s: float) -> list[str]:
+    """The authentication schemes (lower case: ``basic``, ``digest``) a camera asks for when it
+    answers a DESCRIBE without credentials with 401; empty when it asks for none. For clients
+    that cannot be told to refuse Basic (FFmpeg's): ask first, then decide whether to give them
+    the password. The whole exchange has one deadline of ``timeout_s``."""
+    s = RtspSession(url, timeout_s, timeout_s, 0.0)
+    try:
+        s._send("DESCRIBE", s.url, {"Accept": "application/sdp"})
+        status, hdrs, _ = s._response()
+        if status != 401:
+            return []
+        return [c.split(None, 1)[0].lower() for c in hdrs.get("www-authenticate", []) if c.strip()]
+    finally:
+        s.close()

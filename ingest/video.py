@@ -108,6 +108,18 @@ class CameraConfig(BaseModel):
                                         "'gridwatch': read the connection at most this often. Fewer, larger reads cost "
                                         "less CPU per camera (each costs system time; at 0.1 s a 720p camera took ~1.9 ms "
                                         "a second of it, at 0.5 s ~0.6 ms) and add up to this much latency.")
+    rtsp_max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024, description="rtsp_client="
+                                      "'gridwatch': a keyframe larger than this (bytes, Annex B) is dropped and counted "
+                                      "(error 'frame_too_large') and the camera reconnects, so a camera sending a frame "
+                                      "that never ends cannot fill memory. 8 MiB holds a 4K keyframe at a high bitrate.")
+    rtsp_keyframe_timeout_s: float = Field(10.0, gt=0, description="rtsp_client='gridwatch': no keyframe for this "
+                                           "long is a camera error ('no_keyframe'; a camera streaming without IDR "
+                                           "frames uses intra refresh and needs decode='all'), then a reconnect with "
+                                           "backoff. Above the camera's keyframe interval (GOP).")
+    rtsp_allow_basic_auth: bool = Field(False, description="rtsp_client='gridwatch': answer a camera that offers only "
+                                        "Basic authentication. Basic sends the password readable by anyone on the path "
+                                        "over plain rtsp://, so by default it is refused (error 'auth_insecure') and "
+                                        "only Digest is answered.")
     loop: bool = Field(False, description="Files only: start again at the end instead of going offline.")
     realtime: bool = Field(True, description="Files only: pace reading at the file's frame rate, like a camera.")
     stale_after_s: float = Field(5.0, gt=0, description="No frame for this long: stale, reconnect.")
@@ -123,6 +135,11 @@ class CameraConfig(BaseModel):
     def _check(self) -> "CameraConfig":
         if self.backoff_max_s < self.backoff_initial_s:
             raise ValueError(f"backoff_max_s={self.backoff_max_s} is below backoff_initial_s={self.backoff_initial_s}")
+        if not self.is_file:
+            try:
+                urlsplit(self.url).port
+            except ValueError:
+                raise ValueError(f"url {redact_url(self.url)!r}: the port is not a number from 0 to 65535") from None
         return self
 
     @property
@@ -489,7 +506,8 @@ class RtpKeyframeSource(DecodedFrames):
         super().__init__()
         self._av = av
         self._RtspError = RtspError
-        self.session = RtspSession(cfg.path, cfg.open_timeout_s, cfg.read_timeout_s, cfg.rtsp_read_interval_s)
+        self.session = RtspSession(cfg.path, cfg.open_timeout_s, cfg.read_timeout_s, cfg.rtsp_read_interval_s,
+                                   allow_basic=cfg.rtsp_allow_basic_auth)
         try:
             track = self.session.start()
             self.codec = av.CodecContext.create(track.codec, "r")
@@ -497,7 +515,8 @@ class RtpKeyframeSource(DecodedFrames):
             self.session.close()
             raise
         self.codec.thread_count = max(1, cfg.decode_threads)
-        self.assembler = KeyframeAssembler(track.codec, track.params)
+        self.assembler = KeyframeAssembler(track.codec, track.params, cfg.rtsp_max_frame_bytes)
+        self.keyframe_timeout_s = cfg.rtsp_keyframe_timeout_s
         self._packets = self.session.packets()
         self._tick_ms = 1000.0 / track.clock_rate
         self._first: int | None = None
@@ -511,14 +530,21 @@ class RtpKeyframeSource(DecodedFrames):
 
     def next(self) -> float | None:
         av = self._av
+        wait = self.keyframe_timeout_s
+        asm = self.assembler
+        packets, decode_errors = asm.packets, self.decode_errors
+        self.session.set_deadline(wait, "no_keyframe", f"no keyframe in {wait:g} s")
         while True:
             try:
                 buf, a, b = next(self._packets)
+                kf = asm.push(buf, a, b)
             except self._RtspError as e:
                 if e.code == "stream_ended":
                     return None
+                if e.code == "no_keyframe":
+                    raise SourceError(e.code, self._no_keyframe(wait, asm.packets - packets,
+                                                                self.decode_errors - decode_errors)) from e
                 raise SourceError(e.code, str(e)) from e
-            kf = self.assembler.push(buf, a, b)
             if kf is None:
                 continue
             try:
@@ -537,6 +563,19 @@ class RtpKeyframeSource(DecodedFrames):
                 self._wraps += 1
             self._last = ts
             return ((ts + (self._wraps << 32)) - self._first) * self._tick_ms
+
+    @staticmethod
+    def _no_keyframe(wait: float, packets: int, undecodable: int) -> str:
+        if undecodable:
+            return f"no decodable keyframe in {wait:g} s ({undecodable} the decoder refused)"
+        if packets:
+            return (f"no keyframe in {wait:g} s although video arrives ({packets} RTP packets, none of an IDR frame): "
+                    "the camera may use intra refresh; give it a keyframe (I-frame) interval or use decode='all'")
+        return f"no keyframe in {wait:g} s: no video packets arrived"
+
+    def interrupt(self) -> None:
+        """Any thread: end a read the capture thread is blocked in (the capture is given up on)."""
+        self.session.abort()
 
     def close(self) -> None:
         self.session.close()
@@ -568,6 +607,24 @@ def _tcp_refusal(url: str, timeout: float) -> str | None:
 _FFMPEG_RTSP_ONLY: set[str] = set()  # RTSP URLs whose stream gridwatch's client cannot read (not H.264/H.265)
 
 
+def _refuse_basic_for_ffmpeg(cfg: CameraConfig) -> None:
+    """FFmpeg's RTSP client answers Basic authentication whenever asked, sending the password
+    readable on the path over plain rtsp://. Unless the camera allows Basic, ask the camera
+    first (one DESCRIBE without credentials) and refuse when it offers Basic only."""
+    if cfg.rtsp_allow_basic_auth or not cfg.path.lower().startswith("rtsp://") or not urlsplit(cfg.path).password:
+        return
+    from gridwatch.ingest.rtsp import RtspError, auth_schemes
+
+    try:
+        schemes = auth_schemes(cfg.path, cfg.open_timeout_s)
+    except RtspError as e:
+        raise SourceError(e.code, str(e)) from e
+    if "basic" in schemes and "digest" not in schemes:
+        raise SourceError("auth_insecure", "the camera offers only Basic authentication, which would send the password "
+                          "in clear over rtsp://; not sent (set rtsp_allow_basic_auth = true to allow it, or switch "
+                          "the camera to Digest)")
+
+
 def open_source(cfg: CameraConfig) -> Source:
     if cfg.is_file and not Path(cfg.path).is_file():
         raise SourceError("not_found", f"file not found: {cfg.path}", terminal=True)
@@ -575,9 +632,12 @@ def open_source(cfg: CameraConfig) -> Source:
         refusal = _tcp_refusal(cfg.path, cfg.open_timeout_s)
         if refusal:
             raise SourceError("open_failed", refusal)
+    own_client = (cfg.decode == "keyframes" and cfg.path.lower().startswith("rtsp://")
+                  and cfg.rtsp_client == "gridwatch" and cfg.path not in _FFMPEG_RTSP_ONLY)
+    if not own_client:
+        _refuse_basic_for_ffmpeg(cfg)
     if cfg.decode == "keyframes":
-        if (cfg.path.lower().startswith("rtsp://") and cfg.rtsp_client == "gridwatch"
-                and cfg.path not in _FFMPEG_RTSP_ONLY):
+        if own_client:
             from gridwatch.ingest.rtsp import RtspError, UnsupportedStream
 
             try:
@@ -605,6 +665,15 @@ def lower_thread_priority(nice: int) -> None:
         log.debug("cannot lower the capture thread's priority: %s", e)
 
 
+def _as_source_error(camera: str, e: Exception) -> SourceError:
+    """Any exception from opening or reading a source as a camera error (a bug shows its traceback
+    in the log once, the camera a reason, and it reconnects with backoff)."""
+    if isinstance(e, SourceError):
+        return e
+    log.error("camera %s: unexpected %s while capturing", camera, type(e).__name__, exc_info=e)
+    return SourceError("unexpected", f"unexpected error: {type(e).__name__}: {redact_url(str(e))[:200]}")
+
+
 # --- one camera ----------------------------------------------------------------------------------
 class Camera:
     """One camera's capture thread, slot, status and counters. Driven by :class:`VideoCollector`."""
@@ -625,6 +694,7 @@ class Camera:
         self._stop = threading.Event()
         self._gen = 0
         self._thread: threading.Thread | None = None
+        self._src: Source | None = None  # the current capture's open source (interrupted when given up on)
         self._seq = 0
         self._stale_requested = False
         self.last_frame_at = 0.0  # monotonic time of the last decoded frame
@@ -676,8 +746,19 @@ class Camera:
             self._wait(delay_s, gen)
         self._run(gen)
 
+    def _interrupt(self, src: Source | None = None) -> None:
+        """End a capture's blocking read (default: the current one's), if its source can
+        (gridwatch's RTSP client); the capture thread then closes the source and ends."""
+        if src is None:
+            with self._lock:
+                src, self._src = self._src, None
+        interrupt = getattr(src, "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._interrupt()
         t = self._thread
         if t is not None:
             t.join(timeout)
@@ -706,7 +787,9 @@ class Camera:
         self._set_state(None, CameraState.RECONNECTING, reason)
         with self._lock:
             self.counters.reconnects += 1
+            src, self._src = self._src, None
         self._spawn()
+        self._interrupt(src)  # it then ends and closes its connection instead of reading on beside the new one
 
     def _backoff(self, failures: int) -> float:
         c = self.cfg
@@ -718,7 +801,12 @@ class Camera:
         """How long the capture thread may go without a heartbeat before the watchdog replaces it:
         its longest legitimate wait (open, read, then stale) and a margin."""
         c = self.cfg
-        return c.open_timeout_s + c.read_timeout_s + c.stale_after_s + 2.0
+        wait = c.read_timeout_s
+        if c.decode == "keyframes" and c.rtsp_client == "gridwatch" and not c.is_file:
+            wait = c.open_timeout_s + max(wait, c.rtsp_keyframe_timeout_s)  # port probe, then open, then a keyframe
+        elif not c.rtsp_allow_basic_auth and c.url.lower().startswith("rtsp://") and "@" in c.url:
+            wait += c.open_timeout_s  # FFmpeg's client: first the camera's authentication schemes
+        return c.open_timeout_s + wait + c.stale_after_s + 2.0
 
     def _wait(self, seconds: float, gen: int) -> None:
         """Sleep ``seconds`` (stop ends it at once), beating often enough for the watchdog only:
@@ -747,7 +835,8 @@ class Camera:
             self.heartbeat = time.monotonic()
             try:
                 src = open_source(self.cfg)
-            except SourceError as e:
+            except Exception as e:  # noqa: BLE001 - whatever a camera does, its thread goes on
+                e = _as_source_error(self.name, e)
                 self._error(e.code)
                 failures += 1
                 clock = PlayClock()
@@ -756,6 +845,8 @@ class Camera:
                     return
                 self._after_failure(gen, failures, str(e))
                 continue
+            with self._lock:
+                self._src = src if gen == self._gen else None
             try:
                 while True:
                     delivered, end_reason, terminal = self._pump(src, gen, clock)
@@ -768,6 +859,9 @@ class Camera:
                         continue  # loop: from the start again, without reopening
                     break
             finally:
+                with self._lock:
+                    if self._src is src:
+                        self._src = None
                 src.close()
             if not self._alive(gen):
                 return
@@ -802,7 +896,10 @@ class Camera:
         while self._alive(gen):
             try:
                 pts = src.next()
-            except SourceError as e:
+            except Exception as e:  # noqa: BLE001 - a parse error is a camera error, never the thread's end
+                if not self._alive(gen):
+                    return delivered, "stopped", False  # interrupted: given up on or stopped
+                e = _as_source_error(self.name, e)
                 self._error(e.code)
                 return delivered, str(e), cfg.is_file and not delivered
             now = time.monotonic()

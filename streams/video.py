@@ -333,6 +333,8 @@ class VideoRuntime:
             src = f"camera/{name}"
             for k in ("decoded", "skipped", "gated", "analysed", "dropped", "reconnects"):
                 self.counters.set(src, k, float(c[k]))
+            for code, n in c["errors"].items():  # camera errors by kind: frame_too_large, no_keyframe, ...
+                self.counters.set(src, f"camera_errors_{code}", float(n))
         self.counters.set("video", "frames_gated", float(self.frames_gated))
         return events
 

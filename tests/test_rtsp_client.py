@@ -162,9 +162,16 @@ def _with_credentials(url: str, user: str, password: str) -> str:
 @pytest.mark.parametrize("method", ["digest", "basic"])
 def test_keyframes_through_an_authenticated_session(gstreamer, method):
     """Credentials from the URL (percent-encoded characters too); keyframes at the camera's GOP,
-    decoded to pictures; a wrong password and no password are clear errors."""
+    decoded to pictures; a wrong password and no password are clear errors. Basic over plain
+    rtsp:// only when the operator allows it (``rtsp_allow_basic_auth``)."""
+    basic = method == "basic"
     with RtspServer([TestCamera("cam", 320, 240, fps=15, keyint=5)], auth=("admin", "pa:ss@1", method)) as srv:
-        cfg = CameraConfig(name="c", url=_with_credentials(srv.url("cam"), "admin", "pa%3Ass%401"), decode="keyframes")
+        url = _with_credentials(srv.url("cam"), "admin", "pa%3Ass%401")
+        if basic:
+            with pytest.raises(Exception) as e:
+                open_source(CameraConfig(name="c", url=url, decode="keyframes"))
+            assert getattr(e.value, "code", "") == "auth_insecure" and "rtsp_allow_basic_auth" in str(e.value)
+        cfg = CameraConfig(name="c", url=url, decode="keyframes", rtsp_allow_basic_auth=basic)
         src = open_source(cfg)
         try:
             assert isinstance(src, RtpKeyframeSource) and src.track.codec == "h264"
@@ -178,9 +185,27 @@ def test_keyframes_through_an_authenticated_session(gstreamer, method):
         assert src.assembler.packets > 4 * src.assembler.keyframes  # the other frames' packets were skipped
         for url, why in ((_with_credentials(srv.url("cam"), "admin", "wrong"), "refused"), (srv.url("cam"), "asks")):
             with pytest.raises(Exception) as e:
-                open_source(CameraConfig(name="c", url=url, decode="keyframes"))
+                open_source(CameraConfig(name="c", url=url, decode="keyframes", rtsp_allow_basic_auth=basic))
             assert getattr(e.value, "code", "") == "auth_failed" and why in str(e.value)
             assert "wrong" not in str(e.value) and "pa:ss" not in str(e.value)  # no secret in reasons
+
+
+def test_ffmpegs_client_gets_the_password_for_digest_and_not_for_basic_unless_allowed(gstreamer):
+    """decode = "all" goes through FFmpeg's RTSP client, which cannot be told to refuse Basic:
+    the camera is asked for its schemes first. Digest: opens; Basic only: refused unless allowed."""
+    for method in ("digest", "basic"):
+        with RtspServer([TestCamera("cam", 320, 240, fps=10, keyint=10)], auth=("admin", "pw1", method)) as srv:
+            cfg = CameraConfig(name="c", url=_with_credentials(srv.url("cam"), "admin", "pw1"), decode="all")
+            if method == "basic":
+                with pytest.raises(Exception) as e:
+                    open_source(cfg)
+                assert getattr(e.value, "code", "") == "auth_insecure" and "pw1" not in str(e.value)
+                cfg = cfg.model_copy(update={"rtsp_allow_basic_auth": True})
+            src = open_source(cfg)
+            try:
+                assert src.next() is not None
+            finally:
+                src.close()
 
 
 def test_keep_alive_requests_are_answered_and_the_stream_goes_on(gstreamer):
@@ -243,3 +268,105 @@ def test_collector_with_the_own_client_reconnects_when_the_server_comes_back(gst
             after = video.counters()["k"]["decoded"]
     assert before >= 3 and after >= before + 3
     assert [c.new for c in seen].count(CameraState.ONLINE) >= 2
+
+
+# --- hostile input: bounded, and every parse error an RtspError ----------------------------------
+def test_a_keyframe_that_never_ends_is_dropped_at_the_limit_and_the_next_one_comes_through():
+    """Endless FU-A fragments of an IDR (no end bit, no marker), then endless STAP-A IDR slices:
+    each is dropped once it holds more than ``max_frame_bytes`` (counted), and the assembler
+    is clean for the next keyframe."""
+    from gridwatch.ingest.rtsp import FrameTooLarge
+
+    asm = KeyframeAssembler("h264", [SPS, PPS], max_frame_bytes=10_000)
+    body = bytes(1000)
+    frags = [bytes([0x7C, 0x85]) + body] + [bytes([0x7C, 0x05]) + body] * 30
+    with pytest.raises(FrameTooLarge, match="10000 bytes"):
+        push_all(asm, [rtp(1 + i, 0, f) for i, f in enumerate(frags)])
+    stap = bytes([0x78]) + struct.pack(">H", 1001) + b"\x65" + body
+    with pytest.raises(FrameTooLarge):
+        push_all(asm, [rtp(100 + i, 3600, stap) for i in range(30)])
+    assert asm.oversized == 2 and asm.keyframes == 0
+    big_enough = b"\x65" + bytes(9_000)  # under the limit, in fragments
+    out = push_all(asm, [rtp(200 + i, 7200, f, marker=i == 8) for i, f in enumerate(fu_a(big_enough, 9))])
+    assert len(out) == 1 and out[0].data.endswith(START_CODE + big_enough)
+    # a limit is per access unit: many frames under it in a row never add up
+    asm = KeyframeAssembler("h264", [SPS, PPS], max_frame_bytes=len(IDR) * 2)
+    assert len(push_all(asm, [rtp(i, 3600 * i, IDR, marker=True) for i in range(50)])) == 50
+
+
+@pytest.mark.parametrize("line,words", [("m=video 0 RTP/AVP x96\na=rtpmap:x96 H264/90000", "payload type"),
+                                        ("m=video 0 RTP/AVP 96\na=rtpmap:96 H264/abc", "clock rate"),
+                                        ("m=video 0 RTP/AVP 96\na=rtpmap:96 H264/0", "clock rate"),
+                                        ("m=video 0 RTP/AVP 300\na=rtpmap:300 H264/90000", "payload type")])
+def test_a_malformed_sdp_is_an_rtsp_error_with_a_reason(line, words):
+    with pytest.raises(RtspError, match=words) as e:
+        parse_sdp(f"v=0\n{line}\n", "rtsp://x/")
+    assert e.value.code == "bad_sdp"
+
+
+def test_basic_is_refused_unless_allowed_and_digest_is_preferred_when_both_are_offered():
+    with pytest.raises(RtspError, match="rtsp_allow_basic_auth") as e:
+        _Auth("u", "secret", ['Basic realm="cam"'], allow_basic=False)
+    assert e.value.code == "auth_insecure" and "secret" not in str(e.value)
+    both = ['Basic realm="cam"', 'Digest realm="cam", nonce="abc"']
+    assert _Auth("u", "p", both, allow_basic=False).header("DESCRIBE", "rtsp://x/").startswith("Digest ")
+
+
+def _answer(listener, data: bytes) -> RtspSession:
+    """A session whose camera answers ``data`` (then closes)."""
+    s = RtspSession(f"rtsp://127.0.0.1:{listener.getsockname()[1]}/cam", open_timeout_s=1.0, read_timeout_s=1.0)
+    conn, _ = listener.accept()
+    conn.sendall(data)
+    conn.close()
+    return s
+
+
+def test_content_length_that_is_not_a_number_or_too_large_is_a_bad_response():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for value, words in (("abc", "not a number"), ("-5", "not a number"), (str(10 ** 12), "more than")):
+            s = _answer(listener, f"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Length: {value}\r\n\r\n".encode())
+            try:
+                with pytest.raises(RtspError, match=words) as e:
+                    s.request("DESCRIBE", s.url)
+                assert e.value.code == "bad_response"
+            finally:
+                s.close()
+
+
+def test_any_answer_is_a_response_or_an_rtsp_error_never_another_exception():
+    """Hypothesis: arbitrary bytes (and mutations of a good answer) as the camera's answer to
+    DESCRIBE, its SDP parsed as the client does: a result or RtspError, nothing else."""
+    import socket
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    good = (b"RTSP/1.0 200 OK\r\nCSeq: 1\r\nContent-Base: rtsp://127.0.0.1/cam/\r\nContent-Length: %d\r\n\r\n"
+            % len(SDP.encode()) + SDP.encode())
+
+    def mutate(data: bytes, cuts: list[tuple[int, bytes]]) -> bytes:
+        for at, junk in cuts:
+            at %= len(data) + 1
+            data = data[:at] + junk + data[at + len(junk):]
+        return data
+
+    answers = st.one_of(st.binary(max_size=400),
+                        st.builds(mutate, st.just(good), st.lists(st.tuples(st.integers(0, 600),
+                                                                            st.binary(min_size=1, max_size=8)),
+                                                                  max_size=4)))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(answers)
+        def check(data):
+            s = _answer(listener, data)
+            try:
+                _, hdrs, body = s.request("DESCRIBE", s.url)
+                parse_sdp(body, hdrs.get("content-base") or s.url)
+            except RtspError:
+                pass
+            finally:
+                s.close()
+
+        check()
