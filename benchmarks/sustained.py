@@ -138,6 +138,53 @@ def orjson_dumps(o) -> bytes:
     return orjson.dumps(o)
 
 
+class _hostile_camera:
+    """With ``attack``: a hostile RTSP camera (endless FU-A fragments of one IDR frame, see
+    :mod:`gridwatch.servers.hostile_rtsp`) on a free loopback port, and the TOML that gives it
+    to gridwatch as a keyframe camera (its own RTSP client) plus a metrics port to read its
+    status from. Without: nothing."""
+
+    def __init__(self, attack: bool) -> None:
+        self.attack, self.proc = attack, None
+
+    def __enter__(self) -> str:
+        if not self.attack:
+            return ""
+        from gridwatch.servers._base import free_ports
+
+        self.proc = subprocess.Popen([PY, "-m", "gridwatch.servers.hostile_rtsp", "--mode", "fu_a"],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY "):
+            self.__exit__()
+            raise RuntimeError(f"hostile RTSP server did not start: {line!r}")
+        self.metrics_port = free_ports(1)[0]
+        return (f'\n[[cameras]]\nname = "hostile"\nurl = "rtsp://127.0.0.1:{line.split()[1]}/cam"\n'
+                f'decode = "keyframes"\n\n[metrics]\nport = {self.metrics_port}\n')
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def _camera_status(gw, port: int) -> dict:
+    """The hostile camera as gridwatch exports it: state and reason, errors by kind."""
+    import urllib.request
+
+    out: dict = {"errors": {}}
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in text.splitlines():
+        if 'source="camera/hostile"' not in line or line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0]
+        if name.startswith("gridwatch_camera_errors_"):
+            out["errors"][name[len("gridwatch_camera_errors_"):].removesuffix("_total")] = float(line.rsplit(" ", 1)[1])
+        elif name == "gridwatch_camera_state_info":
+            out["state"] = line.split("{", 1)[1].rsplit("}", 1)[0]
+    return out
+
+
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -162,6 +209,7 @@ def run(seconds: float, rate: float, per_msg: int, attack: bool = False, abuse_r
     with tempfile.TemporaryDirectory(prefix="gw-bench-sustained-") as tmp, \
             MosquittoServer(max_queued_messages=10_000_000, max_inflight_messages=1000) as mq, \
             _hostile_camera(attack) as camera_toml:
+        cam_port = int(camera_toml.rsplit("port = ", 1)[1]) if attack else None
         gw = GridwatchProc(mq.port, Path(tmp) / "gw", "bench-sustained", rules=RULES + camera_toml).start()
         pid = gw.p.pid
         abuser = None
@@ -200,7 +248,7 @@ def run(seconds: float, rate: float, per_msg: int, attack: bool = False, abuse_r
             drained_after = time.time() - t0 - p["seconds"]
             time.sleep(1.0)
             stored = honest()
-            camera = _camera_status(gw) if attack else None
+            camera = _camera_status(gw, cam_port) if attack else None
         finally:
             if abuser is not None and abuser.poll() is None:
                 abuser.kill()

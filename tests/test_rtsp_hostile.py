@@ -1,5 +1,5 @@
 """A hostile RTSP camera must not hurt the box: against the misbehaving server in
-``tests/hostile_rtsp.py`` (a child process on a free loopback port), gridwatch's RTSP client keeps
+``gridwatch/servers/hostile_rtsp.py`` (a child process on a free loopback port), gridwatch's RTSP client keeps
 its memory, threads and sockets bounded, gives the camera a reason and a counter, reconnects with
 backoff, and ends its thread and connection on ``stop()``. One test runs a good camera and the MQTT
 ingest (real Mosquitto) beside a hostile camera and checks they are unaffected.
@@ -19,7 +19,6 @@ import pytest
 
 from gridwatch.ingest.video import CameraConfig, CameraState, StatusChange, VideoCollector
 
-HERE = Path(__file__).parent
 MB = 1 << 20
 RUNAWAY = 256 * MB  # a test stops waiting once memory grew this much (it has failed; do not fill the box)
 
@@ -29,7 +28,7 @@ class Hostile:
 
     def __init__(self, mode: str, log: Path, interval: float = 0.3) -> None:
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "hostile_rtsp.py"), "--mode", mode, "--interval",
+        self.proc = subprocess.Popen([sys.executable, "-m", "gridwatch.servers.hostile_rtsp", "--mode", mode, "--interval",
                                       str(interval), "--log", str(log)], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("READY "):

@@ -45,11 +45,18 @@ def _camera_panels_query_exported_metrics(port: int) -> None:
     import urllib.request
     from pathlib import Path
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    import time
+
     dash = json.loads((Path(__file__).resolve().parents[1] / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] if p["title"].startswith("Cameras") for t in p["targets"]]
     queried = {m for e in exprs for m in re.findall(r"\bgridwatch_[a-z0-9_]+", e)}
     assert queried, "the dashboard has no camera panel"
+    deadline = time.time() + 15  # the per-camera gauges are set by the video runtime's once-a-second tick
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+        if queried <= exported or time.time() > deadline:
+            break
+        time.sleep(0.5)
     assert queried <= exported, f"camera panels query metrics the runtime does not export: {sorted(queried - exported)}"

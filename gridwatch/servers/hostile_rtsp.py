@@ -1,8 +1,9 @@
-"""A hostile RTSP server for tests: a small loopback socket server that misbehaves on purpose.
+"""A hostile RTSP server for tests and the soak benchmark: a small loopback socket server that
+misbehaves on purpose.
 
 Run as a child process (so the client's memory, threads and sockets can be measured alone):
 
-    python tests/hostile_rtsp.py --mode fu_a [--interval 0.3] [--log FILE]
+    python -m gridwatch.servers.hostile_rtsp --mode fu_a [--interval 0.3] [--log FILE]
 
 It binds 127.0.0.1 on a free port, prints ``READY <port>`` and serves until killed. Each
 connection gets its own thread. With ``--log`` it appends one line per event (``connect``,
