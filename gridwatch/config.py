@@ -87,6 +87,16 @@ class DeviceConfig(_Model):
     region: str | None = Field(None, description="Static region path 'city/county/town/grid'. Overrides the GeoJSON lookup.")
     lat: float | None = Field(None, ge=-90, le=90, description="Installed position (fixed sensors), used to find the grid cell.")
     lon: float | None = Field(None, ge=-180, le=180, description="Installed position (fixed sensors), used to find the grid cell.")
+    timezone: str | None = Field(None, description="Time zone of this device's clock (IANA name such as 'Asia/Shanghai', or '+08:00'): its zone-less timestamps are read in it. Overrides the profile's timezone.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz_ok(cls, v: str | None) -> str | None:
+        from gridwatch.hw.profiles import parse_timezone
+
+        if v is not None:
+            parse_timezone(v)
+        return v
 
 
 class RegionsConfig(_Model):
@@ -190,6 +200,48 @@ class ForwardConfig(_Model):
     kafka: bool = Field(False, description="`gridwatch run` forwards readings, position fixes and warnings to the [kafka] topics (cluster mode), through the spool (store-and-forward).")
 
 
+class Jt808Config(_Model):
+    enabled: bool = Field(False, description="Listen for JT/T 808 vehicle terminals (2013 and 2019 editions) over TCP; their positions go through the same codec checks, rules and store as MQTT fixes.")
+    bind: str = Field("127.0.0.1", description="Address the JT/T 808 server listens on (0.0.0.0 for terminals on other hosts).")
+    port: int = Field(6808, ge=0, le=65535, description="TCP port of the JT/T 808 server; 0 picks a free one (tests).")
+    timezone: str = Field("Asia/Shanghai", description="Time zone of the terminals' BCD clocks (YYMMDDhhmmss): an IANA zone name or a fixed offset such as '+08:00'. A [[devices]] entry's timezone overrides it for that terminal.")
+    vendor: str = Field("jt808", description="Profile (hw/profiles) the positions are checked against; its vendor owns the terminals' device ids.")
+    device_kind: str = Field("vehicle", description="Device kind of terminals not listed under [[devices]] (rules filter on it, e.g. hazmat_truck).")
+    device_names: dict[str, str] = Field(default_factory=dict, description="Terminal phone number (digits, leading zeros dropped) -> device id, e.g. the vehicle's plate. Unlisted terminals are named by their phone number.")
+    auth_secret: str = Field("", description="Secret the registration auth codes are derived from (HMAC of the phone number), so codes stay valid across restarts; write it as ${JT808_SECRET}. Empty: a random secret kept in <data_dir>/jt808.key.")
+    require_auth: bool = Field(True, description="Answer messages other than registration/authentication/heartbeat with a failure until the terminal has authenticated (0x0102).")
+    max_connections: int = Field(10_000, ge=1, description="Most concurrent terminal connections; further connections are closed at once (counted: jt808.refused_connections).")
+    max_frame_bytes: int = Field(4096, ge=64, le=1 << 20, description="Longest frame (escaped, with its 0x7e delimiters). Unframed data longer than this means the stream cannot resynchronise: the connection is dropped.")
+    max_bad_frames: int = Field(8, ge=1, description="Consecutive bad frames (checksum, layout) after which a connection is dropped.")
+    max_pending_per_connection: int = Field(2000, ge=1, description="Location messages of one connection waiting for their commit; at this many, reading that connection pauses (TCP back-pressure) until acknowledgements go out.")
+    inbox_max_messages: int = Field(20_000, ge=10, description="Decoded messages waiting for the pipeline; at this many, reading every connection pauses until the pipeline catches up.")
+    max_write_buffer_bytes: int = Field(256 * 1024, ge=1024, description="A terminal that does not read the platform's answers is dropped once this much is queued for it.")
+    max_subpackages: int = Field(256, ge=2, description="Most sub-packages of one long message; more is a bad frame.")
+    max_reassembly_bytes: int = Field(256 * 1024, ge=1024, description="Most bytes of one message being reassembled from sub-packages.")
+    max_reassemblies_per_connection: int = Field(4, ge=1, description="Long messages of one connection being reassembled at once; the oldest is dropped (dead-lettered) beyond this.")
+    reassembly_timeout_s: float = Field(60.0, gt=0, description="A long message whose sub-packages do not all arrive within this is dropped (dead-lettered).")
+    idle_timeout_s: float = Field(180.0, gt=0, description="A connection with no complete frame for this long is closed (terminals send heartbeats, 0x0002, every minute or so); catches half-open connections and slowloris senders.")
+    frame_timeout_s: float = Field(30.0, gt=0, description="A frame begun but not finished within this is abandoned and the connection closed (slowloris).")
+
+    @field_validator("device_names")
+    @classmethod
+    def _names_ok(cls, v: dict[str, str]) -> dict[str, str]:
+        for phone, name in v.items():
+            if not phone.isdigit():
+                raise ValueError(f"terminal phone number {phone!r} must be digits")
+            if not name or "/" in name or "\0" in name or "+" in name or "#" in name:
+                raise ValueError(f"device id {name!r} for terminal {phone} must be non-empty without '/', '+', '#' or NUL")
+        return {p.lstrip("0") or "0": n for p, n in v.items()}
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz_ok(cls, v: str) -> str:
+        from gridwatch.hw.profiles import parse_timezone
+
+        parse_timezone(v)
+        return v
+
+
 class GridwatchConfig(_Model):
     site: SiteConfig = Field(default_factory=SiteConfig, description="This instance.")
     mqtt: MqttConfig | None = Field(None, description="Broker to ingest readings from (and publish warnings to). Omit to run without MQTT.")
@@ -208,6 +260,7 @@ class GridwatchConfig(_Model):
     influx: InfluxConfig | None = Field(None, description="Time-series store over the InfluxDB v2 write API (cluster workers; `gridwatch run` with forward.influx). Omit to write none.")
     forward: ForwardConfig = Field(default_factory=ForwardConfig, description="Remote sinks `gridwatch run` forwards to through the spool.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Store-and-forward spool between ingest and the remote sinks of `gridwatch run`.")
+    jt808: Jt808Config = Field(default_factory=Jt808Config, description="JT/T 808 vehicle terminals over TCP (`gridwatch run`).")
 
     base_dir: str = Field(".", description="Folder relative paths are resolved against (the config file's folder; set by the loader).")
 

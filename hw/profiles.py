@@ -4,12 +4,16 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
 
     vendor = "aqualine"
     description = "Pipe-network level/flow/pressure loggers"
-    timestamp = "t"            # payload field holding the time (dotted path allowed)
+    timestamp = "t"            # payload field holding the time (dotted path allowed: "data.ts")
     timestamp_unit = "auto"    # auto | s | ms | us | ns | iso
+    timezone = ""              # zone of zone-less text times ("2024-11-21 10:00:00"): "Asia/Shanghai",
+                               # "+08:00"; "" = UTC. A [[devices]] entry's timezone overrides it.
+    ignore = []                # fields sent but deliberately not stored (not counted as unmapped)
     root = ""                  # sub-object that holds the fields ("data" for DJI osd messages)
     device_id = ""             # payload field naming the device; "" = the topic names it
     [fields]
     lvl = { metric = "water_level", unit = "cm" }
+    "data.battery.capacity_percent" = "battery"   # dotted paths reach into nested objects
     [position]                 # optional: a position fix per item
     lat = "lat"
     lon = "lng"
@@ -17,11 +21,19 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
 
 Canonical metrics and their units are listed in :data:`METRICS`; values outside a metric's
 physical range are rejected as ``out_of_range``.
+
+Every field name, the timestamp, the device id and the position fields may be dotted paths
+(``data.battery.capacity_percent``) into nested objects, relative to ``root`` (the timestamp and
+device id are also looked up in the item itself). A path with an empty segment, or a path that is
+also the prefix of another one (``data`` and ``data.ts``), is refused when the profile loads, with
+the key named.
 """
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
+from datetime import timedelta, timezone, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +93,40 @@ class ProfileError(ValueError):
     pass
 
 
+_OFFSET = re.compile(r"^(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d{2}))?$")
+
+
+def parse_timezone(name: str) -> tzinfo:
+    """An IANA zone name ("Asia/Shanghai"), "UTC", or a fixed offset ("+08:00", "UTC+8") -> tzinfo.
+    Raises ProfileError (a ValueError) naming the value."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if not isinstance(name, str) or not name.strip():
+        raise ProfileError(f"time zone {name!r}: expected an IANA name such as 'Asia/Shanghai' or an offset such as '+08:00'")
+    name = name.strip()
+    if name.upper() in ("UTC", "Z", "GMT"):
+        return timezone.utc
+    m = _OFFSET.match(name)
+    if m:
+        h, mi = int(m.group(2)), int(m.group(3) or 0)
+        if h > 14 or mi > 59:
+            raise ProfileError(f"time zone {name!r}: offset out of range")
+        off = timedelta(hours=h, minutes=mi)
+        return timezone(-off if m.group(1) == "-" else off)
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ProfileError(f"time zone {name!r} is not known: expected an IANA name such as 'Asia/Shanghai' or an offset such as '+08:00'") from None
+
+
+def split_path(path: str, where: str) -> tuple[str, ...]:
+    """A field name or dotted path -> its segments; empty segments are refused."""
+    parts = tuple(path.split("."))
+    if not path or any(not p for p in parts):
+        raise ProfileError(f"{where}: {path!r} is not a field name or dotted path (empty segment)")
+    return parts
+
+
 def conversion(unit: str, metric: Metric, where: str) -> tuple[float, float]:
     """(factor, offset) taking a value in ``unit`` to the metric's canonical unit."""
     try:
@@ -111,16 +157,20 @@ class Profile:
     device_id: str = ""
     fields: dict[str, FieldSpec] = field(default_factory=dict)  # flattened key ("a.b") -> spec
     position: dict[str, tuple[str, float]] = field(default_factory=dict)  # lat/lon/speed/alt -> (key, factor)
+    timezone: str = ""  # zone of zone-less text timestamps; "" = UTC
+    ignore: tuple[str, ...] = ()  # fields deliberately not stored (not counted as unmapped)
+    tz: tzinfo | None = None  # parsed ``timezone``
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
-        known = {"vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "fields", "position"}
+        known = {"vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "fields", "position",
+                 "timezone", "ignore"}
         extra = set(d) - known
         if extra:
             raise ProfileError(f"{where}: unknown keys {sorted(extra)}; expected {sorted(known)}")
         if "vendor" not in d:
             raise ProfileError(f"{where}: 'vendor' is required")
-        for k in ("vendor", "description", "timestamp", "timestamp_unit", "root", "device_id"):
+        for k in ("vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "timezone"):
             if k in d and not isinstance(d[k], str):
                 raise ProfileError(f"{where}.{k}: expected a string, got {type(d[k]).__name__}")
         if not d["vendor"]:
@@ -160,8 +210,36 @@ class Profile:
             position[role] = (spec["field"], factor)
         if position and not {"lat", "lon"} <= set(position):
             raise ProfileError(f"{where}.position: both lat and lon are required")
+        ignore = d.get("ignore", [])
+        if not isinstance(ignore, list) or not all(isinstance(x, str) and x for x in ignore):
+            raise ProfileError(f"{where}.ignore: expected a list of field names")
+        tz = None
+        if d.get("timezone"):
+            try:
+                tz = parse_timezone(d["timezone"])
+            except ProfileError as e:
+                raise ProfileError(f"{where}.timezone: {e}") from None
+        # every path must be well formed, and no path may run through another one's value
+        paths: dict[tuple[str, ...], str] = {}
+        for key in fields:
+            paths[split_path(key, f"{where}.fields.{key}")] = f"fields.{key}"
+        for role, (key, _) in position.items():
+            paths.setdefault(split_path(key, f"{where}.position.{role}"), f"position.{role}")
+        for name in ("timestamp", "device_id", "root"):
+            v = d.get(name, "ts" if name == "timestamp" else "")
+            if v:
+                split_path(v, f"{where}.{name}")
+        ts_path = tuple(d.get("timestamp", "ts").split("."))
+        if ts_path in paths:
+            raise ProfileError(f"{where}.timestamp: {'.'.join(ts_path)!r} is also {paths[ts_path]}")
+        paths[ts_path] = "timestamp"
+        for p, what in paths.items():
+            for i in range(1, len(p)):
+                if p[:i] in paths:
+                    raise ProfileError(f"{where}.{what}: {'.'.join(p)!r} runs through {'.'.join(p[:i])!r}, "
+                                       f"which is {paths[p[:i]]} (a value cannot also hold fields)")
         return cls(d["vendor"], d.get("description", ""), d.get("timestamp", "ts"), tu, d.get("root", ""),
-                   d.get("device_id", ""), fields, position)
+                   d.get("device_id", ""), fields, position, d.get("timezone", ""), tuple(ignore), tz)
 
     @classmethod
     def load(cls, path: Path) -> "Profile":

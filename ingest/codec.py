@@ -49,13 +49,16 @@ _UNIT_MULT = np.array([np.nan, 1e3, 1.0, 1e-3, 1e-6])
 
 @dataclass(slots=True)
 class Message:
-    """One inbound message. ``token`` is what the collector needs to acknowledge it (an MQTT mid)."""
+    """One inbound message. ``token`` is what the collector needs to acknowledge it (an MQTT mid).
+    ``reject``: (reason, detail) of an input its collector already found bad (a JT/T 808 frame
+    with a wrong checksum ...): decoded straight into a dead letter with that reason."""
 
     topic: str
     payload: bytes
     received_ms: int
     token: object = None
     size: int = -1  # the payload's size as received, where the collector kept only its first bytes
+    reject: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -193,6 +196,9 @@ class Codec:
 
         for mi, msg in enumerate(messages):
             m_recv[mi] = msg.received_ms
+            if msg.reject is not None:
+                reject(mi, *msg.reject)
+                continue
             route = self._route(msg.topic)
             if route[0] is not None:
                 reject(mi, route[0], route[1])

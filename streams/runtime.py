@@ -143,6 +143,12 @@ class EdgeRuntime:
         self._wake = threading.Event()
         if self.collector is not None:
             self.collector.wake = self._wake.set
+        self.jt808 = None  # JT/T 808 terminals over TCP: drained like the MQTT collector
+        if cfg.jt808.enabled:
+            from gridwatch.ingest.jt808 import Jt808Collector
+
+            self.jt808 = Jt808Collector(cfg.jt808, self.counters, cfg.devices, cfg.data_dir)
+            self.jt808.wake = self._wake.set
         self.stopping: asyncio.Event | None = None  # created inside the loop
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -298,6 +304,8 @@ class EdgeRuntime:
         self._start_forwards()
         if self.collector is not None:
             self.collector.start()
+        if self.jt808 is not None:
+            self.jt808.start()
         log.info("gridwatch running", extra={"fields": {"site": self.cfg.site.name, "rules": len(self.pipeline.rules),
                                                          "store": str(self.store.path), "metrics_port": self.metrics_port}})
         worker = threading.Thread(target=self._worker, name="gridwatch-pipeline", daemon=True)
@@ -333,6 +341,11 @@ class EdgeRuntime:
                     self._step(msgs)
                 except (SpoolBlocked, StoreBlocked):
                     return  # stopping: not committed, not acknowledged -> redelivered
+            if self.jt808 is not None:
+                try:
+                    self._drain_jt808(batch_max)
+                except (SpoolBlocked, StoreBlocked):
+                    return
             t = time.monotonic()
             if t >= next_tick and not self._stop.is_set():
                 next_tick = t + 1.0
@@ -348,6 +361,25 @@ class EdgeRuntime:
                     self.store.enforce_retention()
                 except sqlite3.Error as e:  # e.g. disk full: the next round tries again
                     log.warning("store retention failed; retrying in an hour", extra={"fields": {"error": str(e)}})
+
+    def _drain_jt808(self, batch_max: int) -> None:
+        """Like the MQTT drain: compute the batch once, commit it (retried as is while the store
+        cannot be written), then answer its reports (0x8001); unanswered, the terminals keep them."""
+        c, p = self.jt808, self.pipeline
+        while not self._stop.is_set():
+            msgs = c.take(batch_max)
+            if not msgs:
+                return
+            prev, p.source = p.source, c.source  # counted under jt808, on this (the pipeline's) thread
+            try:
+                b = p.compute(msgs, now_ms())
+                if self.forwards:
+                    self._handoff(b.sensor, b.position, b.events, len(msgs))
+                self._until_stored(lambda: p.commit(b))
+            finally:
+                p.source = prev
+            c.ack(msgs)
+            self._emit(b.events)
 
     async def _shutdown(self, loop) -> None:
         if self.collector is not None:
@@ -366,6 +398,8 @@ class EdgeRuntime:
                 except StoreWriteError as e:
                     log.warning("store not writable at shutdown: %d messages left unacknowledged for redelivery", len(rest),
                                 extra={"fields": {"error": str(e)}})
+        if self.jt808 is not None:
+            self.jt808.stop()  # unanswered reports stay with their terminals, which re-send them
         if self.publisher is not None:
             self.publisher.stop()
         if self._metrics_server is not None:

@@ -1,0 +1,308 @@
+"""JT/T 808 terminals against the real edge runtime (TCP on loopback, SQLite store): registration and
+authentication in both editions, location reports answered only after their commit, sub-packages,
+BCD time in UTC+8, misbehaving terminals, several hundred trucks at once, and a hazardous-chemicals
+truck dwelling off its depot raising the dwell warning."""
+from __future__ import annotations
+
+import asyncio
+import struct
+import threading
+import time
+from datetime import timezone
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gridwatch.ingest import jt808
+from gridwatch.streams.store import Store
+from tests.helpers import RuntimeThread, wait_until
+from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all
+
+LAT, LON = 30.5728, 114.2839  # somewhere in Wuhan
+
+
+def _cfg(tmp_path, **jt) -> dict:
+    j = {"enabled": True, "port": 0, "idle_timeout_s": 30, "frame_timeout_s": 10, "max_bad_frames": 3,
+         "auth_secret": "test-secret"}
+    j.update(jt)
+    return {"site": {"name": "jt", "data_dir": str(tmp_path)}, "jt808": j, "alerts_mqtt": {"enabled": False}}
+
+
+class Gw(RuntimeThread):
+    def __enter__(self):
+        super().__enter__()
+        wait_until(lambda: self.rt.jt808.port, timeout=60, what="the JT/T 808 server listening")
+        self.port = self.rt.jt808.port
+        self.store = Store(self.cfg.data_dir / self.cfg.store.path)
+        return self
+
+    def counter(self, name: str) -> int:
+        return self.rt.counters.get("jt808", name)
+
+
+# --- wire format ----------------------------------------------------------------------------
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_escape_roundtrip_and_checksum(b):
+    e = jt808.escape(b)
+    assert 0x7E not in e and e == esc(b)
+    assert jt808.unescape(e) == b == unesc(e)
+    assert jt808.xor8(b) == xor_all(b)
+
+
+@pytest.mark.parametrize("bad", [b"\x01\x7d", b"\x7d\x03\x00", b"\x7d\x7d\x01"])
+def test_bad_escape_is_a_frame_error(bad):
+    with pytest.raises(jt808.FrameError) as e:
+        jt808.unescape(bad)
+    assert e.value.reason == "bad_escape"
+
+
+def test_parse_both_editions_and_bcd_time():
+    ts = 1_732_154_400  # 2024-11-21 02:00:00 UTC = 10:00:00 in Beijing
+    body = location_body(ts, -LAT, -LON, 61.3)
+    assert body[28 - 6:28].hex() == "241121100000"
+    for v2019 in (False, True):
+        f = frame(0x0200, body, "13800138000", 7, v2019)
+        msg_id, version, phone_raw, serial, package, enc, got = jt808.parse_frame(f[1:-1])
+        assert (msg_id, serial, package, enc, got) == (0x0200, 7, None, False, body)
+        assert (version is not None) == v2019 and len(phone_raw) == (10 if v2019 else 6)
+        assert jt808.phone_of(phone_raw) == "13800138000"
+    loc = jt808.location(body, BEIJING)
+    assert loc["ts"] == ts * 1000 and loc["lat"] == pytest.approx(-LAT) and loc["lon"] == pytest.approx(-LON)
+    assert loc["speed"] == pytest.approx(61.3)
+    with pytest.raises(jt808.FrameError, match="checksum"):
+        jt808.parse_frame(frame(0x0200, body, "1", 1, corrupt_checksum=True)[1:-1])
+
+
+# --- against the runtime -------------------------------------------------------------------
+def test_registration_auth_and_ack_only_after_commit(tmp_path):
+    """The 0x8001 of a location report is sent only once its batch is committed: with the commit
+    held back no answer comes; released, the answer comes and the fix is in the store."""
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        release = threading.Event()
+        real_commit = gw.rt.store.commit
+
+        def slow_commit(*a, **kw):
+            if kw.get("position") is not None and len(kw["position"]) or (len(a) > 2 and a[2] is not None and len(a[2])):
+                release.wait(10)
+            return real_commit(*a, **kw)
+
+        gw.rt.store.commit = slow_commit
+
+        async def go():
+            t = await Terminal("13800138000").connect(gw.port)
+            code = await t.register()
+            assert len(code) == 16
+            assert await t.authenticate("wrong") == 1
+            assert await t.authenticate(code) == 0
+            serial = await t.send(0x0002, b"")
+            assert await t.general_response() == (serial, 0x0002, 0)
+            now = time.time()
+            serial = await t.send(0x0200, location_body(now - 5, LAT, LON, 42.0))
+            with pytest.raises(asyncio.TimeoutError):
+                await t.general_response(timeout=1.0)  # the commit is held: no answer yet
+            assert gw.store.count_positions() == 0
+            release.set()
+            assert await t.general_response() == (serial, 0x0200, 0)
+            pos = gw.store.positions()  # the answer came: the fix must be there already
+            assert list(pos["device"]) == ["13800138000"]
+            assert pos["ts"][0] == int(now - 5) * 1000
+            assert pos["speed"][0] == pytest.approx(42.0)
+            await t.close()
+
+        asyncio.run(go())
+        assert gw.counter("registrations") == 1 and gw.counter("authentications") == 1
+        assert gw.counter("auth_failures") == 1
+
+
+def test_unauthenticated_location_is_refused(tmp_path):
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        async def go():
+            t = await Terminal("13900000001").connect(gw.port)
+            serial = await t.send(0x0200, location_body(time.time(), LAT, LON))
+            assert await t.general_response() == (serial, 0x0200, 1)
+            await t.close()
+
+        asyncio.run(go())
+        assert gw.counter("unauthenticated") == 1 and gw.store.count_positions() == 0
+
+
+def test_2019_edition_subpackages_batch_and_beijing_time(tmp_path):
+    """A 2019 terminal (10-byte phone) sends a 0x0704 batch of 3 fixes split into 3 packages; its
+    clock is Beijing time (UTC+8, the default): each fix is stored at its UTC instant, none is
+    rejected as future_timestamp, and every package is answered after the commit."""
+    with Gw(_cfg(tmp_path, device_names={"13800000019": "粤B0019危"}), tmp_path) as gw:
+        now = int(time.time())
+
+        async def go():
+            t = await Terminal("13800000019", v2019=True).connect(gw.port)
+            await t.login()
+            body = batch_body([location_body(now - 30 + 10 * i, LAT + i * 1e-3, LON, 30 + i) for i in range(3)], kind=1)
+            parts = [body[:20], body[20:70], body[70:]]
+            first = t.serial + 1
+            for i, part in enumerate(parts):
+                await t.send(0x0704, part, package=(3, i + 1))
+            # (the first JSON-array batch may load or compile the codec's Numba recogniser: be patient)
+            got = sorted([await t.general_response(60) for _ in range(3)])
+            assert got == [(first + i, 0x0704, 0) for i in range(3)]
+            await t.close()
+
+        asyncio.run(go())
+        pos = gw.store.positions()
+        assert list(pos["device"]) == ["粤B0019危"] * 3
+        assert sorted(pos["ts"].tolist()) == [(now - 30 + 10 * i) * 1000 for i in range(3)]
+        assert np.allclose(sorted(pos["lat"]), [LAT + i * 1e-3 for i in range(3)])
+        assert gw.rt.counters.snapshot().get("jt808", {}).get("rejected", {}) == {}
+        assert gw.counter("reassembled") == 1
+
+
+def test_timezone_setting_changes_the_instant(tmp_path):
+    """With jt808.timezone = "UTC" the same BCD digits mean 8 h later than in Beijing time."""
+    now = int(time.time())
+    with Gw(_cfg(tmp_path, timezone="+00:00"), tmp_path) as gw:
+        async def go():
+            t = await Terminal("13800000020").connect(gw.port)
+            await t.login()
+            await t.send(0x0200, location_body(now - 60, LAT, LON, tz=timezone.utc))
+            await t.general_response()
+            await t.close()
+
+        asyncio.run(go())
+        assert gw.store.positions()["ts"].tolist() == [(now - 60) * 1000]
+
+
+def test_misbehaving_terminals(tmp_path):
+    """Bad checksum (counted, dead-lettered, the stream goes on), garbage (dropped after
+    max_bad_frames), unframed flood (dropped: cannot resynchronise), slowloris and half-open
+    (closed by the frame / idle timeouts), too many connections (refused)."""
+    with Gw(_cfg(tmp_path, idle_timeout_s=1.5, frame_timeout_s=1.0, max_frame_bytes=512, max_connections=8), tmp_path) as gw:
+        async def go():
+            now = time.time()
+            good = await Terminal("13800000031").connect(gw.port)
+            await good.login()
+            # one bad checksum between good frames: answered frames go on
+            good.writer.write(frame(0x0200, location_body(now - 9, LAT, LON), good.phone, 99, corrupt_checksum=True))
+            s = await good.send(0x0200, location_body(now - 8, LAT, LON))
+            assert await good.general_response() == (s, 0x0200, 0)
+            # garbage frames: dropped after 3 in a row
+            junk = await Terminal("13800000032").connect(gw.port)
+            junk.writer.write(b"\x7e\x01\x02\x03\x7e" * 3 + b"\x7eHELLO\x7e")
+            await asyncio.wait_for(junk.closed_by_server.wait(), 10)
+            # a flood without any 0x7e, and a frame opened but never closed: cannot resynchronise
+            flood = await Terminal("13800000033").connect(gw.port)
+            flood.writer.write(b"A" * 2000)
+            await asyncio.wait_for(flood.closed_by_server.wait(), 10)
+            open_ended = await Terminal("13800000036").connect(gw.port)
+            open_ended.writer.write(b"\x7e" + b"A" * 2000)
+            await asyncio.wait_for(open_ended.closed_by_server.wait(), 10)
+            # slowloris: a frame begun, never finished
+            slow = await Terminal("13800000034").connect(gw.port)
+            slow.writer.write(b"\x7e\x02\x00")
+            # half-open: connected, silent
+            silent = await Terminal("13800000035").connect(gw.port)
+            await asyncio.wait_for(slow.closed_by_server.wait(), 10)
+            await asyncio.wait_for(silent.closed_by_server.wait(), 10)
+            # connection limit: 8
+            alive = len(gw.rt.jt808.conns)
+            extra = [await Terminal(f"1380000010{i}").connect(gw.port) for i in range(10)]
+            await asyncio.sleep(0.3)
+            closed = sum(t.closed_by_server.is_set() for t in extra)
+            assert closed == alive + 10 - 8, (closed, alive)
+            for t in [good, junk, flood, open_ended, slow, silent, *extra]:
+                await t.close()
+
+        asyncio.run(go())
+        assert gw.counter("dropped_bad_frames") == 1
+        assert gw.counter("dropped_unsynced") == 2
+        assert gw.counter("frame_timeouts") == 1
+        assert gw.counter("idle_timeouts") >= 1
+        assert gw.counter("refused_connections") >= 2
+        assert gw.counter("garbage_bytes") >= 2000
+        wait_until(lambda: gw.store.dead_letter_counts().get("frame_timeout"), what="dead letters stored")
+        counts = gw.store.dead_letter_counts()
+        assert counts == {"bad_checksum": 1, "bad_frame": 3, "unsynchronised": 1, "oversized": 1, "frame_timeout": 1}
+        assert gw.store.count_positions() == 1
+
+
+def test_several_hundred_trucks_some_misbehaving(tmp_path):
+    """300 trucks (half 2013, half 2019) log in and send 4 fixes each, pipelined, while 40 others
+    misbehave; every good fix is stored once and answered once, within a bounded time."""
+    n, k = 300, 4
+    with Gw(_cfg(tmp_path, idle_timeout_s=6, frame_timeout_s=2.0), tmp_path) as gw:
+        now = time.time()
+
+        async def truck(i: int) -> int:
+            t = await Terminal(f"1390000{i:04d}", v2019=i % 2 == 1).connect(gw.port)
+            await t.login()
+            serials = [await t.send(0x0200, location_body(now - 60 + j, LAT + i * 1e-4, LON, 50 + j)) for j in range(k)]
+            got = sorted([(await t.general_response(30))[0] for _ in range(k)])
+            await t.close()
+            return int(got == sorted(serials))
+
+        async def misbehave(i: int) -> None:
+            t = await Terminal(f"1370000{i:04d}").connect(gw.port)
+            if i % 4 == 0:
+                for j in range(5):
+                    t.writer.write(frame(0x0200, location_body(now, LAT, LON), t.phone, j, corrupt_checksum=True))
+            elif i % 4 == 1:
+                t.writer.write(b"\x00garbage\xff" * 50)
+            elif i % 4 == 2:
+                t.writer.write(b"\x7e\x02\x00\x00")  # slowloris
+            # else: half-open, says nothing
+            await asyncio.wait_for(t.closed_by_server.wait(), 20)
+            await t.close()
+
+        async def go():
+            started = time.time()
+            res = await asyncio.gather(*[truck(i) for i in range(n)], *[misbehave(i) for i in range(40)])
+            assert sum(r for r in res if r is not None) == n
+            assert time.time() - started < 60
+
+        asyncio.run(go())
+        assert gw.store.count_positions() == n * k
+        pos = gw.store.positions()
+        assert len(set(zip(pos["device"].tolist(), pos["ts"].tolist()))) == n * k
+        assert gw.counter("authentications") == n
+
+
+def test_hazmat_truck_dwelling_off_depot_raises_dwell_warning(tmp_path):
+    """End to end: a hazardous-chemicals truck (its terminal mapped to its plate, kind hazmat_truck)
+    parks 3 minutes outside its depot; the dwell rule raises a critical warning in the store."""
+    depot = {"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"name": "depot"},
+             "geometry": {"type": "Polygon", "coordinates": [[[114.30, 30.60], [114.31, 30.60], [114.31, 30.61],
+                                                              [114.30, 30.61], [114.30, 30.60]]]}}]}
+    cfg = _cfg(tmp_path, device_names={"13800138888": "鄂A12345"})
+    cfg["devices"] = [{"id": "鄂A12345", "vendor": "jt808", "kind": "hazmat_truck"}]
+    cfg["regions"] = {"default": "Jiangcheng/Riverside District/East Town/E-02"}
+    cfg["rules"] = [{"name": "hazmat_dwell", "kind": "dwell", "device_kinds": ["hazmat_truck"], "severity": "critical",
+                     "params": {"radius_m": 150, "duration_s": 120, "allowed": depot}}]
+    with Gw(cfg, tmp_path) as gw:
+        now = time.time()
+
+        async def go():
+            t = await Terminal("013800138888").connect(gw.port)
+            await t.login()
+            for j in range(10):  # every 20 s for 3 minutes, a few metres apart
+                s = await t.send(0x0200, location_body(now - 200 + 20 * j, LAT + j * 1e-5, LON, 0.0))
+                assert (await t.general_response())[:2] == (s, 0x0200)
+            await t.close()
+
+        asyncio.run(go())
+        w = wait_until(lambda: gw.store.warnings(rule="hazmat_dwell"), what="the dwell warning")
+        assert w[0]["source"] == "鄂A12345" and w[0]["severity"] == "critical" and w[0]["state"] == "active"
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from gridwatch.config import ConfigError, parse
+
+    with pytest.raises(ConfigError, match="jt808.timezone.*Mars/Olympus"):
+        parse({"jt808": {"timezone": "Mars/Olympus"}})
+    with pytest.raises(ConfigError, match="jt808.device_names.*must be digits"):
+        parse({"jt808": {"device_names": {"abc": "x"}}})
+    assert parse({"jt808": {"device_names": {"013800138000": "A1"}}}).jt808.device_names == {"13800138000": "A1"}
+
+
+def test_batch_body_layout():
+    b = batch_body([b"x" * 28, b"y" * 30])
+    assert struct.unpack_from(">HB", b) == (2, 0) and len(b) == 3 + 2 + 28 + 2 + 30
