@@ -23,6 +23,7 @@ JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float
 """
 from __future__ import annotations
 
+import re
 import reprlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ _NUM = (int, float)
 _NUMSET = frozenset(_NUM)
 _UNIT_CODE = {"auto": 0, "iso": 0, "s": 1, "ms": 2, "us": 3, "ns": 4}
 _UNIT_MULT = np.array([np.nan, 1e3, 1.0, 1e-3, 1e-6])
+_KEY = re.compile(rb'"([^"\\]*)"\s*:')
 
 
 @dataclass(slots=True)
@@ -69,6 +71,7 @@ class Decoded:
     dead: list[DeadLetter] = field(default_factory=list)
     rejected: Counter = field(default_factory=Counter)
     no_timestamp: int = 0
+    unmapped: Counter = field(default_factory=Counter)  # (vendor, field name) -> items that carried it
 
 
 def _auto_ms(t: np.ndarray) -> np.ndarray:
@@ -78,19 +81,68 @@ def _auto_ms(t: np.ndarray) -> np.ndarray:
         return np.where(a >= 1e17, t * 1e-6, np.where(a >= 1e14, t * 1e-3, np.where(a >= 1e11, t, t * 1e3)))
 
 
-def _iso_ms(s: str) -> float | None:
+def _iso_ms(s: str, tz=None) -> float | None:
+    """ISO-8601 text -> epoch ms; a time without a zone is in ``tz`` (the device's or its
+    profile's time zone), UTC when none is named."""
     try:
         d = datetime.fromisoformat(s)
     except (ValueError, TypeError):
         return None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=timezone.utc)
+        d = d.replace(tzinfo=tz or timezone.utc)
     return d.timestamp() * 1e3
+
+
+_MISSING = object()
+
+
+def _walk(obj, path: tuple[str, ...]):
+    """The value at a dotted path (a tuple of keys) in nested objects, or _MISSING."""
+    for k in path:
+        if type(obj) is not dict:
+            return _MISSING
+        obj = obj.get(k, _MISSING)
+        if obj is _MISSING:
+            return _MISSING
+    return obj
+
+
+def _lookup(obj: dict, key: str, path: tuple[str, ...] | None):
+    """``obj[key]`` (a literal key, dots and all), else the value at its dotted path; None if absent."""
+    v = obj.get(key)
+    if v is None and path is not None:
+        v = _walk(obj, path)
+        if v is _MISSING:
+            return None
+    return v
+
+
+UNMAPPED_NAMES_PER_VENDOR = 32  # distinct unmapped field names counted per vendor; the rest: "other"
+
+
+class _Paths:
+    """A profile's dotted paths, split once: timestamp, device id, position roles, nested fields,
+    and the top-level keys the profile uses (the others are counted as unmapped)."""
+
+    __slots__ = ("ts", "idf", "pos", "deep", "used", "tz")
+
+    def __init__(self, prof: Profile, fmap: dict[str, int]) -> None:
+        def split(k: str):
+            return tuple(k.split(".")) if "." in k else None
+
+        self.ts = split(prof.timestamp)
+        self.idf = split(prof.device_id) if prof.device_id else None
+        self.pos = {role: split(key) for role, (key, _) in prof.position.items()}
+        self.deep = [(k, tuple(k.split(".")), si) for k, si in fmap.items() if "." in k]
+        used = {prof.timestamp, prof.device_id, *fmap, *(k for k, _ in prof.position.values()), *prof.ignore}
+        self.used = frozenset(used | {k.split(".")[0] for k in used if k})
+        self.tz = prof.tz
 
 
 class Codec:
     def __init__(self, profiles: dict[str, Profile], directory: DeviceDirectory, *, max_payload_bytes: int = 256 * 1024,
-                 max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0, max_topic_bytes: int = 256) -> None:
+                 max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0, max_topic_bytes: int = 256,
+                 device_timezones: dict | None = None) -> None:
         self.profiles = profiles
         self.max_topic = max_topic_bytes
         self.directory = directory
@@ -119,12 +171,16 @@ class Codec:
         self.fast_json = True
         self._keys = jsonfast.KeyTable()
         for vendor, prof in profiles.items():
-            if not prof.root and not prof.device_id:
+            if not prof.root and not prof.device_id and "." not in prof.timestamp:
                 forbidden = [prof.position[k][0] for k in ("lat", "lon") if k in prof.position]
                 self._keys.add_vendor(vendor, prof.timestamp, self._fmap[vendor], forbidden)
         self._keys.freeze()
         self.series_dups = DuplicateFilter()
         self.position_dups = DuplicateFilter()
+        self._paths = {vendor: _Paths(prof, self._fmap[vendor]) for vendor, prof in profiles.items()}
+        self.device_tz: dict[tuple[str, str], object] = dict(device_timezones or {})  # (vendor, device id) -> tzinfo
+        self._unmapped_names: dict[str, set[str]] = {}
+        self._m_tz: list = []  # per message of the batch being decoded: the zone of its zone-less times
 
     # ------------------------------------------------------------------------------------
     def _route(self, topic: str):
@@ -188,6 +244,9 @@ class Codec:
         # per-message
         m_unit = np.zeros(len(messages), np.int8)
         m_recv = np.empty(len(messages), np.float64)
+        self._m_tz = m_tz = [None] * len(messages)
+        unmapped: Counter = Counter()
+        device_tz = self.device_tz
         resolve = self.directory.resolve
         fast_of, fast = self._recognise(messages)
         f_msg: list[int] = []  # messages decoded by the recogniser: message, candidate, device
@@ -204,6 +263,8 @@ class Codec:
                 reject(mi, route[0], route[1])
                 continue
             _, vendor, kind, topic_dev, prof, fmap = route
+            paths = self._paths[vendor]
+            m_tz[mi] = device_tz.get((vendor, topic_dev), paths.tz) if device_tz else paths.tz
             payload = msg.payload
             if len(payload) > self.max_payload:
                 size = msg.size if msg.size >= 0 else len(payload)
@@ -217,6 +278,7 @@ class Codec:
                     reject(mi, why, self._topic_device_refused(topic_dev, vendor, why))
                     continue
                 f_msg.append(mi); f_cand.append(ci); f_dev.append(dev)
+                self._count_fast_unmapped(payload, vendor, paths, unmapped, int(fast[2][ci]))
                 continue
             try:
                 obj = orjson.loads(payload)
@@ -239,6 +301,9 @@ class Codec:
                 cols = _columns(items, tsf, fmap, pos)
                 if cols is not None:
                     n_it, t_col, fcols = cols
+                    for k in items[0]:
+                        if k not in paths.used:
+                            unmapped[(vendor, k)] += n_it
                     for si, col in fcols:
                         b_msg.append(mi); b_dev.append(dev); b_spec.append(si); b_len.append(n_it)
                         r_ts.extend(t_col); r_val.extend(col)
@@ -255,7 +320,9 @@ class Codec:
                         continue
                 d = dev
                 if idf:
-                    did = it.get(idf, body.get(idf))
+                    did = _lookup(it, idf, paths.idf)
+                    if did is None and body is not it:
+                        did = _lookup(body, idf, paths.idf)
                     if type(did) is not str or not did or "\0" in did:
                         reject(mi, "bad_device_id", f"field {idf!r} must be a non-empty string without NUL, got {_short(did, 200)}")
                         continue
@@ -263,39 +330,47 @@ class Codec:
                     if why is not None:
                         reject(mi, why, f"device {did!r} on vendor {vendor!r}: {why}")
                         continue
-                t = it.get(tsf)
+                    if device_tz:
+                        m_tz[mi] = device_tz.get((vendor, did), paths.tz)
+                t = _lookup(it, tsf, paths.ts)
                 if t is None and body is not it:
-                    t = body.get(tsf)
+                    t = _lookup(body, tsf, paths.ts)
                 before = len(r_ts)
+                used = paths.used
                 for k, v in body.items():
                     si = fmap.get(k)
                     if si is None:
-                        if type(v) is dict:
-                            for k2, v2 in v.items():
-                                si = fmap.get(f"{k}.{k2}")
-                                if si is not None:
-                                    b_msg.append(mi); b_dev.append(d); b_spec.append(si); b_len.append(1)
-                                    r_ts.append(t); r_val.append(v2)
+                        if k not in used:
+                            unmapped[(vendor, k)] += 1
                         continue
                     b_msg.append(mi); b_dev.append(d); b_spec.append(si); b_len.append(1)
                     r_ts.append(t); r_val.append(v)
+                for key, path, si in paths.deep:  # nested fields ("data.battery.capacity_percent")
+                    if key not in body:
+                        v = _walk(body, path)
+                        if v is not _MISSING:
+                            b_msg.append(mi); b_dev.append(d); b_spec.append(si); b_len.append(1)
+                            r_ts.append(t); r_val.append(v)
                 got_pos = False
                 if pos:
-                    la = body.get(pos["lat"][0])
-                    lo = body.get(pos["lon"][0])
+                    pp = paths.pos
+                    la = _lookup(body, pos["lat"][0], pp["lat"])
+                    lo = _lookup(body, pos["lon"][0], pp["lon"])
                     if la is not None or lo is not None:
                         got_pos = True
                         p_msg.append(mi); p_dev.append(d); p_ts.append(t); p_lat.append(la); p_lon.append(lo)
                         sp = pos.get("speed")
                         al = pos.get("alt")
-                        sv = body.get(sp[0]) if sp else None
-                        av = body.get(al[0]) if al else None
+                        sv = _lookup(body, sp[0], pp["speed"]) if sp else None
+                        av = _lookup(body, al[0], pp["alt"]) if al else None
                         p_spd.append(sv * sp[1] if type(sv) in _NUM else (sv if sv is not None else np.nan))
                         p_alt.append(av * al[1] if type(av) in _NUM else (av if av is not None else np.nan))
                 if len(r_ts) == before and not got_pos:
                     reject(mi, "no_readings", f"no field of profile {vendor!r} in item (keys: {sorted(body)[:10]})")
 
         out = Decoded(SensorBatch.empty(), np.empty(0, np.int16), PositionBatch.empty(), dead, rejected)
+        if unmapped:
+            out.unmapped = self._bound_unmapped(unmapped)
         slow = None
         if r_ts:
             blen = np.array(b_len, np.int64)
@@ -309,6 +384,34 @@ class Codec:
         if p_msg:
             self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
         return out
+
+    def _bound_unmapped(self, unmapped: Counter) -> Counter:
+        """At most UNMAPPED_NAMES_PER_VENDOR distinct names per vendor (names come from outside);
+        the rest are counted as "other"."""
+        out: Counter = Counter()
+        for (vendor, name), n in unmapped.items():
+            seen = self._unmapped_names.setdefault(vendor, set())
+            if name not in seen:
+                if len(seen) >= UNMAPPED_NAMES_PER_VENDOR:
+                    name = "other"
+                else:
+                    name = name[:64]
+                    seen.add(name)
+            out[(vendor, name)] += n
+        return out
+
+    @staticmethod
+    def _count_fast_unmapped(payload: bytes, vendor: str, paths: "_Paths", unmapped: Counter, rows: int) -> None:
+        """The recogniser skips keys it does not know: count them from the first object's keys
+        (every object of an accepted message has the same keys)."""
+        end = payload.find(b"}")
+        keys = [k.decode("ascii", "replace") for k in _KEY.findall(payload, 0, end)]
+        extra = [k for k in keys if k not in paths.used]
+        if extra:
+            known = len(keys) - len(extra) - 1  # numeric fields per object (less the timestamp)
+            items = rows // known if known > 0 else 0
+            for k in extra:
+                unmapped[(vendor, k)] += items
 
     def _topic_device_refused(self, device: str, vendor: str, why: str) -> str:
         d = self.directory
@@ -398,7 +501,7 @@ class Codec:
                     ts[i] = m_recv[mi[i]]
                     missing += 1
                 elif tv is str:
-                    ms = _iso_ms(v)
+                    ms = _iso_ms(v, self._m_tz[mi[i]])
                     if ms is None:
                         ts[i] = np.nan
                         if keep[i]:
@@ -554,8 +657,8 @@ def _columns(items: list, tsf: str, fmap: dict[str, int], pos: dict):
     first = items[0]
     if type(first) is not dict or (pos and (pos["lat"][0] in first or pos["lon"][0] in first)):
         return None
-    if any("." in k for k in fmap):  # nested fields ("a.b") are looked up by the item path only
-        return None
+    if any("." in k for k in fmap) or "." in tsf or any("." in v[0] for v in pos.values()):
+        return None  # dotted paths ("a.b") are looked up by the item path only
     nk = len(first)
     try:
         if set(map(len, items)) != {nk}:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from gridwatch.config import GridwatchConfig, RuleConfig
-from gridwatch.hw.profiles import METRICS, load_profiles
+from gridwatch.hw.profiles import METRICS, load_profiles, parse_timezone
 from gridwatch.ingest.codec import Codec, Decoded, Message
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.observability import Counters
@@ -68,7 +68,8 @@ class Pipeline:
         self.codec = Codec(load_profiles([cfg.resolve(d) for d in cfg.ingest.profile_dirs]), self.directory,
                            max_payload_bytes=cfg.ingest.max_payload_bytes,
                            max_future_skew_s=cfg.ingest.max_future_skew_s, max_age_s=cfg.ingest.max_age_s,
-                           max_topic_bytes=cfg.ingest.max_topic_bytes)
+                           max_topic_bytes=cfg.ingest.max_topic_bytes,
+                           device_timezones={(d.vendor, d.id): parse_timezone(d.timezone) for d in cfg.devices if d.timezone})
         geo = None
         if cfg.regions.geojson:
             geo = json.loads(Path(cfg.resolve(cfg.regions.geojson)).read_text(encoding="utf-8"))
@@ -169,6 +170,8 @@ class Pipeline:
                 log.debug("rejected input", extra={"fields": {"topic": d.source, "reason": d.reason, "detail": d.detail}})
         if dec.no_timestamp:
             c.add(src, "readings_without_timestamp", dec.no_timestamp)
+        for (vendor, name), n in dec.unmapped.items():  # fields no profile key maps: dropped, so counted
+            c.drop(f"profile:{vendor}", f"unmapped:{name}", n)
         if len(s):
             c.set(src, "lag_ms", float(b.now_ms - s.ts.max()))
         c.add("warnings", "events", len(b.events))
