@@ -53,7 +53,11 @@ _KEY = re.compile(rb'"([^"\\]*)"\s*:')
 class Message:
     """One inbound message. ``token`` is what the collector needs to acknowledge it (an MQTT mid).
     ``reject``: (reason, detail) of an input its collector already found bad (a JT/T 808 frame
-    with a wrong checksum ...): decoded straight into a dead letter with that reason."""
+    with a wrong checksum ...): decoded straight into a dead letter with that reason.
+    ``positions``: for a binary protocol's bulk of position fixes (JT/T 808 location reports),
+    ``positions(payload)`` -> (vendor, kind, device ids (one, or one per fix), ts ms, lat, lon,
+    speed km/h, altitude m (arrays), [(row, reason, detail)] of bad ones); the fixes then take
+    the same checks (device directory, types, ranges, timestamps, duplicates) as JSON ones."""
 
     topic: str
     payload: bytes
@@ -61,6 +65,7 @@ class Message:
     token: object = None
     size: int = -1  # the payload's size as received, where the collector kept only its first bytes
     reject: tuple[str, str] | None = None
+    positions: object = None
 
 
 @dataclass(slots=True)
@@ -258,6 +263,10 @@ class Codec:
             if msg.reject is not None:
                 reject(mi, *msg.reject)
                 continue
+            if msg.positions is not None:
+                m_unit[mi] = _UNIT_CODE["ms"]
+                self._binary_positions(mi, msg, reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
+                continue
             route = self._route(msg.topic)
             if route[0] is not None:
                 reject(mi, route[0], route[1])
@@ -384,6 +393,45 @@ class Codec:
         if p_msg:
             self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
         return out
+
+    def _binary_positions(self, mi: int, msg: Message, reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt) -> None:
+        vendor, kind, devs, ts, lat, lon, spd, alt, bad = msg.positions(msg.payload)
+        for _, reason, detail in bad:
+            reject(mi, reason, detail)
+        n = len(ts)
+        if not n:
+            return
+        if vendor not in self.profiles:
+            for _ in range(n):
+                reject(mi, "unknown_vendor", f"no device profile for vendor {vendor!r}")
+            return
+        keep = None
+        if len(devs) == 1:
+            d, why = self.directory.resolve(devs[0], vendor, kind)
+            if why is not None:
+                for _ in range(n):
+                    reject(mi, why, self._topic_device_refused(devs[0], vendor, why))
+                return
+            slots = [d] * n
+        else:
+            slots, keep = [], []
+            for i, did in enumerate(devs):
+                d, why = self.directory.resolve(did, vendor, kind)
+                if why is not None:
+                    reject(mi, why, self._topic_device_refused(did, vendor, why))
+                else:
+                    slots.append(d)
+                    keep.append(i)
+            if len(keep) < n:
+                ts, lat, lon, spd, alt = ts[keep], lat[keep], lon[keep], spd[keep], alt[keep]
+                n = len(keep)
+        p_msg.extend([mi] * n)
+        p_dev.extend(slots)
+        p_ts.extend(ts.tolist())
+        p_lat.extend(lat.tolist())
+        p_lon.extend(lon.tolist())
+        p_spd.extend(spd.tolist())
+        p_alt.extend(alt.tolist())
 
     def _bound_unmapped(self, unmapped: Counter) -> Counter:
         """At most UNMAPPED_NAMES_PER_VENDOR distinct names per vendor (names come from outside);

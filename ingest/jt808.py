@@ -57,9 +57,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from gridwatch.ingest.codec import Message
@@ -260,6 +261,161 @@ class _Reassembly:
         self.raw = b""
 
 
+class _Chunk:
+    """Plain location reports (unescaped) of one connection from one read, decoded in bulk with numpy on the
+    pipeline thread (:meth:`positions`, called by the codec) and answered in bulk after the commit
+    (:meth:`answers`, on the connection's loop)."""
+
+    __slots__ = ("conn", "n", "lens", "bad", "serial", "result", "phone_raw", "version", "mixed")
+
+    def __init__(self, conn: "_Conn", frames: list[bytes]) -> None:
+        self.conn = conn
+        self.n = len(frames)
+        self.lens = np.fromiter(map(len, frames), np.int64, self.n)
+        self.bad = 0
+        self.serial = self.result = None
+        self.phone_raw = None
+        self.version = None
+        self.mixed = None
+
+    def positions(self, payload: bytes):
+        """Codec hook: -> (vendor, kind, device ids (one or per row), ts ms, lat, lon, speed km/h,
+        altitude m, [(row, reason, detail)] rows to dead-letter); rows are only the fixes to store."""
+        c = self.conn.c
+        buf = np.frombuffer(payload, np.uint8)
+        lens = self.lens
+        n = self.n
+        starts = np.zeros(n, np.int64)
+        np.cumsum(lens[:-1], out=starts[1:])
+        ok = np.bitwise_xor.reduceat(buf, starts) == 0  # the checksum makes a frame's XOR zero
+        attrs = (buf[starts + 2].astype(np.int64) << 8) | buf[starts + 3]
+        v19 = (attrs & ATTR_2019) != 0
+        off = np.where(v19, 17, 12)
+        blen = attrs & ATTR_LEN
+        ok_len = (off + blen + 1 == lens)
+        at = np.minimum(starts + off, len(buf) - 28)
+        L = buf[at[:, None] + np.arange(28)].astype(np.int64)
+        status = (L[:, 4] << 24) | (L[:, 5] << 16) | (L[:, 6] << 8) | L[:, 7]
+        lat = ((L[:, 8] << 24) | (L[:, 9] << 16) | (L[:, 10] << 8) | L[:, 11]) / 1e6
+        lon = ((L[:, 12] << 24) | (L[:, 13] << 16) | (L[:, 14] << 8) | L[:, 15]) / 1e6
+        alt = ((L[:, 16] << 8) | L[:, 17]).astype(np.float64)
+        spd = ((L[:, 18] << 8) | L[:, 19]) / 10.0
+        b = L[:, 22:28]
+        hi, lo = b >> 4, b & 15
+        digits_ok = ((hi <= 9) & (lo <= 9)).all(axis=1)
+        v = hi * 10 + lo
+        y, mo, d, h, mi, sec = 2000 + v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4], v[:, 5]
+        leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+        dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
+        time_ok = digits_ok & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= dim) & (h < 24) & (mi < 60) & (sec < 60)
+        # days from the civil date (proleptic Gregorian), then the terminal's zone
+        yy = y - (mo <= 2)
+        era = yy // 400
+        yoe = yy - era * 400
+        doy = (153 * np.where(mo > 2, mo - 3, mo + 9) + 2) // 5 + d - 1
+        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+        local_s = days * 86400 + h * 3600 + mi * 60 + sec
+        serial = (buf[starts + off - 2].astype(np.int64) << 8) | buf[starts + off - 1]
+        # the terminal: almost always one per connection; per row otherwise
+        p0 = int(starts[0])
+        first_v19 = bool(v19[0])
+        plen = 10 if first_v19 else 6
+        ph_at = np.where(v19, 5, 4)
+        same = (v19 == first_v19).all() and bool((buf[(starts + ph_at)[:, None] + np.arange(plen)] ==
+                                                 buf[p0 + (5 if first_v19 else 4) + np.arange(plen)]).all())
+        if same:
+            self.phone_raw = payload[p0 + (5 if first_v19 else 4):p0 + (15 if first_v19 else 10)]
+            self.version = int(buf[p0 + 4]) if first_v19 else None
+            phones = [phone_of(self.phone_raw)]
+        else:
+            raws = [payload[int(s) + (5 if w else 4):int(s) + (15 if w else 10)] for s, w in zip(starts.tolist(), v19.tolist())]
+            self.mixed = [(r, int(buf[int(s) + 4]) if w else None) for r, s, w in zip(raws, starts.tolist(), v19.tolist())]
+            phones = [phone_of(r) for r in raws]
+        ts = np.empty(n, np.float64)
+        for ph in (phones if same else sorted(set(phones))):
+            rows = slice(None) if same else np.array([p == ph for p in phones])
+            tz = c.tz_of(ph)
+            off_s = _tz_offsets(tz, local_s[rows] if not same else local_s, time_ok if same else time_ok[rows])
+            ts[rows] = (local_s[rows] - off_s) * 1000.0
+        good = ok & ok_len
+        positioned = (status & 2) != 0
+        lat = np.where(status & 4, -lat, lat)
+        lon = np.where(status & 8, -lon, lon)
+        store = good & time_ok & positioned
+        bad = []
+        for i in np.flatnonzero(~ok).tolist():
+            bad.append((i, "bad_checksum", f"frame {i + 1} of {n}: checksum does not match"))
+        for i in np.flatnonzero(ok & ~ok_len).tolist():
+            bad.append((i, "bad_frame", f"frame {i + 1} of {n}: body length {int(blen[i])} in the header, {int(lens[i] - off[i] - 1)} in the frame"))
+        for i in np.flatnonzero(good & ~time_ok).tolist():
+            bad.append((i, "bad_timestamp", f"frame {i + 1} of {n}: BCD time {bytes(b[i].astype(np.uint8)).hex()!r} is not a valid time"))
+        self.bad = int((~good).sum())
+        if self.bad:
+            c.counters.add(c.source, "bad_frames", self.bad)
+        unpos = int((good & time_ok & ~positioned).sum())
+        c.counters.add(c.source, "locations", int(store.sum()))
+        if unpos:
+            c.counters.add(c.source, "unpositioned", unpos)
+        # answers: OK for every good frame (stored or without a fix), "message error" for a bad time
+        self.serial = serial[good]
+        self.result = np.where(time_ok[good], OK, MESSAGE_ERROR).astype(np.uint8)
+        if not same:
+            self.mixed = [self.mixed[i] for i in np.flatnonzero(good).tolist()]
+        idx = np.flatnonzero(store)
+        devs = [c.device_of(phones[0])] if same else [c.device_of(phones[i]) for i in idx.tolist()]
+        return (c.cfg.vendor, c.cfg.device_kind, devs, ts[idx], lat[idx], lon[idx], spd[idx], alt[idx], bad)
+
+    def answers(self, conn: "_Conn") -> bytes:
+        """The 0x8001 frames of this chunk (on the loop: the connection's serial numbers)."""
+        if self.serial is None or not len(self.serial):
+            return b""
+        if self.mixed is not None:
+            return b"".join(conn.frame(v, r, P_GENERAL_RESPONSE, general_response(int(s), T_LOCATION, int(res)))
+                            for (r, v), s, res in zip(self.mixed, self.serial.tolist(), self.result.tolist()))
+        k = len(self.serial)
+        out_serial = (conn.out_serial + 1 + np.arange(k)) & 0xFFFF
+        conn.out_serial = int(out_serial[-1])
+        head = _HH.pack(P_GENERAL_RESPONSE, 5 | (ATTR_2019 if self.version is not None else 0))
+        if self.version is not None:
+            head += bytes([self.version])
+        head += self.phone_raw
+        w = len(head)
+        m = np.empty((k, w + 8), np.uint8)
+        m[:, :w] = np.frombuffer(head, np.uint8)
+        m[:, w] = out_serial >> 8
+        m[:, w + 1] = out_serial & 0xFF
+        m[:, w + 2] = self.serial >> 8
+        m[:, w + 3] = self.serial & 0xFF
+        m[:, w + 4] = T_LOCATION >> 8
+        m[:, w + 5] = T_LOCATION & 0xFF
+        m[:, w + 6] = self.result
+        m[:, w + 7] = np.bitwise_xor.reduce(m[:, :w + 7], axis=1)
+        dirty = ((m == 0x7D) | (m == 0x7E)).any(axis=1)
+        clean = m[~dirty]
+        framed = np.empty((clean.shape[0], w + 10), np.uint8)
+        framed[:, 0] = framed[:, -1] = FLAG
+        framed[:, 1:-1] = clean
+        out = framed.tobytes()
+        if dirty.any():
+            out += b"".join(b"\x7e" + escape(row.tobytes()) + b"\x7e" for row in m[dirty])
+        return out
+
+
+_DAYS_IN_MONTH = np.array([31, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)  # [0] unused
+
+
+def _tz_offsets(tz: tzinfo, local_s: np.ndarray, valid: np.ndarray) -> np.ndarray | int:
+    """UTC offsets (s) of local wall-clock times (epoch-like seconds) in ``tz``: one call per
+    distinct local hour (a batch spans few)."""
+    if isinstance(tz, timezone):
+        return int(tz.utcoffset(None).total_seconds())
+    hours = np.where(valid, local_s // 3600, 0)
+    uniq, inv = np.unique(hours, return_inverse=True)
+    offs = np.array([int(tz.utcoffset(datetime(1970, 1, 1) + timedelta(hours=int(hh))).total_seconds()) for hh in uniq.tolist()],
+                    np.int64)
+    return offs[inv]
+
+
 # --- connections -------------------------------------------------------------------------
 class _Conn(asyncio.Protocol):
     def __init__(self, c: "Jt808Collector") -> None:
@@ -276,6 +432,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False
         self.out_serial = 0
         self.authed: set[str] = set()
+        self.authed_raw: set[bytes] = set()  # the same terminals' BCD phone fields
         self.reasm: dict[tuple, _Reassembly] = {}
 
     # asyncio callbacks
@@ -338,6 +495,7 @@ class _Conn(asyncio.Protocol):
         buf += data
         pos = 0
         n = len(buf)
+        fast: list[bytes] = []
         while pos < n:
             s = buf.find(FLAG, pos)
             if s != pos:
@@ -360,12 +518,32 @@ class _Conn(asyncio.Protocol):
                 pos = e
                 continue
             raw = bytes(buf[s + 1:e])
+            # the common case, a plain location report (2013 or 2019, not sub-packaged, nothing
+            # escaped) of an authenticated terminal, is only collected here: it is decoded, checked
+            # and answered in bulk (see _Chunk)
+            if raw[0] == 0x02 and raw[1] == 0x00 and not raw[2] & 0x3C:
+                plain = raw
+                if 0x7D in raw:
+                    try:
+                        plain = unescape(raw)
+                    except FrameError:
+                        plain = b""
+                if len(plain) >= 41 and (not c.cfg.require_auth
+                                         or (plain[5:15] if plain[2] & 0x40 else plain[4:10]) in self.authed_raw):
+                    fast.append(plain)
+                    pos = e + 1
+                    continue
+            if fast:
+                self._flush(fast)
+                fast = []
             if self._frame(raw):
                 pos = e + 1
             else:
                 pos = e  # a bad frame's closing flag may open the next good one
                 if self.closed:
                     return
+        if fast:
+            self._flush(fast)
         if pos:
             del buf[:pos]
         if buf:
@@ -378,6 +556,19 @@ class _Conn(asyncio.Protocol):
                 self.frame_started = time.monotonic()
         else:
             self.frame_started = 0.0
+
+    def _flush(self, frames: list[bytes]) -> None:
+        c = self.c
+        self.bad_streak = self.garbage = 0  # a bad checksum among them is counted when decoded
+        self.last_frame = time.monotonic()
+        self.frame_started = 0.0
+        c.counters.add(c.source, "frames", len(frames))
+        chunk = _Chunk(self, frames)
+        c.put(Message(f"jt808/{self.peer}", b"".join(frames), time.time_ns() // 1_000_000, chunk, None, chunk.positions))
+        self.pending += len(frames)
+        if self.pending >= c.cfg.max_pending_per_connection:
+            c.counters.add(c.source, "read_pauses")
+            self._pause(1)
 
     # frames
     def _frame(self, raw: bytes) -> bool:
@@ -494,6 +685,7 @@ class _Conn(asyncio.Protocol):
                 code = body
             if hmac.compare_digest(code, c.auth_code(phone).encode()):
                 self.authed.add(phone)
+                self.authed_raw.add(phone_raw)
                 c.counters.add(c.source, "authentications")
                 result = OK
             else:
@@ -501,6 +693,7 @@ class _Conn(asyncio.Protocol):
                 result = FAILURE
         elif msg_id == T_LOGOUT:
             self.authed.discard(phone)
+            self.authed_raw.discard(phone_raw)
             result = OK
         elif msg_id == T_GENERAL_RESPONSE:
             return
@@ -619,7 +812,20 @@ class Jt808Collector:
     def _send_acks(self, tokens: list) -> None:
         per_conn: dict[_Conn, list[bytes]] = {}
         stale = 0
-        for conn, version, phone_raw, msg_id, serials in tokens:
+        for tok in tokens:
+            if type(tok) is _Chunk:
+                conn = tok.conn
+                conn.pending -= tok.n
+                if tok.bad:
+                    conn.bad_streak += tok.bad
+                    if conn.bad_streak >= self.cfg.max_bad_frames:
+                        conn.close("dropped_bad_frames")
+                if conn.closed:
+                    stale += tok.n
+                    continue
+                per_conn.setdefault(conn, []).append(tok.answers(conn))
+                continue
+            conn, version, phone_raw, msg_id, serials = tok
             conn.pending -= 1
             if conn.closed:
                 stale += 1

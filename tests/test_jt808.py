@@ -306,3 +306,72 @@ def test_config_errors_name_the_key(tmp_path):
 def test_batch_body_layout():
     b = batch_body([b"x" * 28, b"y" * 30])
     assert struct.unpack_from(">HB", b) == (2, 0) and len(b) == 3 + 2 + 28 + 2 + 30
+
+
+
+def test_escaped_serials_and_a_bad_bcd_time(tmp_path):
+    """Serial numbers holding 0x7d/0x7e (escaped in the report and in its answer) and a report whose
+    BCD time is not a time (answered 'message error', dead-lettered), in one write."""
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        now = time.time()
+
+        async def go():
+            a = await Terminal("13800000041").connect(gw.port)
+            await a.login()
+            a.serial = 0x7D7C  # the next ones are 0x7d7d, 0x7d7e, 0x7d7f, 0x7d80
+            bad_time = location_body(now - 40, LAT, LON)
+            bad_time = bad_time[:22] + bytes.fromhex("241341256199") + bad_time[28:]
+            bodies = [location_body(now - 50 + j, LAT, LON) for j in range(3)] + [bad_time]
+            serials = [a.next_serial() for _ in bodies]
+            a.writer.write(b"".join(frame(0x0200, body, a.phone, s) for body, s in zip(bodies, serials)))
+            got = sorted([await a.general_response() for _ in range(4)])
+            assert got == sorted([(s, 0x0200, 0) for s in serials[:3]] + [(serials[3], 0x0200, 2)])
+            await a.close()
+
+        asyncio.run(go())
+        assert len(gw.store.positions()["ts"]) == 3
+        assert wait_until(lambda: gw.store.dead_letter_counts().get("bad_timestamp")) == 1
+
+
+def test_two_terminals_multiplexed_on_one_connection(tmp_path):
+    """A gateway carrying a 2013 and a 2019 terminal on one connection, their reports in one write."""
+    from tests.jt808_sim import registration_body
+
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        now = time.time()
+
+        async def go():
+            r, w = await asyncio.open_connection("127.0.0.1", gw.port)
+            buf = b""
+
+            async def answer():
+                nonlocal buf
+                while True:
+                    s = buf.find(b"\x7e")
+                    e = buf.find(b"\x7e", s + 1)
+                    if s >= 0 and e > 0:
+                        raw, buf = unesc(buf[s + 1:e]), buf[e + 1:]
+                        msg_id, attrs = struct.unpack_from(">HH", raw)
+                        off = 17 if attrs & 0x4000 else 12
+                        phone = (raw[5:15] if attrs & 0x4000 else raw[4:10]).hex().lstrip("0")
+                        return msg_id, phone, raw[off:off + (attrs & 0x3FF)]
+                    buf += await asyncio.wait_for(r.read(65536), 10)
+
+            terms = [("13800000051", False), ("13800000052", True)]
+            for ph, v in terms:
+                w.write(frame(0x0100, registration_body("X", v), ph, 1, v))
+                msg_id, phone, body = await answer()
+                assert (msg_id, phone) == (0x8100, ph)
+                code = body[3:]
+                w.write(frame(0x0102, bytes([len(code)]) + code + b"0" * 35 if v else code, ph, 2, v))
+                msg_id, phone, body = await answer()
+                assert (msg_id, phone, body[4]) == (0x8001, ph, 0)
+            w.write(b"".join(frame(0x0200, location_body(now - 30 + j, LAT, LON), ph, 10 + j, v)
+                             for j in range(3) for ph, v in terms))
+            got = sorted([(await answer())[1:] for _ in range(6)])
+            assert got == sorted((ph, struct.pack(">HHB", 10 + j, 0x0200, 0)) for j in range(3) for ph, _ in terms)
+            w.close()
+
+        asyncio.run(go())
+        pos = gw.store.positions()
+        assert sorted(pos["device"].tolist()) == ["13800000051"] * 3 + ["13800000052"] * 3
