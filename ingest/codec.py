@@ -16,7 +16,12 @@ becomes a :class:`~gridwatch.records.DeadLetter` with a reason code and an expla
 
 Reason codes: oversized, malformed_json, not_an_object, bad_topic, unknown_vendor, unknown_device,
 vendor_mismatch, device_limit, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
-out_of_range, future_timestamp, stale_timestamp, duplicate.
+out_of_range, future_timestamp, stale_timestamp, duplicate; from the JT/T 808 collector also
+bad_checksum, bad_escape, bad_frame, bad_body, bad_subpackage, subpackage_incomplete,
+unsynchronised, frame_timeout.
+
+Times: a zone-less ISO timestamp is read in the device's time zone (``[[devices]] timezone``), else
+its profile's, else UTC. Profile keys may be dotted paths into nested objects (see hw/profiles.py).
 
 JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float64 (1e999) are
 ``malformed_json``; ``non_finite`` catches values that overflow during unit conversion.
@@ -54,10 +59,11 @@ class Message:
     """One inbound message. ``token`` is what the collector needs to acknowledge it (an MQTT mid).
     ``reject``: (reason, detail) of an input its collector already found bad (a JT/T 808 frame
     with a wrong checksum ...): decoded straight into a dead letter with that reason.
-    ``positions``: for a binary protocol's bulk of position fixes (JT/T 808 location reports),
-    ``positions(payload)`` -> (vendor, kind, device ids (one, or one per fix), ts ms, lat, lon,
-    speed km/h, altitude m (arrays), [(row, reason, detail)] of bad ones); the fixes then take
-    the same checks (device directory, types, ranges, timestamps, duplicates) as JSON ones."""
+    ``positions``: for a binary protocol's position fixes (JT/T 808 location reports), a function
+    called once per batch with all its messages that carry it, returning per message (vendor,
+    kind, and per fix: device id, ts ms, lat, lon, speed km/h, altitude m (lists), then
+    [(row, reason, detail)] of bad ones); the fixes then take the same checks (device directory,
+    types, ranges, timestamps, duplicates) as JSON ones."""
 
     topic: str
     payload: bytes
@@ -254,6 +260,13 @@ class Codec:
         device_tz = self.device_tz
         resolve = self.directory.resolve
         fast_of, fast = self._recognise(messages)
+        binary: dict[int, tuple] = {}  # pre-decoded fixes of binary protocols, per message
+        hooks: dict = {}
+        for mi, msg in enumerate(messages):
+            if msg.positions is not None:
+                hooks.setdefault(msg.positions, []).append(mi)
+        for fn, mis in hooks.items():
+            binary.update(zip(mis, fn([messages[i] for i in mis])))
         f_msg: list[int] = []  # messages decoded by the recogniser: message, candidate, device
         f_cand: list[int] = []
         f_dev: list[int] = []
@@ -265,7 +278,7 @@ class Codec:
                 continue
             if msg.positions is not None:
                 m_unit[mi] = _UNIT_CODE["ms"]
-                self._binary_positions(mi, msg, reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
+                self._binary_positions(mi, binary[mi], reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
                 continue
             route = self._route(msg.topic)
             if route[0] is not None:
@@ -394,8 +407,8 @@ class Codec:
             self._finish_position(messages, out, reject, now_ms, m_unit, m_recv, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt)
         return out
 
-    def _binary_positions(self, mi: int, msg: Message, reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt) -> None:
-        vendor, kind, devs, ts, lat, lon, spd, alt, bad = msg.positions(msg.payload)
+    def _binary_positions(self, mi: int, fixes: tuple, reject, p_msg, p_dev, p_ts, p_lat, p_lon, p_spd, p_alt) -> None:
+        vendor, kind, devs, ts, lat, lon, spd, alt, bad = fixes
         for _, reason, detail in bad:
             reject(mi, reason, detail)
         n = len(ts)
@@ -405,33 +418,28 @@ class Codec:
             for _ in range(n):
                 reject(mi, "unknown_vendor", f"no device profile for vendor {vendor!r}")
             return
-        keep = None
-        if len(devs) == 1:
-            d, why = self.directory.resolve(devs[0], vendor, kind)
-            if why is not None:
-                for _ in range(n):
-                    reject(mi, why, self._topic_device_refused(devs[0], vendor, why))
-                return
-            slots = [d] * n
-        else:
-            slots, keep = [], []
-            for i, did in enumerate(devs):
-                d, why = self.directory.resolve(did, vendor, kind)
+        seen: dict[str, tuple] = {}
+        slots = []
+        for did in devs:
+            r = seen.get(did)
+            if r is None:
+                r = seen[did] = self.directory.resolve(did, vendor, kind)
+            slots.append(r[0])
+        if any(r[1] is not None for r in seen.values()):
+            keep = [i for i, s in enumerate(slots) if s >= 0]
+            for did in devs:
+                why = seen[did][1]
                 if why is not None:
                     reject(mi, why, self._topic_device_refused(did, vendor, why))
-                else:
-                    slots.append(d)
-                    keep.append(i)
-            if len(keep) < n:
-                ts, lat, lon, spd, alt = ts[keep], lat[keep], lon[keep], spd[keep], alt[keep]
-                n = len(keep)
+            slots, ts, lat, lon, spd, alt = ([col[i] for i in keep] for col in (slots, ts, lat, lon, spd, alt))
+            n = len(keep)
         p_msg.extend([mi] * n)
         p_dev.extend(slots)
-        p_ts.extend(ts.tolist())
-        p_lat.extend(lat.tolist())
-        p_lon.extend(lon.tolist())
-        p_spd.extend(spd.tolist())
-        p_alt.extend(alt.tolist())
+        p_ts.extend(ts)
+        p_lat.extend(lat)
+        p_lon.extend(lon)
+        p_spd.extend(spd)
+        p_alt.extend(alt)
 
     def _bound_unmapped(self, unmapped: Counter) -> Counter:
         """At most UNMAPPED_NAMES_PER_VENDOR distinct names per vendor (names come from outside);

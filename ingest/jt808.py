@@ -262,108 +262,21 @@ class _Reassembly:
 
 
 class _Chunk:
-    """Plain location reports (unescaped) of one connection from one read, decoded in bulk with numpy on the
-    pipeline thread (:meth:`positions`, called by the codec) and answered in bulk after the commit
-    (:meth:`answers`, on the connection's loop)."""
+    """Plain location reports (unescaped) of one connection from one read. All chunks of a pipeline
+    batch are decoded together with numpy on the pipeline thread (:func:`decode_chunks`, called by
+    the codec) and each is answered in bulk after the commit (:meth:`answers`, on the loop)."""
 
     __slots__ = ("conn", "n", "lens", "bad", "serial", "result", "phone_raw", "version", "mixed")
 
     def __init__(self, conn: "_Conn", frames: list[bytes]) -> None:
         self.conn = conn
         self.n = len(frames)
-        self.lens = np.fromiter(map(len, frames), np.int64, self.n)
+        self.lens = list(map(len, frames))
         self.bad = 0
         self.serial = self.result = None
         self.phone_raw = None
         self.version = None
         self.mixed = None
-
-    def positions(self, payload: bytes):
-        """Codec hook: -> (vendor, kind, device ids (one or per row), ts ms, lat, lon, speed km/h,
-        altitude m, [(row, reason, detail)] rows to dead-letter); rows are only the fixes to store."""
-        c = self.conn.c
-        buf = np.frombuffer(payload, np.uint8)
-        lens = self.lens
-        n = self.n
-        starts = np.zeros(n, np.int64)
-        np.cumsum(lens[:-1], out=starts[1:])
-        ok = np.bitwise_xor.reduceat(buf, starts) == 0  # the checksum makes a frame's XOR zero
-        attrs = (buf[starts + 2].astype(np.int64) << 8) | buf[starts + 3]
-        v19 = (attrs & ATTR_2019) != 0
-        off = np.where(v19, 17, 12)
-        blen = attrs & ATTR_LEN
-        ok_len = (off + blen + 1 == lens)
-        at = np.minimum(starts + off, len(buf) - 28)
-        L = buf[at[:, None] + np.arange(28)].astype(np.int64)
-        status = (L[:, 4] << 24) | (L[:, 5] << 16) | (L[:, 6] << 8) | L[:, 7]
-        lat = ((L[:, 8] << 24) | (L[:, 9] << 16) | (L[:, 10] << 8) | L[:, 11]) / 1e6
-        lon = ((L[:, 12] << 24) | (L[:, 13] << 16) | (L[:, 14] << 8) | L[:, 15]) / 1e6
-        alt = ((L[:, 16] << 8) | L[:, 17]).astype(np.float64)
-        spd = ((L[:, 18] << 8) | L[:, 19]) / 10.0
-        b = L[:, 22:28]
-        hi, lo = b >> 4, b & 15
-        digits_ok = ((hi <= 9) & (lo <= 9)).all(axis=1)
-        v = hi * 10 + lo
-        y, mo, d, h, mi, sec = 2000 + v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4], v[:, 5]
-        leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
-        dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
-        time_ok = digits_ok & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= dim) & (h < 24) & (mi < 60) & (sec < 60)
-        # days from the civil date (proleptic Gregorian), then the terminal's zone
-        yy = y - (mo <= 2)
-        era = yy // 400
-        yoe = yy - era * 400
-        doy = (153 * np.where(mo > 2, mo - 3, mo + 9) + 2) // 5 + d - 1
-        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-        local_s = days * 86400 + h * 3600 + mi * 60 + sec
-        serial = (buf[starts + off - 2].astype(np.int64) << 8) | buf[starts + off - 1]
-        # the terminal: almost always one per connection; per row otherwise
-        p0 = int(starts[0])
-        first_v19 = bool(v19[0])
-        plen = 10 if first_v19 else 6
-        ph_at = np.where(v19, 5, 4)
-        same = (v19 == first_v19).all() and bool((buf[(starts + ph_at)[:, None] + np.arange(plen)] ==
-                                                 buf[p0 + (5 if first_v19 else 4) + np.arange(plen)]).all())
-        if same:
-            self.phone_raw = payload[p0 + (5 if first_v19 else 4):p0 + (15 if first_v19 else 10)]
-            self.version = int(buf[p0 + 4]) if first_v19 else None
-            phones = [phone_of(self.phone_raw)]
-        else:
-            raws = [payload[int(s) + (5 if w else 4):int(s) + (15 if w else 10)] for s, w in zip(starts.tolist(), v19.tolist())]
-            self.mixed = [(r, int(buf[int(s) + 4]) if w else None) for r, s, w in zip(raws, starts.tolist(), v19.tolist())]
-            phones = [phone_of(r) for r in raws]
-        ts = np.empty(n, np.float64)
-        for ph in (phones if same else sorted(set(phones))):
-            rows = slice(None) if same else np.array([p == ph for p in phones])
-            tz = c.tz_of(ph)
-            off_s = _tz_offsets(tz, local_s[rows] if not same else local_s, time_ok if same else time_ok[rows])
-            ts[rows] = (local_s[rows] - off_s) * 1000.0
-        good = ok & ok_len
-        positioned = (status & 2) != 0
-        lat = np.where(status & 4, -lat, lat)
-        lon = np.where(status & 8, -lon, lon)
-        store = good & time_ok & positioned
-        bad = []
-        for i in np.flatnonzero(~ok).tolist():
-            bad.append((i, "bad_checksum", f"frame {i + 1} of {n}: checksum does not match"))
-        for i in np.flatnonzero(ok & ~ok_len).tolist():
-            bad.append((i, "bad_frame", f"frame {i + 1} of {n}: body length {int(blen[i])} in the header, {int(lens[i] - off[i] - 1)} in the frame"))
-        for i in np.flatnonzero(good & ~time_ok).tolist():
-            bad.append((i, "bad_timestamp", f"frame {i + 1} of {n}: BCD time {bytes(b[i].astype(np.uint8)).hex()!r} is not a valid time"))
-        self.bad = int((~good).sum())
-        if self.bad:
-            c.counters.add(c.source, "bad_frames", self.bad)
-        unpos = int((good & time_ok & ~positioned).sum())
-        c.counters.add(c.source, "locations", int(store.sum()))
-        if unpos:
-            c.counters.add(c.source, "unpositioned", unpos)
-        # answers: OK for every good frame (stored or without a fix), "message error" for a bad time
-        self.serial = serial[good]
-        self.result = np.where(time_ok[good], OK, MESSAGE_ERROR).astype(np.uint8)
-        if not same:
-            self.mixed = [self.mixed[i] for i in np.flatnonzero(good).tolist()]
-        idx = np.flatnonzero(store)
-        devs = [c.device_of(phones[0])] if same else [c.device_of(phones[i]) for i in idx.tolist()]
-        return (c.cfg.vendor, c.cfg.device_kind, devs, ts[idx], lat[idx], lon[idx], spd[idx], alt[idx], bad)
 
     def answers(self, conn: "_Conn") -> bytes:
         """The 0x8001 frames of this chunk (on the loop: the connection's serial numbers)."""
@@ -399,6 +312,121 @@ class _Chunk:
         if dirty.any():
             out += b"".join(b"\x7e" + escape(row.tobytes()) + b"\x7e" for row in m[dirty])
         return out
+
+
+def decode_chunks(msgs: list[Message]) -> list[tuple]:
+    """Codec hook (``Message.positions``): the location reports of every chunk of a batch, decoded
+    at once. Per message: (vendor, kind, device id per fix, ts ms, lat, lon, speed km/h, altitude
+    m (lists), [(frame, reason, detail)] to dead-letter); only fixes to store are listed. Each
+    chunk keeps what its answers need (serials, results, the terminal's header fields)."""
+    chunks: list[_Chunk] = [m.token for m in msgs]
+    c = chunks[0].conn.c
+    payload = b"".join(m.payload for m in msgs)
+    buf = np.frombuffer(payload, np.uint8)
+    lens = np.fromiter((x for ch in chunks for x in ch.lens), np.int64)
+    n = len(lens)
+    per_chunk = np.fromiter((ch.n for ch in chunks), np.int64, len(chunks))
+    first = np.zeros(len(chunks) + 1, np.int64)  # frame index where each chunk starts
+    np.cumsum(per_chunk, out=first[1:])
+    starts = np.zeros(n, np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    ok = np.bitwise_xor.reduceat(buf, starts) == 0  # the checksum makes a frame's XOR zero
+    attrs = (buf[starts + 2].astype(np.int64) << 8) | buf[starts + 3]
+    v19 = (attrs & ATTR_2019) != 0
+    off = np.where(v19, 17, 12)
+    blen = attrs & ATTR_LEN
+    ok_len = off + blen + 1 == lens
+    at = np.minimum(starts + off, len(buf) - 28)
+    L = buf[at[:, None] + np.arange(28)].astype(np.int64)
+    status = (L[:, 4] << 24) | (L[:, 5] << 16) | (L[:, 6] << 8) | L[:, 7]
+    lat = ((L[:, 8] << 24) | (L[:, 9] << 16) | (L[:, 10] << 8) | L[:, 11]) / 1e6
+    lon = ((L[:, 12] << 24) | (L[:, 13] << 16) | (L[:, 14] << 8) | L[:, 15]) / 1e6
+    lat = np.where(status & 4, -lat, lat)
+    lon = np.where(status & 8, -lon, lon)
+    alt = ((L[:, 16] << 8) | L[:, 17]).astype(np.float64)
+    spd = ((L[:, 18] << 8) | L[:, 19]) / 10.0
+    b = L[:, 22:28]
+    hi, lo = b >> 4, b & 15
+    v = hi * 10 + lo
+    y, mo, d, h, mi, sec = 2000 + v[:, 0], v[:, 1], v[:, 2], v[:, 3], v[:, 4], v[:, 5]
+    leap = ((y % 4 == 0) & (y % 100 != 0)) | (y % 400 == 0)
+    dim = _DAYS_IN_MONTH[np.clip(mo, 0, 12)] + ((mo == 2) & leap)
+    time_ok = (((hi <= 9) & (lo <= 9)).all(axis=1) & (mo >= 1) & (mo <= 12) & (d >= 1) & (d <= dim)
+               & (h < 24) & (mi < 60) & (sec < 60))
+    yy = y - (mo <= 2)  # days from the civil date (proleptic Gregorian)
+    era = yy // 400
+    yoe = yy - era * 400
+    doy = (153 * np.where(mo > 2, mo - 3, mo + 9) + 2) // 5 + d - 1
+    local_s = (era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468) * 86400 + h * 3600 + mi * 60 + sec
+    serial = (buf[starts + off - 2].astype(np.int64) << 8) | buf[starts + off - 1]
+    # the terminals: BCD phone fields, the 2013 ones left-padded to the 2019 width (same digits)
+    ph = np.zeros((n, 10), np.uint8)
+    ph[:, 4:] = buf[(starts + 4)[:, None] + np.arange(6)]
+    if v19.any():
+        r = np.flatnonzero(v19)
+        ph[r] = buf[(starts[r] + 5)[:, None] + np.arange(10)]
+    keys, inv = np.unique(ph.view("V10").ravel(), return_inverse=True)
+    dev_of, ts = [], np.empty(n, np.float64)
+    for k, key in enumerate(keys.tolist()):
+        phone = phone_of(bytes(key))
+        dev_of.append(c.device_of(phone))
+        rows = inv == k if len(keys) > 1 else slice(None)
+        ts[rows] = (local_s[rows] - _tz_offsets(c.tz_of(phone), local_s[rows], time_ok[rows])) * 1000.0
+    dev_of = np.array(dev_of, dtype=object)
+    good = ok & ok_len
+    positioned = (status & 2) != 0
+    store = good & time_ok & positioned
+    c.counters.add(c.source, "locations", int(store.sum()))
+    unpos = int((good & time_ok & ~positioned).sum())
+    if unpos:
+        c.counters.add(c.source, "unpositioned", unpos)
+    # the fixes to store, as lists, cut per chunk
+    sidx = np.flatnonzero(store)
+    scut = np.searchsorted(sidx, first).tolist()
+    cols = [dev_of[inv[sidx]].tolist(), ts[sidx].tolist(), lat[sidx].tolist(), lon[sidx].tolist(), spd[sidx].tolist(),
+            alt[sidx].tolist()]
+    # answers: OK for every good frame (stored or without a fix), "message error" for a bad time
+    gidx = np.flatnonzero(good)
+    gcut = np.searchsorted(gidx, first).tolist()
+    g_serial = serial[gidx]
+    g_result = np.where(time_ok[gidx], OK, MESSAGE_ERROR).astype(np.uint8)
+    change = np.flatnonzero((inv[1:] != inv[:-1]) | (v19[1:] != v19[:-1])) + 1  # a frame of another terminal
+    bad: list[list] = [[] for _ in chunks]
+    nbad = np.zeros(len(chunks), np.int64)
+    for i in np.flatnonzero(~good | ~time_ok).tolist():
+        k = int(np.searchsorted(first, i, "right")) - 1
+        j = i - int(first[k]) + 1
+        if not ok[i]:
+            bad[k].append((i, "bad_checksum", f"frame {j} of {chunks[k].n}: checksum does not match"))
+        elif not ok_len[i]:
+            bad[k].append((i, "bad_frame", f"frame {j} of {chunks[k].n}: body length {int(blen[i])} in the header, "
+                                           f"{int(lens[i] - off[i] - 1)} in the frame"))
+        else:
+            bad[k].append((i, "bad_timestamp", f"frame {j} of {chunks[k].n}: BCD time {bytes(b[i].astype(np.uint8)).hex()!r} "
+                                               "is not a valid time"))
+        if not good[i]:
+            nbad[k] += 1
+    if nbad.any():
+        c.counters.add(c.source, "bad_frames", int(nbad.sum()))
+    vendor, kind = c.cfg.vendor, c.cfg.device_kind
+    out = []
+    for k, ch in enumerate(chunks):
+        f0, f1 = int(first[k]), int(first[k + 1])
+        ch.bad = int(nbad[k])
+        g0, g1 = gcut[k], gcut[k + 1]
+        ch.serial, ch.result = g_serial[g0:g1], g_result[g0:g1]
+        p0 = int(starts[f0])
+        if np.searchsorted(change, f0, "right") == np.searchsorted(change, f1 - 1, "right"):  # one terminal
+            w = bool(v19[f0])
+            ch.phone_raw = payload[p0 + (5 if w else 4):p0 + (15 if w else 10)]
+            ch.version = int(buf[p0 + 4]) if w else None
+            ch.mixed = None
+        else:
+            ch.mixed = [(payload[int(starts[i]) + (5 if v19[i] else 4):int(starts[i]) + (15 if v19[i] else 10)],
+                         int(buf[int(starts[i]) + 4]) if v19[i] else None) for i in gidx[g0:g1].tolist()]
+        s0, s1 = scut[k], scut[k + 1]
+        out.append((vendor, kind, *(col[s0:s1] for col in cols), bad[k]))
+    return out
 
 
 _DAYS_IN_MONTH = np.array([31, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int64)  # [0] unused
@@ -563,8 +591,8 @@ class _Conn(asyncio.Protocol):
         self.last_frame = time.monotonic()
         self.frame_started = 0.0
         c.counters.add(c.source, "frames", len(frames))
-        chunk = _Chunk(self, frames)
-        c.put(Message(f"jt808/{self.peer}", b"".join(frames), time.time_ns() // 1_000_000, chunk, None, chunk.positions))
+        c.put(Message(f"jt808/{self.peer}", b"".join(frames), time.time_ns() // 1_000_000, _Chunk(self, frames), None,
+                      decode_chunks))
         self.pending += len(frames)
         if self.pending >= c.cfg.max_pending_per_connection:
             c.counters.add(c.source, "read_pauses")
