@@ -208,8 +208,9 @@ def location(body: bytes, tz: tzinfo, off: int = 0, n: int | None = None) -> dic
             "dir": direction, "alarm": alarm, "status": status}
 
 
-def locations_batch(body: bytes, tz: tzinfo) -> list[dict]:
-    """0x0704 body: count (WORD), type (BYTE), then items of length (WORD) + location report."""
+def locations_batch(body: bytes, tz: tzinfo) -> tuple[list[dict], int]:
+    """0x0704 body: count (WORD), type (BYTE), then items of length (WORD) + location report.
+    -> (the positioned fixes, how many items had no fix)."""
     if len(body) < 3:
         raise FrameError("bad_body", "batch location upload shorter than 3 bytes")
     count = _H.unpack_from(body, 0)[0]
@@ -225,7 +226,7 @@ def locations_batch(body: bytes, tz: tzinfo) -> list[dict]:
         if loc is not None:
             out.append(loc)
         off += n
-    return out
+    return out, count - len(out)
 
 
 def general_response(serial: int, msg_id: int, result: int) -> bytes:
@@ -679,12 +680,13 @@ class _Conn(asyncio.Protocol):
             tz = c.tz_of(phone)
             if msg_id == T_LOCATION:
                 loc = location(body, tz)
-                items = [loc] if loc is not None else []
+                items, unpositioned = ([loc], 0) if loc is not None else ([], 1)
             else:
-                items = locations_batch(body, tz)
+                items, unpositioned = locations_batch(body, tz)
             c.counters.add(c.source, "locations", len(items))
+            if unpositioned:
+                c.counters.add(c.source, "unpositioned", unpositioned)
             if not items:  # no fix: nothing to store, nothing to wait for
-                c.counters.add(c.source, "unpositioned")
                 self.reply(version, phone_raw, P_GENERAL_RESPONSE, b"".join(general_response(s, msg_id, OK) for s in serials))
                 return
             payload = orjson.dumps(items[0] if msg_id == T_LOCATION else items)

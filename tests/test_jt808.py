@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from gridwatch.ingest import jt808
 from gridwatch.streams.store import Store
 from tests.helpers import RuntimeThread, wait_until
-from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all
+from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all  # noqa: F401
 
 LAT, LON = 30.5728, 114.2839  # somewhere in Wuhan
 
@@ -375,3 +375,103 @@ def test_two_terminals_multiplexed_on_one_connection(tmp_path):
         asyncio.run(go())
         pos = gw.store.positions()
         assert sorted(pos["device"].tolist()) == ["13800000051"] * 3 + ["13800000052"] * 3
+
+
+def test_back_pressure_when_the_pipeline_falls_behind(tmp_path):
+    """With the commit held, the inbox (bound 10) and a connection's pending reports (bound 8) fill:
+    reading pauses (counted) instead of buffering; released, every report is stored and answered."""
+    with Gw(_cfg(tmp_path, inbox_max_messages=10, max_pending_per_connection=8), tmp_path) as gw:
+        release = threading.Event()
+        real_commit = gw.rt.store.commit
+        gw.rt.store.commit = lambda *a, **kw: (release.wait(20), real_commit(*a, **kw))[1]
+        now = time.time()
+
+        async def go():
+            ts = [await Terminal(f"1350000{i:04d}").connect(gw.port) for i in range(6)]
+            for t in ts:
+                await t.login()
+            for j in range(30):  # one report per write: each read is its own message
+                for t in ts:
+                    await t.send(0x0200, location_body(now - 100 + j, LAT, LON))
+                await asyncio.sleep(0.002)
+            await asyncio.sleep(0.5)
+            assert gw.counter("inbox_pauses") >= 1 or gw.counter("read_pauses") >= 1
+            assert len(gw.rt.jt808.inbox) <= 10 + 6  # the bound, plus what was in flight per connection
+            release.set()
+            for t in ts:
+                got = [await t.general_response(30) for _ in range(30)]
+                assert all(r == 0 for _, _, r in got)
+                await t.close()
+
+        asyncio.run(go())
+        assert gw.store.count_positions() == 6 * 30
+
+
+def test_subpackage_bounds_and_timeout(tmp_path):
+    """Too many packages is a bad frame; a long message whose other packages never come is
+    dropped after reassembly_timeout_s and dead-lettered; nothing is answered for either."""
+    with Gw(_cfg(tmp_path, max_subpackages=4, reassembly_timeout_s=1.0), tmp_path) as gw:
+        async def go():
+            t = await Terminal("13800000061").connect(gw.port)
+            await t.login()
+            await t.send(0x0704, b"\x00" * 10, package=(9, 1))
+            await t.send(0x0704, b"\x00\x02\x00", package=(3, 1))
+            with pytest.raises(asyncio.TimeoutError):
+                await t.general_response(timeout=2.5)
+            await t.close()
+
+        asyncio.run(go())
+        counts = wait_until(lambda: gw.store.dead_letter_counts().get("subpackage_incomplete") and gw.store.dead_letter_counts())
+        assert counts == {"bad_subpackage": 1, "subpackage_incomplete": 1}
+
+
+def test_other_messages_no_fix_logout_and_encryption(tmp_path):
+    """A report without a fix is answered and not stored; an unknown message is answered 'not
+    supported', as is an RSA-encrypted one; after logout (0x0003) reports are refused."""
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        now = time.time()
+
+        async def go():
+            t = await Terminal("13800000071").connect(gw.port)
+            await t.login()
+            s = await t.send(0x0200, location_body(now - 5, LAT, LON, positioned=False))
+            assert await t.general_response() == (s, 0x0200, 0)
+            s = await t.send(0x0704, batch_body([location_body(now - 4, LAT, LON, positioned=False),
+                                                 location_body(now - 3, LAT, LON)]))
+            assert await t.general_response() == (s, 0x0704, 0)
+            s = await t.send(0x0900, b"\x01hello")  # data uplink: not handled
+            assert await t.general_response() == (s, 0x0900, 3)
+            serial = t.next_serial()
+            f = bytearray(unesc(frame(0x0200, location_body(now - 2, LAT, LON), t.phone, serial)[1:-1]))
+            f[2] |= 0x04  # RSA encryption flag
+            f[-1] = xor_all(bytes(f[:-1]))
+            t.writer.write(b"\x7e" + esc(bytes(f)) + b"\x7e")
+            assert await t.general_response() == (serial, 0x0200, 3)
+            s = await t.send(0x0003, b"")
+            assert await t.general_response() == (s, 0x0003, 0)
+            s = await t.send(0x0200, location_body(now - 1, LAT, LON))
+            assert await t.general_response() == (s, 0x0200, 1)
+            await t.close()
+
+        asyncio.run(go())
+        assert gw.store.positions()["ts"].tolist() == [int(now - 3) * 1000]
+        assert gw.counter("unpositioned") == 2 and gw.counter("unsupported_messages") == 1
+        assert gw.counter("encrypted_unsupported") == 1 and gw.counter("unauthenticated") == 1
+
+
+def test_a_terminal_of_another_vendor_is_refused_by_the_codec(tmp_path):
+    """The codec's device checks apply to JT/T 808 fixes: a device id registered to another
+    vendor is rejected (vendor_mismatch), answered (the rejection is committed) and not stored."""
+    cfg = _cfg(tmp_path, device_names={"13800000081": "tp-hz-0031"})
+    cfg["devices"] = [{"id": "tp-hz-0031", "vendor": "trackpoint", "kind": "hazmat_truck"}]
+    with Gw(cfg, tmp_path) as gw:
+        async def go():
+            t = await Terminal("13800000081").connect(gw.port)
+            await t.login()
+            s = await t.send(0x0200, location_body(time.time() - 5, LAT, LON))
+            assert await t.general_response() == (s, 0x0200, 0)
+            await t.close()
+
+        asyncio.run(go())
+        assert gw.store.count_positions() == 0
+        assert gw.store.dead_letter_counts() == {"vendor_mismatch": 1}
