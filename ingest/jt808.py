@@ -336,7 +336,7 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
     v19 = (attrs & ATTR_2019) != 0
     off = np.where(v19, 17, 12)
     blen = attrs & ATTR_LEN
-    ok_len = off + blen + 1 == lens
+    ok_len = (off + blen + 1 == lens) & (blen >= 28)
     at = np.minimum(starts + off, len(buf) - 28)
     L = buf[at[:, None] + np.arange(28)].astype(np.int64)
     status = (L[:, 4] << 24) | (L[:, 5] << 16) | (L[:, 6] << 8) | L[:, 7]
@@ -376,9 +376,10 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
     dev_of = np.array(dev_of, dtype=object)
     good = ok & ok_len
     positioned = (status & 2) != 0
+    time_ok |= ~positioned  # a report without a fix is not stored: its time does not matter
     store = good & time_ok & positioned
     c.counters.add(c.source, "locations", int(store.sum()))
-    unpos = int((good & time_ok & ~positioned).sum())
+    unpos = int((good & ~positioned).sum())
     if unpos:
         c.counters.add(c.source, "unpositioned", unpos)
     # the fixes to store, as lists, cut per chunk
@@ -399,6 +400,8 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
         j = i - int(first[k]) + 1
         if not ok[i]:
             bad[k].append((i, "bad_checksum", f"frame {j} of {chunks[k].n}: checksum does not match"))
+        elif blen[i] < 28:
+            bad[k].append((i, "bad_body", f"frame {j} of {chunks[k].n}: location report of {int(blen[i])} bytes; at least 28 expected"))
         elif not ok_len[i]:
             bad[k].append((i, "bad_frame", f"frame {j} of {chunks[k].n}: body length {int(blen[i])} in the header, "
                                            f"{int(lens[i] - off[i] - 1)} in the frame"))
