@@ -595,8 +595,8 @@ class _Conn(asyncio.Protocol):
         self.last_frame = time.monotonic()
         self.frame_started = 0.0
         c.counters.add(c.source, "frames", len(frames))
-        c.put(Message(f"jt808/{self.peer}", b"".join(frames), time.time_ns() // 1_000_000, _Chunk(self, frames), None,
-                      decode_chunks))
+        c.put(Message(f"jt808/{self.peer}", b"".join(frames), time.time_ns() // 1_000_000, _Chunk(self, frames),
+                      positions=decode_chunks))
         self.pending += len(frames)
         if self.pending >= c.cfg.max_pending_per_connection:
             c.counters.add(c.source, "read_pauses")
@@ -834,7 +834,7 @@ class Jt808Collector:
             self.counters.drop(self.source, "dead_letter_inbox_full")
             return
         src = f"jt808/{conn.peer}" + (f"/{phone}" if phone else "")
-        self.put(Message(src, raw, time.time_ns() // 1_000_000, None, (reason, detail)))
+        self.put(Message(src, raw, time.time_ns() // 1_000_000, None, reject=(reason, detail)))
 
     def _resume_inbox(self) -> None:
         if self.inbox_paused and len(self.inbox) < self.cfg.inbox_max_messages // 2:
