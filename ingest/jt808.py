@@ -773,7 +773,8 @@ class Jt808Collector:
         self.port: int | None = None
         self.ready = threading.Event()
         self.tz = parse_timezone(cfg.timezone)
-        self._tz_of_device = {d.id: parse_timezone(d.timezone) for d in (devices or []) if getattr(d, "timezone", None)}
+        self._tz_of_device = {d.id: parse_timezone(d.timezone) for d in (devices or [])
+                              if getattr(d, "timezone", None) and d.vendor == cfg.vendor}
         self._names = dict(cfg.device_names)
         self._topics: dict[str, str] = {}
         self._tzs: dict[str, tzinfo] = {}
