@@ -9,6 +9,9 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
     timezone = ""              # zone of zone-less text times ("2024-11-21 10:00:00"): "Asia/Shanghai",
                                # "+08:00"; "" = UTC. A [[devices]] entry's timezone overrides it.
     ignore = []                # fields sent but deliberately not stored (not counted as unmapped)
+    [[topics]]                 # optional: fixed topic schemes the vendor's devices publish on
+    pattern = "thing/product/{device_id}/osd"   # {device_id} (required), {kind}, + (any one level)
+    kind = "drone"             # the device kind when the pattern has no {kind}
     root = ""                  # sub-object that holds the fields ("data" for DJI osd messages)
     device_id = ""             # payload field naming the device; "" = the topic names it
     [fields]
@@ -147,6 +150,54 @@ class FieldSpec:
     offset: float
 
 
+@dataclass(frozen=True, slots=True)
+class TopicScheme:
+    """A vendor's fixed topic layout, e.g. ``thing/product/{device_id}/osd`` (DJI Cloud API): one
+    level per ``/``; ``{device_id}`` names the device, ``{kind}`` its kind (else ``kind``), ``+``
+    matches any one level, a final ``#`` any rest. gridwatch subscribes to it (``filter``)."""
+
+    pattern: str
+    kind: str
+    regex: "re.Pattern[str]"
+    filter: str
+
+    @classmethod
+    def parse(cls, d, where: str) -> "TopicScheme":
+        if not isinstance(d, dict) or not isinstance(d.get("pattern"), str) or set(d) - {"pattern", "kind"}:
+            raise ProfileError(f"{where}: expected a table with pattern (and kind)")
+        pattern, kind = d["pattern"], d.get("kind", "")
+        if not isinstance(kind, str):
+            raise ProfileError(f"{where}.kind: expected a string")
+        levels = pattern.split("/")
+        if levels[0] in ("devices", "") or levels[0].startswith("$"):
+            raise ProfileError(f"{where}.pattern: {pattern!r} must not start with 'devices/' (gridwatch's own scheme), '/' or '$'")
+        rx, flt, seen = [], [], set()
+        for i, lv in enumerate(levels):
+            if lv in ("{device_id}", "{kind}"):
+                if lv in seen:
+                    raise ProfileError(f"{where}.pattern: {lv} appears twice in {pattern!r}")
+                seen.add(lv)
+                rx.append(f"(?P<{lv[1:-1]}>[^/]+)")
+                flt.append("+")
+            elif lv == "+":
+                rx.append("[^/]+")
+                flt.append("+")
+            elif lv == "#" and i == len(levels) - 1:
+                rx.append(".*")
+                flt.append("#")
+            elif not lv or any(ch in lv for ch in "+#{}"):
+                raise ProfileError(f"{where}.pattern: level {lv!r} of {pattern!r} is not a name, +, a final #, "
+                                   "{device_id} or {kind}")
+            else:
+                rx.append(re.escape(lv))
+                flt.append(lv)
+        if "{device_id}" not in seen:
+            raise ProfileError(f"{where}.pattern: {pattern!r} has no {{device_id}} level")
+        if "{kind}" not in seen and not kind:
+            raise ProfileError(f"{where}: a pattern without {{kind}} needs kind = \"...\"")
+        return cls(pattern, kind, re.compile("/".join(rx)), "/".join(flt))
+
+
 @dataclass(slots=True)
 class Profile:
     vendor: str
@@ -160,11 +211,12 @@ class Profile:
     timezone: str = ""  # zone of zone-less text timestamps; "" = UTC
     ignore: tuple[str, ...] = ()  # fields deliberately not stored (not counted as unmapped)
     tz: tzinfo | None = None  # parsed ``timezone``
+    topics: tuple["TopicScheme", ...] = ()  # fixed topic schemes of the vendor's devices
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
         known = {"vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "fields", "position",
-                 "timezone", "ignore"}
+                 "timezone", "ignore", "topics"}
         extra = set(d) - known
         if extra:
             raise ProfileError(f"{where}: unknown keys {sorted(extra)}; expected {sorted(known)}")
@@ -238,8 +290,12 @@ class Profile:
                 if p[:i] in paths:
                     raise ProfileError(f"{where}.{what}: {'.'.join(p)!r} runs through {'.'.join(p[:i])!r}, "
                                        f"which is {paths[p[:i]]} (a value cannot also hold fields)")
+        topics = d.get("topics", [])
+        if not isinstance(topics, list):
+            raise ProfileError(f"{where}.topics: expected an array of tables [[topics]] with pattern and kind")
+        schemes = tuple(TopicScheme.parse(t, f"{where}.topics.{i}") for i, t in enumerate(topics))
         return cls(d["vendor"], d.get("description", ""), d.get("timestamp", "ts"), tu, d.get("root", ""),
-                   d.get("device_id", ""), fields, position, d.get("timezone", ""), tuple(ignore), tz)
+                   d.get("device_id", ""), fields, position, d.get("timezone", ""), tuple(ignore), tz, schemes)
 
     @classmethod
     def load(cls, path: Path) -> "Profile":

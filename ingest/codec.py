@@ -189,6 +189,7 @@ class Codec:
         self.series_dups = DuplicateFilter()
         self.position_dups = DuplicateFilter()
         self._paths = {vendor: _Paths(prof, self._fmap[vendor]) for vendor, prof in profiles.items()}
+        self._schemes = [(sc, vendor) for vendor, prof in profiles.items() for sc in prof.topics]
         self.device_tz: dict[tuple[str, str], object] = dict(device_timezones or {})  # (vendor, device id) -> tzinfo
         self._unmapped_names: dict[str, set[str]] = {}
         self._m_tz: list = []  # per message of the batch being decoded: the zone of its zone-less times
@@ -200,7 +201,9 @@ class Codec:
             if len(topic) > self.max_topic:  # never split, parsed further or remembered
                 return ("bad_topic", f"topic is over the limit of {self.max_topic} characters (ingest.max_topic_bytes)")
             parts = topic.split("/")
-            if len(parts) < 4 or parts[0] != TOPIC_ROOT or not all(parts[1:4]):
+            if parts[0] != TOPIC_ROOT and self._schemes:
+                r = self._scheme_route(topic)
+            elif len(parts) < 4 or parts[0] != TOPIC_ROOT or not all(parts[1:4]):
                 r = ("bad_topic", f"topic {topic!r} does not match {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id>")
             elif "\0" in parts[3]:  # NUL separates ids in the Kafka wire tables (and MQTT forbids it)
                 r = ("bad_device_id", f"device id {parts[3]!r} in topic {topic!r} contains a NUL character")
@@ -440,6 +443,25 @@ class Codec:
         p_lon.extend(lon)
         p_spd.extend(spd)
         p_alt.extend(alt)
+
+    def topic_filters(self) -> list[str]:
+        """MQTT subscriptions for the profiles' own topic schemes (``[[topics]]``)."""
+        return sorted({sc.filter for sc, _ in self._schemes})
+
+    def _scheme_route(self, topic: str):
+        """A topic outside devices/...: the first profile topic scheme it matches names the vendor,
+        the device and its kind."""
+        for sc, vendor in self._schemes:
+            m = sc.regex.fullmatch(topic)
+            if m is None:
+                continue
+            dev = m.group("device_id")
+            if "\0" in dev:
+                return ("bad_device_id", f"device id {dev!r} in topic {topic!r} contains a NUL character")
+            kind = m.group("kind") if "kind" in sc.regex.groupindex else sc.kind
+            return (None, vendor, kind, dev, self.profiles[vendor], self._fmap[vendor])
+        return ("bad_topic", f"topic {topic!r} matches neither {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id> "
+                             f"nor a profile's topic scheme ({', '.join(sc.pattern for sc, _ in self._schemes)})")
 
     def _bound_unmapped(self, unmapped: Counter) -> Counter:
         """At most UNMAPPED_NAMES_PER_VENDOR distinct names per vendor (names come from outside);

@@ -133,6 +133,8 @@ class EdgeRuntime:
             self.collector = MqttCollector(cfg.mqtt, cfg.mqtt.client_id or f"{name}-ingest", self.counters,
                                            max_topic=cfg.ingest.max_topic_bytes, max_payload=cfg.ingest.max_payload_bytes)
             self.collector.delivered = load_deliveries(self.store.recent_deliveries(self.collector.client_id))
+            for t in self.pipeline.codec.topic_filters():  # the profiles' own topic schemes ([[topics]])
+                self.collector.topics.append(f"$share/{cfg.mqtt.shared_group}/{t}" if cfg.mqtt.shared_group else t)
             if cfg.alerts_mqtt.enabled:
                 self.publisher = MqttAlertPublisher(cfg.mqtt, cfg.alerts_mqtt, f"{name}-alerts", name, self.counters)
         self.forwards = open_forwards(cfg)
