@@ -3,7 +3,7 @@ in profiles (every field, the timestamp, the device id and the position), with t
 profile does not map counted per vendor and field."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import orjson
 import pytest

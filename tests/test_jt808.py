@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from gridwatch.ingest import jt808
 from gridwatch.streams.store import Store
 from tests.helpers import RuntimeThread, wait_until
-from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all  # noqa: F401
+from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all
 
 LAT, LON = 30.5728, 114.2839  # somewhere in Wuhan
 

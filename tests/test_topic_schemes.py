@@ -9,8 +9,7 @@ import time
 import orjson
 import pytest
 
-from gridwatch.hw.profiles import Profile, ProfileError, load_profiles
-from gridwatch.hw.profiles import METRIC_ID
+from gridwatch.hw.profiles import METRIC_ID, Profile, ProfileError, load_profiles
 from gridwatch.ingest.codec import Codec, Message
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.streams.store import Store
