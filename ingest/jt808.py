@@ -704,6 +704,10 @@ class _Conn(asyncio.Protocol):
             result = OK
         elif msg_id == T_REGISTER:
             term, plate = registration(body, version is not None)
+            if c.known is not None and c.device_of(phone) not in c.known:  # 4: no such terminal in the database
+                c.counters.add(c.source, "registrations_refused")
+                self.reply(version, phone_raw, P_REGISTER_RESPONSE, _H.pack(serials[-1]) + b"\x04")
+                return
             c.counters.add(c.source, "registrations")
             log.info("jt808 terminal registered", extra={"fields": {"phone": phone, "terminal": term, "plate": plate, "peer": self.peer}})
             code = c.auth_code(phone).encode()
@@ -716,7 +720,7 @@ class _Conn(asyncio.Protocol):
                 code = body[1:1 + body[0]]
             else:
                 code = body
-            if hmac.compare_digest(code, c.auth_code(phone).encode()):
+            if hmac.compare_digest(code, c.auth_code(phone).encode()) and (c.known is None or c.device_of(phone) in c.known):
                 self.authed.add(phone)
                 self.authed_raw.add(phone_raw)
                 c.counters.add(c.source, "authentications")
@@ -760,8 +764,10 @@ class _Conn(asyncio.Protocol):
 class Jt808Collector:
     source = "jt808"
 
-    def __init__(self, cfg, counters: Counters, devices: list | None = None, data_dir: Path | None = None) -> None:
-        """``cfg``: the ``[jt808]`` settings; ``devices``: the configured devices (their time zones)."""
+    def __init__(self, cfg, counters: Counters, devices: list | None = None, data_dir: Path | None = None,
+                 unknown_devices: str = "register") -> None:
+        """``cfg``: the ``[jt808]`` settings; ``devices``: the configured devices (their time zones;
+        with ``unknown_devices = "reject"`` only they may register and authenticate)."""
         from gridwatch.hw.profiles import parse_timezone
 
         self.cfg = cfg
@@ -776,6 +782,9 @@ class Jt808Collector:
         self._tz_of_device = {d.id: parse_timezone(d.timezone) for d in (devices or [])
                               if getattr(d, "timezone", None) and d.vendor == cfg.vendor}
         self._names = dict(cfg.device_names)
+        self.known: set[str] | None = None  # device ids allowed to register (None: any)
+        if unknown_devices == "reject":
+            self.known = {d.id for d in (devices or []) if d.vendor == cfg.vendor}
         self._topics: dict[str, str] = {}
         self._tzs: dict[str, tzinfo] = {}
         secret = cfg.auth_secret.encode()

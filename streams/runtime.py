@@ -149,7 +149,7 @@ class EdgeRuntime:
         if cfg.jt808.enabled:
             from gridwatch.ingest.jt808 import Jt808Collector
 
-            self.jt808 = Jt808Collector(cfg.jt808, self.counters, cfg.devices, cfg.data_dir)
+            self.jt808 = Jt808Collector(cfg.jt808, self.counters, cfg.devices, cfg.data_dir, cfg.ingest.unknown_devices)
             self.jt808.wake = self._wake.set
         self.stopping: asyncio.Event | None = None  # created inside the loop
         self._loop: asyncio.AbstractEventLoop | None = None

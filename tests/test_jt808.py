@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from gridwatch.ingest import jt808
 from gridwatch.streams.store import Store
 from tests.helpers import RuntimeThread, wait_until
-from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, unesc, xor_all
+from tests.jt808_sim import BEIJING, Terminal, batch_body, esc, frame, location_body, registration_body, unesc, xor_all
 
 LAT, LON = 30.5728, 114.2839  # somewhere in Wuhan
 
@@ -335,7 +335,6 @@ def test_escaped_serials_and_a_bad_bcd_time(tmp_path):
 
 def test_two_terminals_multiplexed_on_one_connection(tmp_path):
     """A gateway carrying a 2013 and a 2019 terminal on one connection, their reports in one write."""
-    from tests.jt808_sim import registration_body
 
     with Gw(_cfg(tmp_path), tmp_path) as gw:
         now = time.time()
@@ -475,3 +474,25 @@ def test_a_terminal_of_another_vendor_is_refused_by_the_codec(tmp_path):
         asyncio.run(go())
         assert gw.store.count_positions() == 0
         assert gw.store.dead_letter_counts() == {"vendor_mismatch": 1}
+
+
+def test_unknown_terminals_cannot_register_when_unknown_devices_are_rejected(tmp_path):
+    """ingest.unknown_devices = "reject": a terminal not listed under [[devices]] gets 0x8100 result
+    4 (no such terminal) and cannot authenticate; a listed one (by its plate) registers."""
+    cfg = _cfg(tmp_path, device_names={"13800000091": "鄂A00091"})
+    cfg["ingest"] = {"unknown_devices": "reject"}
+    cfg["devices"] = [{"id": "鄂A00091", "vendor": "jt808", "kind": "hazmat_truck"}]
+    with Gw(cfg, tmp_path) as gw:
+        async def go():
+            stranger = await Terminal("13800000092").connect(gw.port)
+            s = await stranger.send(0x0100, registration_body("X", False))
+            msg_id, body = await stranger.answer()
+            assert msg_id == 0x8100 and struct.unpack(">HB", body[:3]) == (s, 4) and body[3:] == b""
+            assert await stranger.authenticate(gw.rt.jt808.auth_code("13800000092")) == 1
+            known = await Terminal("13800000091").connect(gw.port)
+            await known.login()
+            await stranger.close()
+            await known.close()
+
+        asyncio.run(go())
+        assert gw.counter("registrations_refused") == 1 and gw.counter("authentications") == 1
