@@ -92,6 +92,12 @@ _HH = struct.Struct(">HH")
 _H = struct.Struct(">H")
 
 
+class ListenError(SystemExit):
+    """The JT/T 808 port cannot be opened (in use, no permission): a setup mistake, so, like other
+    configuration errors, ``gridwatch run`` ends with this one line rather than a traceback (it is
+    a SystemExit); embedders can catch it by name."""
+
+
 class FrameError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
@@ -947,7 +953,10 @@ class Jt808Collector:
         self._thread.start()
         self.ready.wait(30)
         if self._error is not None:
-            raise OSError(f"jt808: cannot listen on {self.cfg.bind}:{self.cfg.port}: {self._error.strerror or self._error}")
+            e = self._error
+            why = getattr(e, "strerror", None) or str(e)
+            raise ListenError(f"error: jt808 cannot listen on {self.cfg.bind}:{self.cfg.port} ({why}); "
+                              "set jt808.port (and jt808.bind) to a free address")
 
     def take(self, max_messages: int) -> list[Message]:
         inbox = self.inbox

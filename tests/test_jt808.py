@@ -496,3 +496,23 @@ def test_unknown_terminals_cannot_register_when_unknown_devices_are_rejected(tmp
 
         asyncio.run(go())
         assert gw.counter("registrations_refused") == 1 and gw.counter("authentications") == 1
+
+
+def test_a_busy_port_is_one_clear_line(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    (tmp_path / "gw.toml").write_text(f'[site]\ndata_dir = "var"\n[jt808]\nenabled = true\nport = {port}\nauth_secret = "x"\n')
+    try:
+        r = subprocess.run([sys.executable, "-m", "gridwatch.cli", "run", "-c", str(tmp_path / "gw.toml"), "--duration", "5"],
+                           capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    assert f"jt808 cannot listen on 127.0.0.1:{port}" in r.stderr and "jt808.port" in r.stderr
