@@ -90,6 +90,8 @@ class _Term(asyncio.Protocol):
         self.flags = 0
         self.sent = 0
         self.acked = 0
+        self.sent_at: list[float] = []  # per report: when it was written (answers come in order)
+        self.latency: list[float] = []
         self.transport = None
         self.go = False
 
@@ -102,6 +104,7 @@ class _Term(asyncio.Protocol):
         self.go = True
         k = min(self.window, len(self.reports))
         self.sent = k
+        self.sent_at.extend([time.perf_counter()] * k)
         self.transport.write(b"".join(self.reports[:k]))
         if not self.reports:
             self.on_done()
@@ -113,9 +116,12 @@ class _Term(asyncio.Protocol):
             new = acked - self.acked
             if new <= 0:
                 return
+            now = time.perf_counter()
+            self.latency.extend(now - t for t in self.sent_at[self.acked:acked])
             self.acked = acked
             if self.sent < len(self.reports):
                 k = min(new, len(self.reports) - self.sent)
+                self.sent_at.extend([now] * k)
                 self.transport.write(b"".join(self.reports[self.sent:self.sent + k]))
                 self.sent += k
             if self.acked >= len(self.reports):
@@ -178,7 +184,9 @@ async def _client(port: int, terminals: int, per: int, window: int, base_s: int,
     acked = sum(p.acked for p in protos)
     for p in protos:
         p.transport.close()
-    return {"seconds": secs, "acked": acked, "login_s": login_s}
+    lat = sorted(x for p in protos for x in p.latency)
+    q = (lambda f: round(lat[min(len(lat) - 1, int(f * len(lat)))] * 1e3, 2)) if lat else (lambda f: float("nan"))
+    return {"seconds": secs, "acked": acked, "login_s": login_s, "latency_ms_p50": q(0.5), "latency_ms_p99": q(0.99)}
 
 
 def client_main(argv: list[str]) -> None:
@@ -380,6 +388,7 @@ def throughput(a, work: Path) -> dict:
     per = a.reports // a.terminals
     n = per * a.terminals
     runs: dict[str, list[float]] = {"bare": [], "bare_bulk": [], "gridwatch": []}
+    lat: dict[str, list[tuple]] = {k: [] for k in runs}
     for r in range(a.repeat):
         base_s = int(time.time()) - per - 120
         for name, bulk in (("bare", False), ("bare_bulk", True)):
@@ -387,7 +396,9 @@ def throughput(a, work: Path) -> dict:
                 res = run_client(bare.port, a.terminals, per, a.window, base_s)
                 assert res["acked"] == n == bare.counts[0], (res, n, bare.counts)
             runs[name].append(n / res["seconds"])
-            print(f"  run {r + 1}: {name:<10}{n / res['seconds']:>9,.0f} reports/s ({res['seconds']:.2f} s)", flush=True)
+            lat[name].append((res["latency_ms_p50"], res["latency_ms_p99"]))
+            print(f"  run {r + 1}: {name:<10}{n / res['seconds']:>9,.0f} reports/s ({res['seconds']:.2f} s), answer "
+                  f"p50 {res['latency_ms_p50']} ms p99 {res['latency_ms_p99']} ms", flush=True)
         d = work / f"run{r}"
         with GridwatchServer(d) as gw:
             res = run_client(gw.port, a.terminals, per, a.window, base_s)
@@ -395,19 +406,25 @@ def throughput(a, work: Path) -> dict:
             stored = gw.stored()  # answered only after the commit: all must be there already
         assert stored == n, f"gridwatch answered {n} reports but stored {stored}"
         runs["gridwatch"].append(n / res["seconds"])
-        print(f"  run {r + 1}: gridwatch {n / res['seconds']:>10,.0f} reports/s ({res['seconds']:.2f} s), {stored:,} stored", flush=True)
+        lat["gridwatch"].append((res["latency_ms_p50"], res["latency_ms_p99"]))
+        print(f"  run {r + 1}: gridwatch {n / res['seconds']:>10,.0f} reports/s ({res['seconds']:.2f} s), answer "
+              f"p50 {res['latency_ms_p50']} ms p99 {res['latency_ms_p99']} ms, {stored:,} stored", flush=True)
     ratios = [g / b for g, b in zip(runs["gridwatch"], runs["bare"])]
     ratios_bulk = [g / b for g, b in zip(runs["gridwatch"], runs["bare_bulk"])]
     out = {"terminals": a.terminals, "reports": n, "window": a.window,
            "bare_median": statistics.median(runs["bare"]), "bare_bulk_median": statistics.median(runs["bare_bulk"]),
            "gridwatch_median": statistics.median(runs["gridwatch"]),
            "ratio_median": statistics.median(ratios), "ratios": ratios,
-           "ratio_bulk_median": statistics.median(ratios_bulk), "ratios_bulk": ratios_bulk, "runs": runs}
+           "ratio_bulk_median": statistics.median(ratios_bulk), "ratios_bulk": ratios_bulk, "runs": runs,
+           "latency_ms": {k: {"p50_median": statistics.median(a for a, _ in v), "p99_median": statistics.median(b for _, b in v)}
+                          for k, v in lat.items()}}
     print(f"location reports/s stored: gridwatch {out['gridwatch_median']:,.0f}")
     print(f"  vs bare server parsing frame by frame {out['bare_median']:,.0f}: {out['ratio_median']:.2f}x "
           f"(runs {', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.7x)")
     print(f"  vs bare server with gridwatch's bulk parser {out['bare_bulk_median']:,.0f}: {out['ratio_bulk_median']:.2f}x "
           f"(runs {', '.join(f'{x:.2f}' for x in ratios_bulk)}; target >= 0.7x)")
+    for k, v in out["latency_ms"].items():  # saturated: every terminal keeps --window reports unanswered
+        print(f"  send-to-answer latency at this (saturating) load, {k}: p50 {v['p50_median']} ms, p99 {v['p99_median']} ms")
     return out
 
 
