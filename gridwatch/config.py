@@ -604,6 +604,9 @@ def preflight(cfg: "GridwatchConfig") -> list[str]:
                 problems.append(f"devices.{i}.vendor ({d.id}): no profile for vendor {d.vendor!r}; "
                                 f"{unknown_key_hint(d.vendor, vendors).replace('valid keys', 'known vendors')} "
                                 "(add a profile: hw/profiles or ingest.profile_dirs)")
+        if cfg.jt808.enabled and cfg.jt808.vendor not in profiles:
+            problems.append(f"jt808.vendor: no profile for vendor {cfg.jt808.vendor!r}, so every JT/T 808 fix would be "
+                            f"rejected; {unknown_key_hint(cfg.jt808.vendor, vendors).replace('valid keys', 'known vendors')}")
         for i, r in enumerate(cfg.rules):
             for v in r.vendors:
                 if v not in profiles:

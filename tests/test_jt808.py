@@ -516,3 +516,12 @@ def test_a_busy_port_is_one_clear_line(tmp_path):
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     assert f"jt808 cannot listen on 127.0.0.1:{port}" in r.stderr and "jt808.port" in r.stderr
+
+
+def test_check_config_names_a_jt808_vendor_without_profile(tmp_path):
+    from gridwatch.config import parse, preflight
+
+    cfg = parse({"site": {"data_dir": str(tmp_path)}, "jt808": {"enabled": True, "vendor": "jt809"}}, base_dir=tmp_path)
+    assert [p for p in preflight(cfg) if p.startswith("jt808.vendor: no profile for vendor 'jt809'")]
+    cfg = parse({"site": {"data_dir": str(tmp_path)}, "jt808": {"enabled": True}}, base_dir=tmp_path)
+    assert not [p for p in preflight(cfg) if p.startswith("jt808")]
