@@ -647,9 +647,9 @@ class _Conn(asyncio.Protocol):
         c, cfg = self.c, self.c.cfg
         total, number = package
         if not 1 <= number <= total or total > cfg.max_subpackages:
-            raise_reason = f"package {number} of {total} (at most {cfg.max_subpackages} packages)"
+            why = f"package {number} of {total} (at most {cfg.max_subpackages} packages)"
             c.counters.add(c.source, "bad_frames")
-            c.dead(self, "bad_subpackage", raise_reason, b"\x7e" + raw + b"\x7e")
+            c.dead(self, "bad_subpackage", why, b"\x7e" + raw + b"\x7e")
             return None, None
         key = (phone_raw, msg_id, (serial - number + 1) & 0xFFFF, total)
         r = self.reasm.get(key)
