@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS deliveries (id INTEGER PRIMARY KEY, source TEXT NOT N
 """
 
 
+# rows and bytes (topic + explanation + payload) of dead letters, for their bounds
+DEAD_LETTER_SIZE = "SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0)"
+
+
 class StoreWriteError(sqlite3.DatabaseError):
     """A write to the store failed; ``kind`` and the message name the real cause (disk full,
     read-only, locked, I/O error, corrupt file) and what to do. Nothing of the transaction stayed."""
@@ -124,8 +128,7 @@ class Store:
                 self._devices_saved = db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM devices").fetchone()[0]
                 self._series_saved = db.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM series").fetchone()[0]
                 self._dl_rows, self._dl_bytes = db.execute(
-                    "SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
-                    "FROM dead_letters").fetchone()
+                    DEAD_LETTER_SIZE + " FROM dead_letters").fetchone()
             except BaseException as e:
                 db.close()
                 if isinstance(e, (sqlite3.Error, OSError)):
@@ -272,8 +275,7 @@ class Store:
         removed = 0
         while rows > keep_rows or (max_bytes and nbytes > int(max_bytes * 0.9)):
             n = max(rows - keep_rows, 1 + rows // 10)
-            got, b = db.execute("SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
-                                "FROM (SELECT source, detail, payload FROM dead_letters ORDER BY id LIMIT ?)", (n,)).fetchone()
+            got, b = db.execute(DEAD_LETTER_SIZE + " FROM (SELECT source, detail, payload FROM dead_letters ORDER BY id LIMIT ?)", (n,)).fetchone()
             if not got:
                 break
             db.execute("DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters ORDER BY id LIMIT ?)", (n,))
@@ -315,8 +317,7 @@ class Store:
             }
             if out["dead_letters"]:
                 self._dl_rows, self._dl_bytes = db.execute(
-                    "SELECT count(*), COALESCE(sum(length(source) + length(detail) + COALESCE(length(payload), 0)), 0) "
-                    "FROM dead_letters").fetchone()
+                    DEAD_LETTER_SIZE + " FROM dead_letters").fetchone()
         return out
 
     # --- reading ---------------------------------------------------------------------------
