@@ -14,7 +14,7 @@ from gridwatch.config import ConfigError, explain, load, secrets_world_readable
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
-                "fuzz": "gridwatch.benchmarks.fuzz"}
+                "fuzz": "gridwatch.benchmarks.fuzz", "console": "gridwatch.benchmarks.console"}
 
 
 def _fmt_ts(ms: int | None) -> str:
@@ -66,6 +66,14 @@ def cmd_run(a) -> int:
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
     on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
     rt = EdgeRuntime(cfg, on_events=on_events)
+    console = None
+    if cfg.console.enabled:  # the console beside the runtime, fed by its warning events
+        from gridwatch.console.server import Console
+
+        console = Console(cfg, counters=rt.counters, poll=False)
+        print_events, on_events = on_events, (lambda evs: (console.on_events(evs), print_events and print_events(evs)))
+        rt.on_events = on_events
+        print(f"gridwatch console on http://{cfg.console.bind}:{console.start_thread()}/", flush=True)
     video = None
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime
@@ -77,6 +85,8 @@ def cmd_run(a) -> int:
     finally:
         if video is not None:
             video.stop()
+        if console is not None:
+            console.stop()
     return 0
 
 
@@ -107,7 +117,12 @@ def cmd_hw(a) -> int:
 def cmd_demo(a) -> int:
     from gridwatch.demo.replay import run_demo
 
-    return run_demo(Path(a.data_dir), speed=a.speed, quiet=a.quiet)
+    rc = run_demo(Path(a.data_dir), speed=a.speed, quiet=a.quiet)
+    if rc or a.no_console:
+        return rc
+    from gridwatch.demo.replay import serve_console
+
+    return serve_console(Path(a.data_dir) / "gridwatch.db", Path(a.data_dir), port=a.port)
 
 
 def _open_store_ro(a):
@@ -181,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data-dir", default="var", help="where the demo store goes (default: ./var)")
     d.add_argument("--speed", type=float, default=600.0, help="replay speed-up over recorded time (default 600x)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
+    d.add_argument("--no-console", action="store_true", help="do not serve the operator console over the demo's store afterwards")
+    d.add_argument("--port", type=int, default=8080, help="console port (default 8080)")
     d.set_defaults(fn=cmd_demo)
 
     r = sub.add_parser("run", help="run the edge runtime from a config file")
@@ -218,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             s.add_argument("--reason")
         s.set_defaults(fn=fn)
+
+    from gridwatch.console.cli import add_parser as add_console_parser
+
+    add_console_parser(sub)
 
     h = sub.add_parser("hw", help="what this box has for video: ONNX providers, hardware decoders, camera URL templates")
     h.set_defaults(fn=cmd_hw)
