@@ -184,20 +184,21 @@ def create_app(console) -> FastAPI:
     async def login(request: Request):
         form = await request.form()
         name, pw, nxt = str(form.get("name", "")).strip(), str(form.get("password", "")), _safe_next(str(form.get("next", "/")))
-        keys = [f"user:{name.lower()}", f"ip:{request.client.host if request.client else '-'}"]
+        ukey, ikey = [f"user:{name.lower()}"], [f"ip:{request.client.host if request.client else '-'}"]
         now = time.monotonic()
-        wait = console.limiter.blocked(keys, now)
+        wait = max(console.limiter.blocked(ukey, now), console.ip_limiter.blocked(ikey, now))
         if wait > 0:
             counters.add(SOURCE, "login_rate_limited")
             return templates.TemplateResponse(request, "login.html", {"next": nxt, "user": None,
                                               "error": f"too many failed logins: try again in {wait:.0f} s"}, status_code=429)
         user = await asyncio.get_running_loop().run_in_executor(None, cases.check_password, name, pw)
         if user is None:
-            console.limiter.failed(keys, now)
+            console.limiter.failed(ukey, now)
+            console.ip_limiter.failed(ikey, now)
             counters.add(SOURCE, "login_failed")
             return templates.TemplateResponse(request, "login.html", {"next": nxt, "user": None,
                                               "error": "wrong user name or password"}, status_code=401)
-        console.limiter.succeeded(keys)
+        console.limiter.succeeded(ukey)
         token, _csrf, evicted = cases.new_session(user.name)
         if evicted:
             counters.drop(SOURCE, "sessions_evicted", evicted)

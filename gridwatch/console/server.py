@@ -103,7 +103,9 @@ class Console:
         self.store_path = Path(store_path) if store_path else cfg.data_dir / cfg.store.path
         self.cases = CaseStore(self.store_path, self.ccfg.deadlines_h, self.ccfg.session_hours)
         self.broadcaster = Broadcaster(self.counters, self.ccfg.sse_queue_max, self.ccfg.sse_max_clients)
+        # failed logins: 5 per user name, 50 per client address (many desks share a proxy's address), per 5 min
         self.limiter = LoginLimiter(self.counters)
+        self.ip_limiter = LoginLimiter(self.counters, max_failures=50)
         self.poll = poll
         self.evidence_root = Path(evidence_root) if evidence_root else cfg.data_dir / cfg.video.evidence_dir
         self.geojson = self._load_geojson()
