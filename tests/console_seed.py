@@ -12,8 +12,8 @@ HILL = "Jiangcheng/Hill County/Pine Town/P-01"
 
 def make_warning(source: str, region: str, start_ts: int, rule: str = "sewer_overflow", severity: str = "major",
                  message: str = "Sewer level high", value: float = 2.7, evidence: dict | None = None,
-                 state: str = "active") -> Warning:
-    return Warning(warning_id(source, rule, 0, start_ts), rule, "threshold", severity, source, parse_path(region), state,
+                 state: str = "active", kind: str = "threshold") -> Warning:
+    return Warning(warning_id(source, rule, 0, start_ts), rule, kind, severity, source, parse_path(region), state,
                    start_ts, start_ts, start_ts + 60_000 if state == "cleared" else None, value, message, None,
                    evidence or {"metric": "water_level"})
 

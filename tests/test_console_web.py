@@ -231,5 +231,9 @@ def test_a_slow_live_client_is_dropped_and_counted():
         assert await slow.queue.get() is None  # the stream ends; the browser reconnects
         return counters.snapshot()["console"]
 
-    snap = asyncio.run(main())
+    out = []  # in its own thread: a browser test's Playwright may own this thread's event loop
+    t = threading.Thread(target=lambda: out.append(asyncio.run(main())))
+    t.start()
+    t.join(10)
+    snap = out[0]
     assert snap["dropped"]["sse_slow_client"] == 1 and snap["dropped"]["sse_refused_full"] == 1

@@ -272,9 +272,9 @@ def create_app(console) -> FastAPI:
         if w["cleared_ts"] is not None:
             t.append({"ts": w["cleared_ts"], "what": "cleared", "who": "sensor", "text": ""})
         for r in audit:
-            text = r["action"] + (f" → {r['to_state']}" if r["to_state"] != r["from_state"] else "")
+            text = f"{r['from_state']} → {r['to_state']}".replace("_", " ") if r["to_state"] != r["from_state"] else ""
             if r["desk"]:
-                text += f" (desk {r['desk']})"
+                text += f" · desk {r['desk']}"
             t.append({"ts": r["ts"], "what": r["action"], "who": r["actor"], "text": text, "note": r["note"], "seq": r["seq"],
                       "photo": r["photo"]})
         return sorted(t, key=lambda e: e["ts"])
@@ -300,10 +300,13 @@ def create_app(console) -> FastAPI:
         dev = d["device"] or {}
         point = (dev["lat"], dev["lon"]) if dev.get("lat") is not None and dev.get("lon") is not None else None
         snaps = [k for k in ("before_snapshot", "snapshot") if isinstance(w["evidence"].get(k), str)]
-        return page(request, "warning.html", a, **d, chart=chart, metric=rd["metric"], n_readings=len(rd["ts"]),
+        th = _thresholds(w["rule"])
+        why = " or ".join(f"{k} {v:g}" for k, v in th if k != "clear_at")
+        why += "".join(f" (clears at {v:g})" for k, v in th if k == "clear_at")
+        return page(request, "warning.html", a, **d, chart=chart, metric=rd["metric"], n_readings=len(rd["ts"]), why=why,
                     map=map_svg(console.geojson, w["region"], point), snaps=snaps, desks=desks_for(w),
                     action_id=uuid.uuid4().hex, error=error,
-                    evidence_items=[(k, v) for k, v in w["evidence"].items() if k not in ("snapshot", "before_snapshot", "evidence_dir")])
+                    evidence_items=[(k, v) for k, v in w["evidence"].items() if k not in ("snapshot", "before_snapshot", "evidence_dir", "metric")])
 
     def _within_evidence(rel: str) -> Path:
         root = console.evidence_root.resolve()

@@ -20,7 +20,7 @@ def readings_svg(ts: Sequence[int], values: Sequence[float], *, thresholds: Sequ
                  raised_ts: int | None = None, cleared_ts: int | None = None, unit: str = "",
                  width: int = 760, height: int = 260) -> Markup:
     """Value over time, the rule's thresholds as dashed lines, the raise (and clear) moment as bars."""
-    left, right, top, bottom = 56, 12, 14, 30
+    left, right, top, bottom = 56, 16, 24, 30
     pw, ph = width - left - right, height - top - bottom
     if len(ts) == 0:
         return Markup(f'<svg class="chart" viewBox="0 0 {width} 60" role="img" aria-label="no readings">'
@@ -31,6 +31,7 @@ def readings_svg(ts: Sequence[int], values: Sequence[float], *, thresholds: Sequ
             t0, t1 = min(t0, m), max(t1, m)
     if t1 <= t0:
         t1 = t0 + 60_000
+    t1 += (t1 - t0) * 0.08  # room after the last point for the raise/clear labels
     vals = [float(v) for v in values] + [v for _, v in thresholds]
     v0, v1 = min(vals), max(vals)
     if v1 <= v0:
@@ -47,21 +48,24 @@ def readings_svg(ts: Sequence[int], values: Sequence[float], *, thresholds: Sequ
                    f'<text x="{left - 6}" y="{y(v) + 4:.1f}" class="axis" text-anchor="end">{v:.3g}</text>')
     for i in range(5):  # time ticks
         t = t0 + (t1 - t0) * i / 4
-        out.append(f'<text x="{x(t):.1f}" y="{height - 8}" class="axis" text-anchor="middle">{_fmt_time(t)}</text>')
+        anchor = "start" if i == 0 else "end" if i == 4 else "middle"
+        out.append(f'<text x="{x(t):.1f}" y="{height - 8}" class="axis" text-anchor="{anchor}">{_fmt_time(t)}</text>')
     for label, v in thresholds:
         out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" class="threshold"/>'
                    f'<text x="{left + pw - 4}" y="{y(v) - 4:.1f}" class="threshold-label" text-anchor="end">{escape(label)} {v:.4g}</text>')
     if raised_ts is not None:
         out.append(f'<line x1="{x(raised_ts):.1f}" x2="{x(raised_ts):.1f}" y1="{top}" y2="{top + ph}" class="raised"/>'
-                   f'<text x="{x(raised_ts) + 4:.1f}" y="{top + 12}" class="raised-label">raised</text>')
+                   f'<text x="{x(raised_ts) - 4:.1f}" y="{top + 12}" class="raised-label" text-anchor="end">raised</text>')
     if cleared_ts is not None:
         out.append(f'<line x1="{x(cleared_ts):.1f}" x2="{x(cleared_ts):.1f}" y1="{top}" y2="{top + ph}" class="cleared"/>'
-                   f'<text x="{x(cleared_ts) + 4:.1f}" y="{top + 26}" class="cleared-label">cleared</text>')
+                   f'<text x="{x(cleared_ts) - 4:.1f}" y="{top + 26}" class="cleared-label" text-anchor="end">cleared</text>')
     step = max(1, len(ts) // 1500)  # at most ~1,500 points in the path
     pts = " ".join(f"{x(float(t)):.1f},{y(float(v)):.1f}" for t, v in zip(ts[::step], values[::step]))
     out.append(f'<polyline points="{pts}" class="series"/>')
+    if len(ts) <= 120:  # few readings: show each one
+        out.extend(f'<circle cx="{x(float(t)):.1f}" cy="{y(float(v)):.1f}" r="2.2" class="point"/>' for t, v in zip(ts, values))
     if unit:
-        out.append(f'<text x="6" y="{top + 10}" class="axis">{escape(unit)}</text>')
+        out.append(f'<text x="{left}" y="{top - 8}" class="axis">{escape(unit)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
 
