@@ -262,6 +262,10 @@ class CaseStore:
         self.sessions_per_user = sessions_per_user
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.counts_ttl_s = 2.0
+        self.counts_cache_max = 256
+        self.counts_evicted = 0
+        self._counts_cache: dict[tuple, tuple[float, dict, float]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._connect()
         db.execute("PRAGMA journal_mode=WAL")
@@ -359,15 +363,42 @@ class CaseStore:
                 "has_more": more}
 
     def counts(self, scope: Scope, f: QueueFilter) -> dict[str, dict[str, int]]:
-        """Counts under the current filters, per severity, sensor state, case state, rule and kind."""
+        """Counts under the current filters, per severity, sensor state, case state, rule and kind.
+
+        One grouped scan of the matching warnings (joined to their cases only when a case filter is
+        set); the case states are counted from the (smaller) case table. Cached for ``counts_ttl_s``
+        per (scope, filters) - or ten times as long as the count took, so a slow count (hundreds of
+        thousands of matches) is not redone on every live refresh; at most ``counts_cache_max``
+        entries (oldest evicted first). ``as_of`` says when it was counted."""
         f.check()
+        key = (scope.prefix, f.region, f.rule, f.kind, f.severity, f.sensor_state, f.case_state, f.desk, f.since, f.until)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._counts_cache.get(key)
+            if hit is not None and now - hit[0] < max(self.counts_ttl_s, 10 * hit[2]):
+                return hit[1]
         where, args = self._filter_sql(scope, f)
-        base = f"FROM warnings w LEFT JOIN case_state c ON c.id = w.id WHERE {where}"
-        out: dict[str, dict[str, int]] = {}
-        for name, expr in (("severity", "w.severity"), ("sensor_state", "w.state"),
-                           ("case_state", "coalesce(c.state, 'new')"), ("rule", "w.rule"), ("kind", "w.kind")):
-            out[name] = {k: n for k, n in self._ro().execute(f"SELECT {expr}, count(*) {base} GROUP BY 1 ORDER BY 2 DESC LIMIT 100", args)}
-        out["total"] = {"all": sum(out["severity"].values())}
+        join = "LEFT JOIN case_state c ON c.id = w.id" if (f.case_state or f.desk) else ""
+        out: dict[str, dict[str, int]] = {k: {} for k in ("severity", "sensor_state", "case_state", "rule", "kind")}
+        total = 0
+        for sev, st, rule, kind, n in self._ro().execute(
+                f"SELECT w.severity, w.state, w.rule, w.kind, count(*) FROM warnings w {join} WHERE {where} GROUP BY 1, 2, 3, 4", args):
+            total += n
+            for name, k in (("severity", sev), ("sensor_state", st), ("rule", rule), ("kind", kind)):
+                out[name][k] = out[name].get(k, 0) + n
+        worked = dict(self._ro().execute(
+            f"SELECT c.state, count(*) FROM case_state c JOIN warnings w ON w.id = c.id WHERE {where} GROUP BY 1", args))
+        new = total - sum(worked.values())
+        out["case_state"] = {k: v for k, v in ({"new": new, **worked} if new else worked).items() if v}
+        for name in out:
+            out[name] = dict(sorted(out[name].items(), key=lambda kv: -kv[1])[:100])
+        out["total"] = {"all": total}
+        out["as_of"] = {"ms": now_ms()}
+        with self._lock:
+            self._counts_cache[key] = (now, out, time.monotonic() - now)
+            while len(self._counts_cache) > self.counts_cache_max:
+                self._counts_cache.pop(next(iter(self._counts_cache)))
+                self.counts_evicted += 1
         return out
 
     def rules(self, scope: Scope) -> list[str]:

@@ -226,7 +226,7 @@ def test_a_slow_live_client_is_dropped_and_counted():
         assert b.connect(Scope("")) is None  # over max_clients
         for i in range(20):
             b.publish([{"id": f"w-{i}", "region": "A/B"}])
-            await fast.queue.get()
+            assert json.loads((await fast.queue.get())[6:])["id"] == f"w-{i}"
         assert slow.dropped and slow not in b.clients and fast in b.clients
         assert await slow.queue.get() is None  # the stream ends; the browser reconnects
         return counters.snapshot()["console"]

@@ -175,6 +175,21 @@ def create_app(console) -> FastAPI:
                            until=parse_time(q.get("until"), "until"), sort=q.get("sort") or "start_ts",
                            order=q.get("order") or "desc", page=page_no, per_page=per_page).check()
 
+    configured_rules = sorted({r.name for r in console.cfg.rules} | {r.name for r in console.cfg.video.rules})
+    seen_rules: list = [0.0, []]
+
+    def rule_names() -> list[str]:
+        """The filter's choices: the configured rules; without a config, the stored ones (refreshed every 5 min)."""
+        if configured_rules:
+            return configured_rules
+        if time.monotonic() - seen_rules[0] > 300:
+            seen_rules[:] = [time.monotonic(), cases.rules(cases_scope_all)]
+        return seen_rules[1]
+
+    from gridwatch.streams.cases import Scope as _Scope
+
+    cases_scope_all = _Scope("")
+
     # --- login -------------------------------------------------------------------------------
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
     async def login_form(request: Request, next: str = "/"):
@@ -224,7 +239,7 @@ def create_app(console) -> FastAPI:
         res = cases.queue(a.user.scope_obj, f)
         base = {k: v for k, v in q.items() if k != "page" and v}
         base.setdefault("case_state", f.case_state or "all")
-        return {"f": f, "res": res, "q": base, "rules": cases.rules(a.user.scope_obj),
+        return {"f": f, "res": res, "q": base, "rules": rule_names(),
                 "prev_url": "/?" + _qs({**base, "page": f.page - 1}) if f.page > 1 else None,
                 "next_url": "/?" + _qs({**base, "page": f.page + 1}) if res["has_more"] else None,
                 "sort_url": lambda col: "/?" + _qs({**base, "sort": col,
@@ -400,15 +415,27 @@ def create_app(console) -> FastAPI:
         async def stream():
             try:
                 yield "retry: 2000\n\n"
+                q = client.queue
                 while True:
-                    try:
-                        ev = await asyncio.wait_for(client.queue.get(), 15.0)
-                    except asyncio.TimeoutError:
-                        yield ": keep-alive\n\n"
-                        continue
-                    if ev is None:  # dropped as too slow
+                    if q.empty():
+                        try:
+                            async with asyncio.timeout(15.0):  # no task per wait (wait_for makes one)
+                                first = await q.get()
+                        except TimeoutError:
+                            yield ": keep-alive\n\n"
+                            continue
+                    else:
+                        first = q.get_nowait()
+                    # everything already queued goes out in one write: a client that fell behind
+                    # catches up in few large writes instead of many small ones
+                    parts = [first]
+                    while parts[-1] is not None and not q.empty():
+                        parts.append(q.get_nowait())
+                    if parts[-1] is None:  # dropped as too slow: send what is left, then end
+                        if len(parts) > 1:
+                            yield "".join(parts[:-1])
                         return
-                    yield f"data: {json.dumps(ev)}\n\n"
+                    yield "".join(parts)  # each "data: {json}\n\n", encoded once by the broadcaster
             finally:
                 console.broadcaster.disconnect(client)
 

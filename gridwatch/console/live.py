@@ -8,6 +8,7 @@ browser's EventSource reconnects by itself and reloads what it missed from the s
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,11 +56,14 @@ class Broadcaster:
         """On the console's event loop."""
         for ev in events:
             self.counters.add(SOURCE, "events")
+            data = None
             for c in list(self.clients):
                 if c.dropped or not c.scope.holds(ev.get("region") or ""):
                     continue
+                if data is None:  # encoded once for every client
+                    data = f"data: {json.dumps(ev)}\n\n"
                 try:
-                    c.queue.put_nowait(ev)
+                    c.queue.put_nowait(data)
                 except asyncio.QueueFull:
                     c.dropped = True  # a slow client: drop it (its EventSource reconnects and reloads)
                     self.clients.discard(c)

@@ -36,6 +36,12 @@
       var total = document.createElement("strong");
       total.textContent = (c.total.all || 0) + " matching";
       box.appendChild(total);
+      if (c.as_of && Date.now() - c.as_of.ms > 5000) {
+        var asof = document.createElement("span");
+        asof.className = "muted";
+        asof.textContent = "(counted " + new Date(c.as_of.ms).toISOString().substring(11, 19) + " UTC)";
+        box.appendChild(asof);
+      }
       [["severity", "severity"], ["case_state", "case"], ["sensor_state", "sensor"], ["rule", "rule"]].forEach(function (g) {
         var group = document.createElement("span");
         group.className = "group";
