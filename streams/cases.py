@@ -60,6 +60,7 @@ SORTS = {"start_ts": "w.start_ts", "last_ts": "w.last_ts", "severity": "w.severi
          "source": "w.source", "state": "w.state"}
 PAGE_MAX = 200
 NOTE_MAX = 4000
+RECORDS_PER_CASE_MAX = 1000  # comments included: a case's audit trail is bounded
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS case_audit (seq INTEGER PRIMARY KEY, case_id TEXT NOT NULL, action_id TEXT NOT NULL UNIQUE,
@@ -486,6 +487,9 @@ class CaseStore:
                     if len(levels) <= 1:
                         raise Conflict("the case is already at the top desk")
                     new_desk = "/".join(levels[:-1])
+                n_records = db.execute("SELECT count(*) FROM case_audit WHERE case_id = ?", (case_id,)).fetchone()[0]
+                if n_records >= RECORDS_PER_CASE_MAX:
+                    raise Conflict(f"the case already has {n_records} records, the most one case may hold")
                 db.execute("INSERT INTO case_audit (case_id, action_id, ts, actor, action, from_state, to_state, desk, note, photo) "
                            "VALUES (?,?,?,?,?,?,?,?,?,?)",
                            (case_id, action_id, ts, user.name, action, state, to_state or state, new_desk, note or None, photo))

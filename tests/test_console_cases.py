@@ -199,3 +199,16 @@ def test_users_passwords_tokens_and_sessions(tmp_path):
     assert evicted == 1 and cs.session(s1) is None and cs.session(s3) == (u, csrf3)
     cs.end_session(s3)
     assert cs.session(s3) is None
+
+
+def test_a_case_holds_a_bounded_number_of_records(db, monkeypatch):
+    import gridwatch.streams.cases as cases_mod
+
+    path, (w, *_rest) = db
+    monkeypatch.setattr(cases_mod, "RECORDS_PER_CASE_MAX", 5)
+    cs = CaseStore(path)
+    for i in range(5):
+        cs.act(COUNTY, w.id, "comment", note=f"comment {i}")
+    with pytest.raises(Conflict, match="the most one case may hold"):
+        cs.act(COUNTY, w.id, "comment", note="one too many")
+    assert len(cs.audit(Scope(""), w.id)) == 5

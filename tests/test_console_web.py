@@ -237,3 +237,17 @@ def test_a_slow_live_client_is_dropped_and_counted():
     t.join(10)
     snap = out[0]
     assert snap["dropped"]["sse_slow_client"] == 1 and snap["dropped"]["sse_refused_full"] == 1
+
+
+def test_an_oversized_photo_is_refused_before_it_is_read(site):
+    c, csrf = login(site, "east")
+    wid = site["ws"]["east"].id
+    for action in ("acknowledge", "dispatch"):
+        assert c.post(f"/w/{wid}/act", data={"action": action, "csrf": csrf}).status_code == 303
+    big = b"\xff\xd8\xff" + b"0" * (11 * 2**20)
+    r = c.post(f"/w/{wid}/act", data={"action": "handle", "note": "done", "csrf": csrf}, files={"photo": ("p.jpg", big, "image/jpeg")})
+    assert r.status_code == 413 and "larger than 10 MB" in r.text
+    r = c.post(f"/w/{wid}/act", data={"action": "handle", "note": "done", "csrf": csrf}, files={"photo": ("p.jpg", b"GIF89a", "image/jpeg")})
+    assert r.status_code == 303 and "not%20a%20JPEG" in r.headers["location"]
+    assert c.get(f"/api/warnings/{wid}").json()["w"]["case_state"] == "dispatched"
+    assert site["console"].counters.snapshot()["console"]["dropped"]["upload_too_large"] == 1

@@ -239,7 +239,7 @@ def create_app(console) -> FastAPI:
         res = cases.queue(a.user.scope_obj, f)
         base = {k: v for k, v in q.items() if k != "page" and v}
         base.setdefault("case_state", f.case_state or "all")
-        return {"f": f, "res": res, "q": base, "rules": rule_names(),
+        return {"f": f, "res": res, "q": base, "rules": sorted(set(rule_names()) | {r["rule"] for r in res["items"]} | ({f.rule} - {""})),
                 "prev_url": "/?" + _qs({**base, "page": f.page - 1}) if f.page > 1 else None,
                 "next_url": "/?" + _qs({**base, "page": f.page + 1}) if res["has_more"] else None,
                 "sort_url": lambda col: "/?" + _qs({**base, "sort": col,
@@ -323,8 +323,8 @@ def create_app(console) -> FastAPI:
                     action_id=uuid.uuid4().hex, error=error,
                     evidence_items=[(k, v) for k, v in w["evidence"].items() if k not in ("snapshot", "before_snapshot", "evidence_dir", "metric")])
 
-    def _within_evidence(rel: str) -> Path:
-        root = console.evidence_root.resolve()
+    def _within_evidence(rel: str, root: Path | None = None) -> Path:
+        root = (root or console.evidence_root).resolve()
         p = (root / rel).resolve()
         if not rel or not p.is_relative_to(root) or not p.is_file():
             raise NotFound("no such evidence file")
@@ -344,7 +344,7 @@ def create_app(console) -> FastAPI:
         rec = [r for r in cases.audit(a.user.scope_obj, wid) if r["seq"] == seq and r["photo"]]
         if not rec:
             raise NotFound("no such photo")
-        return FileResponse(_within_evidence(rec[0]["photo"]), headers={"X-Content-Type-Options": "nosniff"})
+        return FileResponse(_within_evidence(rec[0]["photo"], console.case_photo_root), headers={"X-Content-Type-Options": "nosniff"})
 
     async def _save_photo(wid: str, upload) -> str | None:
         if upload is None or not getattr(upload, "filename", ""):
@@ -359,8 +359,8 @@ def create_app(console) -> FastAPI:
             raise CaseError(f"the photo is larger than {console.ccfg.upload_max_mb:g} MB")
         if not (data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG\r\n\x1a\n")):
             raise CaseError("the photo is not a JPEG or PNG image")
-        rel = Path("cases") / wid / f"{uuid.uuid4().hex}{ext}"
-        p = console.evidence_root / rel
+        rel = Path(wid) / f"{uuid.uuid4().hex}{ext}"
+        p = console.case_photo_root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
         return rel.as_posix()
@@ -376,6 +376,17 @@ def create_app(console) -> FastAPI:
     @app.post("/w/{wid}/act", include_in_schema=False)
     async def act_form(request: Request, wid: str):
         a = auth(request)
+        # refuse an oversized body before it is parsed (and spooled to disk)
+        limit = int(console.ccfg.upload_max_mb * 2**20) + 65536
+        try:
+            length = int(request.headers.get("content-length", ""))
+        except ValueError:
+            length = -1
+        if length < 0 or length > limit:
+            counters.drop(SOURCE, "upload_too_large")
+            return templates.TemplateResponse(request, "error.html", {"user": None, "message":
+                                              f"the form is larger than {console.ccfg.upload_max_mb:g} MB (or has no length); "
+                                              "attach a smaller photo"}, status_code=413)
         form = await request.form()
         check_csrf(a, str(form.get("csrf", "")))
         body = ActionIn(action=str(form.get("action", "")), action_id=str(form.get("action_id", "")) or None,
