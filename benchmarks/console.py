@@ -30,7 +30,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def bench_queue(n: int, requests: int, tmp: Path) -> dict:
 
     from gridwatch.config import parse
     from gridwatch.console.server import Console
-    from gridwatch.streams.cases import CaseStore, Scope, User
+    from gridwatch.streams.cases import CaseStore, QueueFilter, Scope, User
 
     db = tmp / "var" / "gridwatch.db"
     print(f"queue: writing {n:,} warnings through Store.commit ...")
@@ -95,7 +94,7 @@ def bench_queue(n: int, requests: int, tmp: Path) -> dict:
     cs.add_user("bench", "bench-password", "admin", "")
     boss = User("bench", "admin", "")
     # some worked cases, so the join has rows to look at
-    some = cs.queue(Scope(""), __import__("gridwatch.streams.cases", fromlist=["QueueFilter"]).QueueFilter(per_page=200))["items"]
+    some = cs.queue(Scope(""), QueueFilter(per_page=200))["items"]
     for w in some[:200]:
         cs.act(boss, w["id"], "acknowledge")
     print(f"queue: store written in {build_s:.1f} s, indexes in {index_s:.1f} s; serving ...")

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from gridwatch.cli import main
 from gridwatch.servers._base import free_ports

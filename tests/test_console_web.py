@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 
@@ -251,3 +250,15 @@ def test_an_oversized_photo_is_refused_before_it_is_read(site):
     assert r.status_code == 303 and "not%20a%20JPEG" in r.headers["location"]
     assert c.get(f"/api/warnings/{wid}").json()["w"]["case_state"] == "dispatched"
     assert site["console"].counters.snapshot()["console"]["dropped"]["upload_too_large"] == 1
+
+
+def test_the_api_is_described_by_openapi_and_needs_no_internet(site):
+    spec = httpx.get(site["base"] + "/api/openapi.json").json()
+    paths = set(spec["paths"])
+    assert {"/api/warnings", "/api/counts", "/api/warnings/{wid}", "/api/warnings/{wid}/actions", "/api/stats", "/api/me"} <= paths
+    c, _ = login(site, "county")
+    for page in ("/?case_state=all", f"/w/{site['ws']['cam'].id}", "/stats"):
+        html = c.get(page).text
+        assert "http://" not in html and "https://" not in html  # every asset is the console's own
+    assert c.get("/static/console.js").status_code == 200 and c.get("/static/console.css").status_code == 200
+    assert httpx.get(site["base"] + "/docs").status_code == 404  # Swagger UI would load from a CDN

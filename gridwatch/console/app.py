@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import time
 import uuid
 from datetime import datetime, timezone
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
@@ -24,7 +23,7 @@ from pydantic import BaseModel, Field
 from gridwatch.console.charts import funnel_svg, map_svg, readings_svg
 from gridwatch.console.live import SOURCE
 from gridwatch.records import SEVERITIES
-from gridwatch.streams.cases import (ACTIONS, OPEN_STATES, ROLES, STATES, CaseError, NotFound, QueueFilter, User,
+from gridwatch.streams.cases import (ACTIONS, OPEN_STATES, STATES, CaseError, NotFound, QueueFilter, Scope, User,
                                       path_levels, role_at_least)
 
 HERE = Path(__file__).parent
@@ -186,9 +185,7 @@ def create_app(console) -> FastAPI:
             seen_rules[:] = [time.monotonic(), cases.rules(cases_scope_all)]
         return seen_rules[1]
 
-    from gridwatch.streams.cases import Scope as _Scope
-
-    cases_scope_all = _Scope("")
+    cases_scope_all = Scope("")
 
     # --- login -------------------------------------------------------------------------------
     @app.get("/login", response_class=HTMLResponse, include_in_schema=False)

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -140,7 +141,7 @@ class Console:
         case = self.cases.case_row(rec["case_id"])
         self.broadcaster.publish_threadsafe([{"type": "case", "event": rec["action"], "id": rec["case_id"],
                                               "region": rec.get("region", ""), "state": rec["to_state"],
-                                              "actor": rec["actor"], "sent": __import__("time").time()}])
+                                              "actor": rec["actor"], "sent": time.time()}])
         if self.publisher is not None:
             self.publisher.publish(rec, case)
 
