@@ -178,15 +178,17 @@ def test_from_published_reading_to_closed_case(stack, browser, tmp_path):
     assert appeared_s < 5.0
     shot(county, tmp_path, "02-queue-live")
 
-    # the county operator opens it: chart with the threshold and the raise moment, map, device
-    county.click(f"tr[data-id='{wid}'] td.msg a")
+    # the county operator opens it from the keyboard: chart with the threshold and the raise moment, map, device
+    county.keyboard.press("j")
+    assert county.get_attribute("tr.selected", "data-id") == wid
+    county.keyboard.press("Enter")
     county.wait_for_selector("svg.chart polyline.series")
     assert county.locator("svg.chart .threshold-label").first.text_content().startswith("above 2.5")
     assert county.locator("svg.chart .raised-label").count() == 1
     assert county.locator("svg.map polygon.hit").count() == 1
     assert "generic" in county.inner_text("#device")
     shot(county, tmp_path, "03-warning")
-    county.click("form[data-action=acknowledge] button")
+    county.keyboard.press("a")
     county.wait_for_selector("#case-state:text('acknowledged')")
     county.select_option("form[data-action=dispatch] select[name=desk]", TOWN_DESK)
     county.click("form[data-action=dispatch] button")

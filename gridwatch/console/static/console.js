@@ -85,6 +85,31 @@
     });
   }
 
+  // keyboard review: j / k move through the queue, Enter opens; on a warning, a acknowledges, u goes back
+  var sel = -1;
+  document.addEventListener("keydown", function (e) {
+    var t = e.target && e.target.tagName;
+    if (t === "INPUT" || t === "TEXTAREA" || t === "SELECT" || e.ctrlKey || e.metaKey || e.altKey) return;
+    if (page === "queue") {
+      var trs = Array.prototype.slice.call(document.querySelectorAll("#rows tr[data-id]"));
+      if (!trs.length) return;
+      if (e.key === "j" || e.key === "k") {
+        sel = Math.max(0, Math.min(trs.length - 1, sel + (e.key === "j" ? 1 : -1)));
+        trs.forEach(function (tr, i) { tr.classList.toggle("selected", i === sel); });
+        trs[sel].scrollIntoView({ block: "nearest" });
+      } else if (e.key === "Enter" && sel >= 0 && trs[sel]) {
+        location.href = "/w/" + encodeURIComponent(trs[sel].getAttribute("data-id"));
+      }
+    } else if (page === "warning") {
+      if (e.key === "a") {
+        var ack = document.querySelector("form[data-action=acknowledge]");
+        if (ack) ack.requestSubmit();
+      } else if (e.key === "u") {
+        location.href = "/";
+      }
+    }
+  });
+
   // a submitted action form cannot be sent twice (the server also ignores a repeated action id)
   document.querySelectorAll("form.act").forEach(function (f) {
     f.addEventListener("submit", function () {
