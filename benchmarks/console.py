@@ -231,8 +231,6 @@ sse_max_clients = {clients + 10}
         loader = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-console-load", protocol=mqtt.MQTTv5)
         loader.connect("127.0.0.1", mq.port)
         loader.loop_start()
-        burst = [json.dumps([{"ts": time.time() - 3600 + k * 0.001, "water_level": 1.0} for k in range(100)])
-                 for _ in range(burst_messages)]
 
         def ingest_burst(tag: str) -> float:
             """Readings/s the runtime stores while the phase runs: a backlog of burst_messages x 100
@@ -240,6 +238,9 @@ sse_max_clients = {clients + 10}
             st = Store(db)
             base_n = st.count_readings()
             want = base_n + burst_messages * 100
+            t0_s = time.time() - 3600
+            burst = [json.dumps([{"ts": t0_s + (i // 500) * 0.1 + k * 0.001, "water_level": 1.0} for k in range(100)])
+                     for i in range(burst_messages)]  # fresh devices and times each phase: nothing is a duplicate
             t = time.perf_counter()
             for i, payload in enumerate(burst):
                 loader.publish(f"devices/generic/sewer_level/load-{tag}-{i % 500:03d}", payload, qos=0)
@@ -265,7 +266,7 @@ sse_max_clients = {clients + 10}
                 n = int(rate * seconds)
                 t_start = time.perf_counter()
                 loop = asyncio.get_running_loop()
-                load = loop.run_in_executor(None, ingest_burst, f"c{n_clients}") if burst_on else None
+                load = loop.run_in_executor(None, ingest_burst, f"p{first_seq}") if burst_on else None
                 for i in range(first_seq, first_seq + n):
                     due = t_start + (i - first_seq) / rate
                     delay = due - time.perf_counter()

@@ -402,6 +402,13 @@ class CaseStore:
                 self.counts_evicted += 1
         return out
 
+    def counts_changed(self, cheap_s: float = 0.05) -> None:
+        """Warnings or cases changed: forget the cached counts that are cheap to redo (the costly
+        ones - big stores - live out their time, so live updates do not recount them every time)."""
+        with self._lock:
+            for k in [k for k, v in self._counts_cache.items() if v[2] < cheap_s]:
+                del self._counts_cache[k]
+
     def rules(self, scope: Scope) -> list[str]:
         where, args = scope.sql()
         return [r[0] for r in self._ro().execute(f"SELECT DISTINCT rule FROM warnings w WHERE {where} LIMIT 200", args)]

@@ -175,6 +175,7 @@ def test_from_published_reading_to_closed_case(stack, browser, tmp_path):
     wid = row.get_attribute("data-id")
     assert wid not in before and "sw-7" in row.inner_text() and "new" in row.inner_text()
     print(f"warning visible in the county queue {appeared_s:.2f} s after mosquitto_pub started")
+    county.wait_for_selector("#counts strong:text('2 matching')")  # the counts follow the live update
     assert appeared_s < 5.0
     shot(county, tmp_path, "02-queue-live")
 

@@ -135,9 +135,11 @@ class Console:
     # --- event feeds -------------------------------------------------------------------------
     def on_events(self, events) -> None:
         """The runtime's ``on_events`` callback (pipeline thread): [(event, Warning)]."""
+        self.cases.counts_changed()
         self.broadcaster.publish_threadsafe([warning_event(e, w) for e, w in events])
 
     def case_changed(self, rec: dict[str, Any]) -> None:
+        self.cases.counts_changed()
         case = self.cases.case_row(rec["case_id"])
         self.broadcaster.publish_threadsafe([{"type": "case", "event": rec["action"], "id": rec["case_id"],
                                               "region": rec.get("region", ""), "state": rec["to_state"],
@@ -160,6 +162,7 @@ class Console:
                    for r in rows]
             rowid = new_rowid
             if evs:
+                self.cases.counts_changed()
                 self.broadcaster.publish(evs)
 
     async def _sweep_overdue(self) -> None:
