@@ -13,8 +13,9 @@ from gridwatch.config import ConfigError, explain, load, secrets_world_readable
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
+                "console": "gridwatch.benchmarks.console",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
-                "fuzz": "gridwatch.benchmarks.fuzz", "console": "gridwatch.benchmarks.console"}
+                "fuzz": "gridwatch.benchmarks.fuzz"}
 
 
 def _fmt_ts(ms: int | None) -> str:
@@ -66,6 +67,7 @@ def cmd_run(a) -> int:
         logging.getLogger("gridwatch").warning(f"{a.config} holds a secret and is readable by every user")
     on_events = (lambda evs: [print_event(e, w) for e, w in evs]) if not a.quiet else None
     rt = EdgeRuntime(cfg, on_events=on_events)
+    video = None
     console = None
     if cfg.console.enabled:  # the console beside the runtime, fed by its warning events
         from gridwatch.console.server import Console
@@ -74,7 +76,6 @@ def cmd_run(a) -> int:
         print_events, on_events = on_events, (lambda evs: (console.on_events(evs), print_events and print_events(evs)))
         rt.on_events = on_events
         print(f"gridwatch console on http://{cfg.console.bind}:{console.start_thread()}/", flush=True)
-    video = None
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime
 
@@ -117,12 +118,7 @@ def cmd_hw(a) -> int:
 def cmd_demo(a) -> int:
     from gridwatch.demo.replay import run_demo
 
-    rc = run_demo(Path(a.data_dir), speed=a.speed, quiet=a.quiet)
-    if rc or a.no_console:
-        return rc
-    from gridwatch.demo.replay import serve_console
-
-    return serve_console(Path(a.data_dir) / "gridwatch.db", Path(a.data_dir), port=a.port)
+    return run_demo(Path(a.data_dir), speed=a.speed, quiet=a.quiet)
 
 
 def _open_store_ro(a):
@@ -188,6 +184,16 @@ def cmd_bench(a) -> int:
     return importlib.import_module(mod).main(a.args)
 
 
+def cmd_demo_then_console(a) -> int:
+    """The demo, then the operator console over its store (unless --no-console)."""
+    rc = cmd_demo(a)
+    if rc or a.no_console:
+        return rc
+    from gridwatch.demo.replay import serve_console
+
+    return serve_console(Path(a.data_dir) / "gridwatch.db", Path(a.data_dir), port=a.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gridwatch", description="Streaming IoT and video-sensor ingestion for grid-governance command centres.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -196,9 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--data-dir", default="var", help="where the demo store goes (default: ./var)")
     d.add_argument("--speed", type=float, default=600.0, help="replay speed-up over recorded time (default 600x)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
+    d.set_defaults(fn=cmd_demo)
     d.add_argument("--no-console", action="store_true", help="do not serve the operator console over the demo's store afterwards")
     d.add_argument("--port", type=int, default=8080, help="console port (default 8080)")
-    d.set_defaults(fn=cmd_demo)
+    d.set_defaults(fn=cmd_demo_then_console)
 
     r = sub.add_parser("run", help="run the edge runtime from a config file")
     r.add_argument("-c", "--config", required=True)
@@ -236,10 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--reason")
         s.set_defaults(fn=fn)
 
-    from gridwatch.console.cli import add_parser as add_console_parser
-
-    add_console_parser(sub)
-
     h = sub.add_parser("hw", help="what this box has for video: ONNX providers, hardware decoders, camera URL templates")
     h.set_defaults(fn=cmd_hw)
 
@@ -247,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("suite")
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
+
+    from gridwatch.console.cli import add_parser as add_console_parser
+
+    add_console_parser(sub)
 
     a = p.parse_args(argv)
     if a.cmd == "check-config" and not a.file and not a.explain:
