@@ -5,7 +5,7 @@
 #   ./dev.sh bench SUITE     set up, then run a benchmark suite (processors, ingest, mqtt)
 #   ./dev.sh setup           only set up
 # Python packages go into .venv; Debian packages (Mosquitto, OpenSSL, GStreamer RTSP server,
-# FFmpeg tools, Java for Kafka/QuestDB) are installed with apt-get when missing (needs root).
+# FFmpeg tools, Java for Kafka/QuestDB, Chromium for the console's browser tests) are installed with apt-get when missing (needs root).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -15,7 +15,7 @@ VENV=.venv
 
 DEBS_RUNTIME=(mosquitto mosquitto-clients openssl)
 DEBS_TEST=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-           gstreamer1.0-plugins-ugly ffmpeg opencv-doc)
+           gstreamer1.0-plugins-ugly ffmpeg opencv-doc chromium)
 
 log() { printf '\033[1m[gridwatch]\033[0m %s\n' "$*" >&2; }
 

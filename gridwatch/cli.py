@@ -21,6 +21,7 @@ from gridwatch.config import (ConfigError, MetricsConfig, SiteConfig, explain, e
 
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
+                "console": "gridwatch.benchmarks.console",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
                 "fuzz": "gridwatch.benchmarks.fuzz", "jt808": "gridwatch.benchmarks.jt808"}
 
@@ -180,6 +181,14 @@ def cmd_run(a) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     video = None
+    console = None
+    if cfg.console.enabled:  # the console beside the runtime, fed by its warning events
+        from gridwatch.console.server import Console
+
+        console = Console(cfg, counters=rt.counters, poll=False)
+        print_events, on_events = on_events, (lambda evs: (console.on_events(evs), print_events and print_events(evs)))
+        rt.on_events = on_events
+        print(f"gridwatch console on http://{cfg.console.bind}:{console.start_thread()}/", flush=True)
     if cfg.cameras:  # the video path shares the runtime's store, MQTT publisher and counters
         from gridwatch.streams.video import VideoRuntime
 
@@ -195,6 +204,8 @@ def cmd_run(a) -> int:
     finally:
         if video is not None:
             video.stop()
+        if console is not None:
+            console.stop()
     return 0
 
 
@@ -406,6 +417,16 @@ def cmd_bench(a) -> int:
     return importlib.import_module(mod).main(a.args)
 
 
+def cmd_demo_then_console(a) -> int:
+    """The demo, then the operator console over its store (unless --no-console)."""
+    rc = cmd_demo(a)
+    if rc or a.no_console:
+        return rc
+    from gridwatch.demo.replay import serve_console
+
+    return serve_console(Path(a.data_dir) / "gridwatch.db", Path(a.data_dir), port=a.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gridwatch", description="Streaming IoT and video-sensor ingestion for grid-governance command centres.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -415,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--speed", type=float, default=600.0, help="replay speed-up over recorded time (default 600x)")
     d.add_argument("--quiet", action="store_true", help="print only the summary")
     d.set_defaults(fn=cmd_demo)
+    d.add_argument("--no-console", action="store_true", help="do not serve the operator console over the demo's store afterwards")
+    d.add_argument("--port", type=int, default=8080, help="console port (default 8080)")
+    d.set_defaults(fn=cmd_demo_then_console)
 
     r = sub.add_parser("run", help="run the edge runtime from a config file")
     r.add_argument("-c", "--config", required=True)
@@ -465,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("suite")
     b.add_argument("args", nargs=argparse.REMAINDER)
     b.set_defaults(fn=cmd_bench)
+
+    from gridwatch.console.cli import add_parser as add_console_parser
+
+    add_console_parser(sub)
 
     a = p.parse_args(argv)
     if a.cmd == "check-config" and not a.file and not a.explain:

@@ -131,6 +131,20 @@ class AlertsMqttConfig(_Model):
     update_interval_s: float = Field(600.0, gt=0, description="While a warning is active, an 'updated' event with its latest value at most this often.")
 
 
+class ConsoleConfig(_Model):
+    enabled: bool = Field(False, description="Serve the operator console beside `gridwatch run` in the same process (`gridwatch console -c FILE` serves it on its own).")
+    bind: str = Field("127.0.0.1", description="Address the console listens on. Keep it on loopback unless a TLS-terminating proxy is in front.")
+    port: int = Field(8080, ge=0, le=65535, description="Console HTTP port (0 = any free port, printed at start).")
+    deadlines_h: dict[str, float] = Field({"critical": 2.0, "major": 24.0, "minor": 72.0, "info": 72.0}, description="Hours from a warning's raise to close its case, per severity; an open case past it is marked overdue and escalated one desk up.")
+    escalate_overdue: bool = Field(True, description="Escalate overdue open cases one desk up automatically (once per case).")
+    session_hours: float = Field(12.0, gt=0, description="Login sessions expire after this many hours.")
+    sse_queue_max: int = Field(256, ge=8, description="Events queued per live-update client; a client that falls this far behind is dropped (counted) and reconnects.")
+    sse_max_clients: int = Field(1000, ge=1, description="Most live-update clients at once; more are refused with 503 (counted).")
+    poll_s: float = Field(0.5, gt=0, description="Standalone console: how often the store is polled for new and changed warnings.")
+    upload_max_mb: float = Field(10.0, gt=0, description="Largest photo an operator may attach when handling a case.")
+    cases_mqtt: bool = Field(True, description="Publish case events on MQTT (gridwatch/cases/...) when [mqtt] is configured.")
+
+
 class MetricsConfig(_Model):
     port: int = Field(0, ge=0, le=65535, description="Prometheus endpoint port on 127.0.0.1 (bind address below); 0 = off.")
     bind: str = Field("127.0.0.1", description="Address of the Prometheus endpoint.")
@@ -252,6 +266,7 @@ class GridwatchConfig(_Model):
     store: StoreConfig = Field(default_factory=StoreConfig, description="Embedded store.")
     alerts_mqtt: AlertsMqttConfig = Field(default_factory=AlertsMqttConfig, description="Warning events on MQTT.")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig, description="The operator console (web pages, JSON API, live updates); see docs/console.md.")
     log: LogConfig = Field(default_factory=LogConfig, description="Logging.")
     cameras: list[VideoCameraConfig] = Field(default_factory=list, description="Cameras of the video path (see docs/video.md).")
     video: VideoConfig = Field(default_factory=VideoConfig, description="Video rules, ONNX models and snapshot evidence.")

@@ -100,3 +100,25 @@ def gstreamer():
         if in_ci():
             pytest.fail(f"RTSP server cannot start in CI: {why}")
         pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's chromium driven by Playwright (its own browser download cannot work here)."""
+    import shutil
+
+    exe = os.environ.get("GRIDWATCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import Error as PlaywrightError, sync_playwright
+    except ImportError as e:
+        pytest.fail(f"playwright is not installed: {e}", pytrace=False) if in_ci() else pytest.skip(f"playwright: {e}")
+    pw = sync_playwright().start()
+    try:
+        b = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox", "--disable-background-networking"])
+    except PlaywrightError as e:
+        pw.stop()
+        msg = f"chromium ({exe}) could not start: {str(e).splitlines()[0]}"
+        pytest.fail(msg, pytrace=False) if in_ci() else pytest.skip(msg)
+    yield b
+    b.close()
+    pw.stop()

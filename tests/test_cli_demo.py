@@ -19,7 +19,7 @@ SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "streams/schema/warni
 @pytest.fixture(scope="module")
 def demo_db(tmp_path_factory):
     d = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--data-dir", str(d), "--speed", "0", "--quiet"]) == 0
+    assert main(["demo", "--data-dir", str(d), "--speed", "0", "--quiet", "--no-console"]) == 0
     return d / "gridwatch.db"
 
 
@@ -40,7 +40,7 @@ def test_demo_raises_the_scripted_warnings(demo_db):
 
 
 def test_demo_is_deterministic(demo_db, tmp_path):
-    assert main(["demo", "--data-dir", str(tmp_path), "--speed", "0", "--quiet"]) == 0
+    assert main(["demo", "--data-dir", str(tmp_path), "--speed", "0", "--quiet", "--no-console"]) == 0
     ids = lambda p: sorted(w["id"] for w in Store(p).warnings())  # noqa: E731
     assert ids(tmp_path / "gridwatch.db") == ids(demo_db)
 

@@ -39,6 +39,37 @@ def load_recording(path: Path = RECORDING) -> list[tuple[float, str, bytes]]:
     return out
 
 
+DEMO_USERS = (  # name, password, role, desk (region scope)
+    ("city", "city-demo-pass", "supervisor", "Jiangcheng"),
+    ("county", "county-demo-pass", "operator", "Jiangcheng/Riverside District"),
+    ("town", "town-demo-pass", "operator", "Jiangcheng/Riverside District/East Town"),
+)
+
+
+def serve_console(db: Path, data_dir: Path, port: int = 8080, out=sys.stdout) -> int:
+    """Serve the operator console over the demo's store until Ctrl-C, with a desk per tier."""
+    from gridwatch.console.server import Console
+    from gridwatch.streams.cases import CaseStore
+
+    cfg = load(CONFIG)
+    cases = CaseStore(db, cfg.console.deadlines_h)
+    for name, pw, role, scope in DEMO_USERS:
+        cases.add_user(name, pw, role, scope)
+    cases.close()
+    con = Console(cfg, store_path=db, evidence_root=data_dir / cfg.video.evidence_dir)
+    try:
+        sock = con.bind_socket("127.0.0.1", port)
+    except OSError as e:
+        print(f"console: port {port} is taken ({e.strerror}); pass --port N, or --no-console", file=sys.stderr)
+        return 2
+    print(f"\nOperator console: http://127.0.0.1:{con.port}/  (Ctrl-C stops it; --no-console skips it)", file=out)
+    for name, pw, role, scope in DEMO_USERS:
+        print(f"  log in as {name:7} password {pw:17} {role:10} desk {scope}", file=out)
+    out.flush()
+    con.serve_forever(sock)
+    return 0
+
+
 def run_demo(data_dir: Path, speed: float = 600.0, quiet: bool = False, out=sys.stdout) -> int:
     from gridwatch.cli import print_event
 
