@@ -50,7 +50,7 @@ def cmd_check_config(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from gridwatch.observability import setup_logging
+    from gridwatch.observability import config_secrets, setup_logging
     from gridwatch.streams.runtime import EdgeRuntime, run_blocking
 
     try:
@@ -58,7 +58,7 @@ def cmd_run(a) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    secrets = tuple(s for s in ((cfg.mqtt.password if cfg.mqtt else None),) if s)
+    secrets = config_secrets(cfg)
     setup_logging(cfg.log.level, cfg.log.format, secrets)
     if secrets_world_readable(a.config):
         import logging
@@ -81,7 +81,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_worker(a) -> int:
-    from gridwatch.observability import setup_logging
+    from gridwatch.observability import config_secrets, setup_logging
     from gridwatch.streams.cluster import run_worker
 
     try:
@@ -93,7 +93,7 @@ def cmd_worker(a) -> int:
         cfg.kafka.bootstrap_servers = a.bootstrap
     if a.stats_file:
         cfg.worker.stats_file = a.stats_file
-    setup_logging(cfg.log.level, cfg.log.format, tuple(s for s in (cfg.influx.token if cfg.influx else None,) if s))
+    setup_logging(cfg.log.level, cfg.log.format, config_secrets(cfg))
     return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
 
 
