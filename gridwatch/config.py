@@ -326,7 +326,7 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> GridwatchConfig
 
 # keys whose value is a credential (mqtt.password, kafka.sasl_password, influx.token, ...), however
 # they are written in TOML (quoted keys, inline tables, either kind of string)
-_SECRET_KEY = re.compile(r"(?i)^(?:.*[_.-])?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key)$")
+_SECRET_FIELD_NAME = re.compile(r"(?i)^(?:.*[_.-])?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key)$")
 _URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")  # scheme://user:password@
 
 
@@ -346,7 +346,7 @@ def secret_fields(data: Any, prefix: str = "") -> list[str]:
             out += secret_fields(v, key + "." if isinstance(v, dict) else key)
         elif isinstance(v, str):
             text = literal(v).strip()
-            named = isinstance(k, str) and _SECRET_KEY.match(k) is not None
+            named = isinstance(k, str) and _SECRET_FIELD_NAME.match(k) is not None
             if (named and text) or _URL_PASSWORD.search(text):
                 out.append(key)
     return out
