@@ -28,6 +28,20 @@ lifecycle's active warnings / cooldowns / held-back clears, the partition's stre
   from the last *committed* offset, and messages at or below the snapshot's offset are skipped,
   so no reading is applied twice and none is lost.
 
+**Every offset, once, in order** (the snapshot's offset is the truth, not Faust's commits): before
+a partition's messages are applied, the worker checks that they continue the snapshot's offset.
+Faust's offset bookkeeping can move past a message that was never handed to the agent (a
+prefetched message delivered out of order around a rebalance is taken for a "gap" of offsets that
+do not exist, and a single missing offset at the head of the acked list is committed over:
+faust-streaming issues #221, #312, #606): that message is then processed by nobody. So a hole
+(or, for a partition without a snapshot, a first message after the log's start) is filled by
+reading the missing offsets straight from Kafka (:class:`OffsetGapFiller`, outside the consumer
+group) and applying them first (counted: ``gap_fills``, ``gap_messages``; offsets already deleted
+by retention: ``gap_expired_messages``). A batch that fails part-way (an error, a cancel) leaves
+no trace in memory: the partitions it touched fall back to their last stored snapshot, and the
+agent retries the batch with backoff (``batch_failures``) instead of letting Faust acknowledge
+messages whose effects were lost.
+
 The cost is that the whole partition state is rewritten per batch (pickled numpy arrays, about 480 kB
 for 10k devices under the five standard rules); size partitions so that this stays well under the
 changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written with an explicit
@@ -310,6 +324,68 @@ async def ensure_topics(cfg: GridwatchConfig, timeout: float = 30.0) -> None:
         await admin.close()
 
 
+class OffsetGapFiller:
+    """Reads a range of offsets of one readings partition straight from Kafka (no consumer group,
+    nothing committed): the messages the consumer group's bookkeeping skipped."""
+
+    def __init__(self, cfg: GridwatchConfig, timeout_s: float = 30.0) -> None:
+        self.k = cfg.kafka
+        self.timeout_s = timeout_s
+        self._c = None
+
+    async def _consumer(self):
+        if self._c is None:
+            from aiokafka import AIOKafkaConsumer
+
+            from gridwatch.ingest.kafka_security import client_kwargs
+
+            c = AIOKafkaConsumer(bootstrap_servers=self.k.bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=64 * 1024 * 1024, **client_kwargs(self.k))
+            await c.start()
+            self._c = c
+        return self._c
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        from aiokafka import TopicPartition
+
+        c = await self._consumer()
+        tp = TopicPartition(topic, partition)
+        return (await c.beginning_offsets([tp]))[tp]
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int) -> tuple[list[tuple[int, bytes]], int]:
+        """Messages ``start <= offset < end`` as (offset, value), and how many of them retention
+        had already deleted. Raises TimeoutError if Kafka does not deliver them in time."""
+        from aiokafka import TopicPartition
+
+        c = await self._consumer()
+        tp = TopicPartition(topic, partition)
+        first = (await c.beginning_offsets([tp]))[tp]
+        expired = max(0, min(end, first) - start)
+        start = max(start, first)
+        out: list[tuple[int, bytes]] = []
+        if start >= end:
+            return out, expired
+        c.assign([tp])
+        c.seek(tp, start)
+        deadline = time.monotonic() + self.timeout_s
+        nxt = start
+        while nxt < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}[{partition}]: offsets {nxt}..{end - 1} not readable in {self.timeout_s}s")
+            got = await c.getmany(tp, timeout_ms=500, max_records=end - nxt)
+            for r in got.get(tp, []):
+                if nxt <= r.offset < end:
+                    out.append((r.offset, r.value))
+                    nxt = r.offset + 1
+        return out, expired
+
+    async def close(self) -> None:
+        if self._c is not None:
+            c, self._c = self._c, None
+            await c.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # The Faust application
 
@@ -332,6 +408,7 @@ class WorkerCore:
         self.mqtt = None
         self.stats: dict[str, Any] = defaultdict(int)
         self.stats["pid"] = os.getpid()
+        self.filler = OffsetGapFiller(cfg)
 
     # -- readings -------------------------------------------------------------------------
     def state_for(self, p: int) -> PartitionState:
@@ -349,17 +426,76 @@ class WorkerCore:
         self.states[p], self.blobs[p] = st, blob
         return st
 
+    async def process_readings(self, events, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+        """:meth:`on_readings` until it succeeds: a failed try left no trace in memory (see
+        there), so the batch is applied again from the last stored snapshot. The agent does not
+        move on (Faust would acknowledge the batch's messages) while it fails."""
+        delay = backoff_s
+        while True:
+            try:
+                await self.on_readings(events)
+                return
+            except Exception as e:  # noqa: BLE001 - retried; nothing of the try is kept
+                self.stats["batch_failures"] += 1
+                log.warning("readings batch failed (%s: %s); its partitions are back at their last snapshot, "
+                            "retrying in %.1fs", type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff_s)
+
+    async def complete(self, p: int, st: PartitionState, msgs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        """``msgs`` (sorted) with every offset the consumer did not deliver between the state's
+        offset and them read from Kafka and put in place, so that nothing is skipped."""
+        topic = self.cfg.kafka.readings_topic
+        expected = st.offset + 1 if st.offset >= 0 else None
+        out: list[tuple[int, bytes]] = []
+        for off, v in msgs:
+            if off <= st.offset or (expected is not None and off < expected):
+                out.append((off, v))  # a replay (or a duplicate): apply() skips it
+                continue
+            if expected is None:  # no snapshot: nothing of this partition was applied yet
+                expected = await self.filler.log_start(topic, p)
+            if off > expected:
+                got, expired = await self.filler.fetch(topic, p, expected, off)
+                self.stats["gap_fills"] += 1
+                self.stats["gap_messages"] += len(got)
+                self.stats["gap_expired_messages"] += expired
+                log.warning("partition %d: offsets %d..%d were not delivered by the consumer; read %d of them from "
+                            "Kafka%s", p, expected, off - 1, len(got),
+                            f" ({expired} already deleted by retention)" if expired else "")
+                out.extend(got)
+            out.append((off, v))
+            expected = off + 1
+        return out
+
     async def on_readings(self, events) -> None:
         t0 = time.time()
         by_p: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for e in events:
             by_p[e.message.partition].append((e.message.offset, e.value))
+        before = {p: self.state_table.data.get(str(p).encode()) for p in by_p}
+        try:
+            await self._on_readings(by_p, len(events), t0)
+        except BaseException:
+            # the batch did not complete: forget what it did to the in-memory state (a state
+            # whose offset moved on would take the batch's messages for replays and skip them)
+            for p, blob in before.items():
+                key = str(p).encode()
+                self.states.pop(p, None)
+                self.blobs.pop(p, None)
+                if blob is None:
+                    self.state_table.data.pop(key, None)
+                else:
+                    self.state_table.data[key] = blob
+            raise
+
+    async def _on_readings(self, by_p: dict[int, list[tuple[int, bytes]]], n_events: int, t0: float) -> None:
         futs = []
         sent = 0
         n_r = n_p = 0
         for p, msgs in by_p.items():
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
+            msgs = await self.complete(p, st, msgs)
             skipped0 = st.skipped
             evs, r, q = st.apply(msgs)
             n_r += r
@@ -381,7 +517,7 @@ class WorkerCore:
         s = self.stats
         s["readings"] += n_r
         s["positions"] += n_p
-        s["messages"] += len(events)
+        s["messages"] += n_events
         s["batches"] += 1
         s["warning_events_sent"] += sent
         s.setdefault("first_batch_t", t0)
@@ -547,7 +683,7 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
         @app.agent(readings_topic)
         async def readings(stream):
             async for events in stream.take_events(wc.batch_messages, within=wc.batch_within_s):
-                await core.on_readings(events)
+                await core.process_readings(events)
 
     @app.agent(events_topic)
     async def warnings(stream):
@@ -645,5 +781,5 @@ def run_worker(cfg: GridwatchConfig, *, naive: bool = False, loglevel: str = "wa
     return 0
 
 
-__all__ = ["PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
+__all__ = ["OffsetGapFiller", "PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
            "questdb_create_warnings_table", "questdb_exec", "version_of", "warning_from_dict"]
