@@ -496,8 +496,10 @@ class WorkerCore:
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
             msgs = await self.complete(p, st, msgs)
-            skipped0 = st.skipped
+            skipped0, off0 = st.skipped, st.offset
             evs, r, q = st.apply(msgs)
+            applied = self.stats.setdefault("applied_messages", {})  # per partition: how many offsets applied here
+            applied[str(p)] = applied.get(str(p), 0) + len({o for o, _ in msgs if o > off0})
             n_r += r
             n_p += q
             self.stats["replayed_messages_skipped"] += st.skipped - skipped0
