@@ -50,7 +50,7 @@ def cmd_check_config(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from gridwatch.observability import config_secrets, setup_logging
+    from gridwatch.observability import setup_logging
     from gridwatch.streams.runtime import EdgeRuntime, run_blocking
 
     try:
@@ -58,8 +58,10 @@ def cmd_run(a) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    secrets = config_secrets(cfg)
-    setup_logging(cfg.log.level, cfg.log.format, secrets)
+    secrets = tuple(s for s in ((cfg.mqtt.password if cfg.mqtt else None),) if s)
+    from gridwatch.observability import config_secrets  # every secret of the config: passwords, tokens, URL passwords
+
+    setup_logging(cfg.log.level, cfg.log.format, secrets + config_secrets(cfg))
     if secrets_world_readable(a.config):
         import logging
 
@@ -81,7 +83,7 @@ def cmd_run(a) -> int:
 
 
 def cmd_worker(a) -> int:
-    from gridwatch.observability import config_secrets, setup_logging
+    from gridwatch.observability import setup_logging
     from gridwatch.streams.cluster import run_worker
 
     try:
@@ -93,6 +95,8 @@ def cmd_worker(a) -> int:
         cfg.kafka.bootstrap_servers = a.bootstrap
     if a.stats_file:
         cfg.worker.stats_file = a.stats_file
+    from gridwatch.observability import config_secrets  # every secret of the config (sasl_password too), not only influx.token
+
     setup_logging(cfg.log.level, cfg.log.format, config_secrets(cfg))
     return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
 
