@@ -474,40 +474,70 @@ class WorkerCore:
             by_p[e.message.partition].append((e.message.offset, e.value))
         before = {p: self.state_table.data.get(str(p).encode()) for p in by_p}
         try:
-            await self._on_readings(by_p, len(events), t0)
+            await self._on_readings(by_p, len(events), t0, before)
         except BaseException:
             # the batch did not complete: forget what it did to the in-memory state (a state
             # whose offset moved on would take the batch's messages for replays and skip them)
             for p, blob in before.items():
-                key = str(p).encode()
-                self.states.pop(p, None)
-                self.blobs.pop(p, None)
-                if blob is None:
-                    self.state_table.data.pop(key, None)
-                else:
-                    self.state_table.data[key] = blob
+                self._forget(p, blob)
             raise
 
-    async def _on_readings(self, by_p: dict[int, list[tuple[int, bytes]]], n_events: int, t0: float) -> None:
+    def owns(self, p: int) -> bool:
+        """Whether the readings partition ``p`` is assigned to this worker now (True when that
+        cannot be told: no consumer yet, or a test without one)."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started
+            return True
+        topic = self.cfg.kafka.readings_topic
+        return any(tp.topic == topic and tp.partition == p for tp in assigned)
+
+    def _forget(self, p: int, blob: bytes | None) -> None:
+        """Back to the partition's last stored snapshot (``blob``) in memory."""
+        key = str(p).encode()
+        self.states.pop(p, None)
+        self.blobs.pop(p, None)
+        if blob is None:
+            self.state_table.data.pop(key, None)
+        else:
+            self.state_table.data[key] = blob
+
+    async def _on_readings(self, by_p: dict[int, list[tuple[int, bytes]]], n_events: int, t0: float,
+                           before: dict[int, bytes | None]) -> None:
         futs = []
         sent = 0
         n_r = n_p = 0
+        applied: dict[str, int] = {}
+        skipped = 0
         for p, msgs in by_p.items():
+            # A batch taken before a rebalance can still hold messages of a partition that moved
+            # (Faust does not wait for in-flight batches: stream_wait_empty = False). They are the
+            # new owner's: applying them here too applied them twice. Dropped (and acknowledged by
+            # Faust, which is harmless: an offset committed past unapplied ones is a hole the
+            # owner's gap check fills).
+            if not self.owns(p):
+                self.stats["revoked_messages_dropped"] += len(msgs)
+                continue
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
             msgs = await self.complete(p, st, msgs)
             skipped0, off0 = st.skipped, st.offset
             evs, r, q = st.apply(msgs)
-            applied = self.stats.setdefault("applied_messages", {})  # per partition: how many offsets applied here
-            applied[str(p)] = applied.get(str(p), 0) + len({o for o, _ in msgs if o > off0})
-            n_r += r
-            n_p += q
-            self.stats["replayed_messages_skipped"] += st.skipped - skipped0
             for ev, w in evs:
                 futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
             sent += len(evs)
             if self.sink is not None and self.cfg.influx.write_readings and r:
                 await self._write_readings(st, msgs)
+            if not self.owns(p):  # revoked while this batch was in flight: no snapshot, the new owner applies them
+                self._forget(p, before[p])
+                self.stats["revoked_messages_dropped"] += len(msgs)
+                continue
+            # no await from the check to the enqueued snapshot: a revocation (which flushes the
+            # producer before the new owner restores) cannot come in between
+            applied[str(p)] = len({o for o, _ in msgs if o > off0})
+            n_r += r
+            n_p += q
+            skipped += st.skipped - skipped0
             key = str(p).encode()
             blob = st.dump()
             self.state_table.data[key] = blob
@@ -517,6 +547,10 @@ class WorkerCore:
         if futs:
             await asyncio.gather(*futs)  # stored before take_events acknowledges the offsets
         s = self.stats
+        per_p = s.setdefault("applied_messages", {})  # per partition: offsets applied by this worker
+        for k, v in applied.items():
+            per_p[k] = per_p.get(k, 0) + v
+        s["replayed_messages_skipped"] += skipped
         s["readings"] += n_r
         s["positions"] += n_p
         s["messages"] += n_events

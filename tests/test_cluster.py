@@ -646,7 +646,9 @@ level = "warning"
         assert counted() == total
         assert sum(_stats(s).get("batch_failures", 0) for s in stats) == 0
         gaps = sum(_stats(s).get("gap_messages", 0) for s in stats)
-        print(f"rebalances survived; messages the consumer skipped and the worker read itself: {gaps}")
+        dropped = sum(_stats(s).get("revoked_messages_dropped", 0) for s in stats)
+        print(f"rebalances survived; messages the consumer skipped and the worker read itself: {gaps}; "
+              f"in-flight messages of moved partitions left to their new owner: {dropped}")
     finally:
         hog.kill()
         hog.wait()
@@ -658,3 +660,42 @@ level = "warning"
                 pr.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(pr.pid, signal.SIGKILL)
+
+
+def test_a_worker_does_not_apply_messages_of_a_partition_it_no_longer_owns():
+    """Faust does not wait for in-flight batches on a rebalance (stream_wait_empty = False): a
+    batch can still hold messages of a partition that just moved, and was applied (and its
+    snapshot written) beside the new owner: in the mid-stream join test 61-62 applications for
+    60 messages. Now a revoked partition's messages are dropped, before applying and, if the
+    revocation comes while the batch is in flight, before its snapshot is written."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    cfg = make_cfg(kafka={"readings_topic": "r-own", "partitions": 2})
+    ids, vals = dataset(10, 40, seed=2)
+    vals[3:15, 0] = 9.5
+    msgs = [(o, encode_step(_Enc(1), ids, vals[o], T0 + o * STEP)[0][2]) for o in range(20)]
+    owned = {TP("r-own", 0), TP("r-own", 1)}
+
+    class _RevokingTopic(_Topic):
+        async def send(self, key, value):  # the rebalance happens while the batch's warning events go out
+            owned.discard(TP("r-own", 0))
+            return await super().send(key, value)
+
+    core = _core(cfg, events_topic=_RevokingTopic())
+    core.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: set(owned)))
+    st = PartitionState(cfg, 0)
+    st.apply(msgs[:1])
+    blob = st.dump()
+    core.state_table.data[b"0"], core.blobs[0], core.states[0] = blob, blob, st
+
+    async def go():
+        await core.process_readings([_Event(0, o, v) for o, v in msgs[1:]])  # revoked mid-batch
+        await core.process_readings([_Event(0, o, v) for o, v in msgs[1:]])  # revoked before it starts
+
+    asyncio.run(go())
+    assert core.stats["readings"] == 0 and not core.stats.get("applied_messages")
+    assert core.stats["revoked_messages_dropped"] == 2 * 19
+    assert core.state_table.data[b"0"] is blob and core.state_table.sent == []  # no snapshot of it written
+    assert core.state_for(0).offset == 0
