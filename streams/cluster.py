@@ -353,9 +353,12 @@ class OffsetGapFiller:
         tp = TopicPartition(topic, partition)
         return (await c.beginning_offsets([tp]))[tp]
 
-    async def fetch(self, topic: str, partition: int, start: int, end: int) -> tuple[list[tuple[int, bytes]], int]:
-        """Messages ``start <= offset < end`` as (offset, value), and how many of them retention
-        had already deleted. Raises TimeoutError if Kafka does not deliver them in time."""
+    async def fetch(self, topic: str, partition: int, start: int, end: int,
+                    max_bytes: int = 64 * 1024 * 1024) -> tuple[list[tuple[int, bytes]], int]:
+        """Messages ``start <= offset < end`` as (offset, value), in order, stopping after about
+        ``max_bytes`` (at least one message: the caller applies them and asks for the rest), and
+        how many offsets before them retention had already deleted. Raises TimeoutError if Kafka
+        does not deliver them in time."""
         from aiokafka import TopicPartition
 
         c = await self._consumer()
@@ -369,14 +372,15 @@ class OffsetGapFiller:
         c.assign([tp])
         c.seek(tp, start)
         deadline = time.monotonic() + self.timeout_s
-        nxt = start
-        while nxt < end:
+        nxt, size = start, 0
+        while nxt < end and size < max_bytes:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{topic}[{partition}]: offsets {nxt}..{end - 1} not readable in {self.timeout_s}s")
-            got = await c.getmany(tp, timeout_ms=500, max_records=end - nxt)
+            got = await c.getmany(tp, timeout_ms=500, max_records=min(end - nxt, 500))
             for r in got.get(tp, []):
-                if nxt <= r.offset < end:
+                if nxt <= r.offset < end and size < max_bytes:
                     out.append((r.offset, r.value))
+                    size += len(r.value or b"")
                     nxt = r.offset + 1
         return out, expired
 
@@ -409,6 +413,7 @@ class WorkerCore:
         self.stats: dict[str, Any] = defaultdict(int)
         self.stats["pid"] = os.getpid()
         self.filler = OffsetGapFiller(cfg)
+        self.max_fill_bytes = 64 * 1024 * 1024  # a hole is read and applied this much at a time
 
     # -- readings -------------------------------------------------------------------------
     def state_for(self, p: int) -> PartitionState:
@@ -442,30 +447,36 @@ class WorkerCore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_backoff_s)
 
-    async def complete(self, p: int, st: PartitionState, msgs: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+    async def complete(self, p: int, st: PartitionState,
+                       msgs: list[tuple[int, bytes]]) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
         """``msgs`` (sorted) with every offset the consumer did not deliver between the state's
-        offset and them read from Kafka and put in place, so that nothing is skipped."""
+        offset and them read from Kafka and put in place, so that nothing is skipped. A hole is
+        read ``self.max_fill_bytes`` at a time (memory stays bounded): returns (messages to apply now, delivered messages
+        left for the next round, after those are applied)."""
         topic = self.cfg.kafka.readings_topic
         expected = st.offset + 1 if st.offset >= 0 else None
         out: list[tuple[int, bytes]] = []
-        for off, v in msgs:
+        for i, (off, v) in enumerate(msgs):
             if off <= st.offset or (expected is not None and off < expected):
                 out.append((off, v))  # a replay (or a duplicate): apply() skips it
                 continue
             if expected is None:  # no snapshot: nothing of this partition was applied yet
                 expected = await self.filler.log_start(topic, p)
             if off > expected:
-                got, expired = await self.filler.fetch(topic, p, expected, off)
+                got, expired = await self.filler.fetch(topic, p, expected, off, self.max_fill_bytes)
                 self.stats["gap_fills"] += 1
                 self.stats["gap_messages"] += len(got)
                 self.stats["gap_expired_messages"] += expired
+                last = got[-1][0] if got else off - 1
                 log.warning("partition %d: offsets %d..%d were not delivered by the consumer; read %d of them from "
-                            "Kafka%s", p, expected, off - 1, len(got),
+                            "Kafka%s", p, expected, last, len(got),
                             f" ({expired} already deleted by retention)" if expired else "")
                 out.extend(got)
+                if got and last < off - 1:  # more of the hole than one read holds: apply these first
+                    return out, msgs[i:]
             out.append((off, v))
             expected = off + 1
-        return out
+        return out, []
 
     async def on_readings(self, events) -> None:
         t0 = time.time()
@@ -520,21 +531,26 @@ class WorkerCore:
                 continue
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
-            msgs = await self.complete(p, st, msgs)
             skipped0, off0 = st.skipped, st.offset
-            evs, r, q = st.apply(msgs)
-            for ev, w in evs:
-                futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
-            sent += len(evs)
-            if self.sink is not None and self.cfg.influx.write_readings and r:
-                await self._write_readings(st, msgs)
+            r = q = 0
+            rest, seen = msgs, set()
+            while rest:  # one round, unless a hole is read in several parts
+                chunk, rest = await self.complete(p, st, rest)
+                seen.update(o for o, _ in chunk if o > off0)
+                evs, cr, cq = st.apply(chunk)
+                r, q = r + cr, q + cq
+                for ev, w in evs:
+                    futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
+                sent += len(evs)
+                if self.sink is not None and self.cfg.influx.write_readings and cr:
+                    await self._write_readings(st, chunk)
             if not self.owns(p):  # revoked while this batch was in flight: no snapshot, the new owner applies them
                 self._forget(p, before[p])
                 self.stats["revoked_messages_dropped"] += len(msgs)
                 continue
             # no await from the check to the enqueued snapshot: a revocation (which flushes the
             # producer before the new owner restores) cannot come in between
-            applied[str(p)] = len({o for o, _ in msgs if o > off0})
+            applied[str(p)] = len(seen)
             n_r += r
             n_p += q
             skipped += st.skipped - skipped0

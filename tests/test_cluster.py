@@ -500,11 +500,17 @@ def test_offsets_the_consumer_skipped_are_read_from_kafka_and_applied(kafka_serv
             core2 = _core(cfg)
             await core2.process_readings([_Event(0, o, v) for o, v in msgs[3:5]])
             await core2.filler.close()
-            return core2
+            # a hole larger than one read: filled and applied a part at a time (bounded memory)
+            core3 = _core(cfg)
+            core3.max_fill_bytes = 1
+            await core3.process_readings([_Event(0, o, v) for o, v in msgs[8:]])
+            await core3.filler.close()
+            return core2, core3
         finally:
             await core.filler.close()
 
-    core2 = asyncio.run(go())
+    core2, core3 = asyncio.run(go())
+    assert core3.stats["readings"] == 10 * len(ids) and core3.stats["gap_fills"] == 8 and core3.states[0].offset == 9
     assert core.stats["readings"] == 10 * len(ids), dict(core.stats)
     assert core.stats["gap_fills"] == 1 and core.stats["gap_messages"] == 2
     assert core.states[0].offset == 9
