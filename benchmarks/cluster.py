@@ -190,7 +190,8 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"a worker exited; see {workdir}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {done} of {total} readings in {timeout}s")
+                seen = [{k: s.get(k) for k in ("assigned", "applied_messages", "gap_messages", "batch_failures")} for s in ss]
+                raise TimeoutError(f"only {done} of {total} readings in {timeout}s; workers: {seen}")
             time.sleep(0.2)
         cpu_end = [_group_cpu_s(p.pid) for p in procs]
         wait_end = sum(_group_wait_s(p.pid) for p in procs)

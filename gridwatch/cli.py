@@ -167,7 +167,9 @@ def cmd_run(a) -> int:
     from gridwatch.streams.runtime import EdgeRuntime, run_blocking
 
     secrets = tuple(s for s in ((cfg.mqtt.password if cfg.mqtt else None),) if s)
-    setup_logging(cfg.log.level, cfg.log.format, secrets)
+    from gridwatch.observability import config_secrets  # every secret of the config: passwords, tokens, URL passwords
+
+    setup_logging(cfg.log.level, cfg.log.format, secrets + config_secrets(cfg))
     if secrets_world_readable(a.config):
         import logging
 
@@ -222,7 +224,9 @@ def cmd_worker(a) -> int:
         cfg.kafka.bootstrap_servers = a.bootstrap
     if a.stats_file:
         cfg.worker.stats_file = a.stats_file
-    setup_logging(cfg.log.level, cfg.log.format, tuple(s for s in (cfg.influx.token if cfg.influx else None,) if s))
+    from gridwatch.observability import config_secrets  # every secret of the config (sasl_password too), not only influx.token
+
+    setup_logging(cfg.log.level, cfg.log.format, config_secrets(cfg))
     return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
 
 

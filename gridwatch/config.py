@@ -54,6 +54,7 @@ class MqttConfig(_Model):
     qos: Literal[0, 1] = Field(1, description="Subscription QoS. 1 = at least once: a message is acknowledged only after its readings are committed.")
     session_expiry_s: int = Field(86400, ge=0, description="MQTT 5 session expiry: how long the broker keeps queued messages while gridwatch is away.")
     clean_start: bool = Field(False, description="Start a fresh session (drops what the broker queued while gridwatch was away).")
+    retained: Literal["skip", "ingest"] = Field("skip", description="Retained messages the broker sends because gridwatch subscribed (it subscribes on every start and reconnect). 'skip': not stored (MQTT 5: the subscription asks for Retain Handling 2, so the broker does not send them; MQTT 3.1.1: they arrive flagged RETAIN, are acknowledged and counted as mqtt.retained_skipped); what vendors publish while gridwatch is away waits in its persistent session and is stored once. 'ingest': store them too, as a device's last known value, again after every restart or reconnect. Retained messages published while gridwatch is connected are live data and are always stored.")
     receive_maximum: int = Field(2000, ge=1, le=65535, description="MQTT 5 flow control: most unacknowledged QoS 1 messages in flight to gridwatch. Larger batches more per commit.")
     inbox_max_messages: int = Field(20000, ge=10, le=10_000_000, description="When this many received messages wait in gridwatch's inbox (a slow commit or a full spool behind it), gridwatch stops reading the broker's connection until the pipeline catches up: TCP back-pressure keeps the backlog in the broker. Needed because not every broker honours Receive Maximum (Mosquitto 2.0.11 does not once acknowledgements flow).")
     keepalive_s: int = Field(30, ge=5, description="Keep-alive interval.")
@@ -444,12 +445,44 @@ def load(path: str | Path, env: dict[str, str] | None = None) -> GridwatchConfig
     return parse(data, base_dir=path.resolve().parent, env=env)
 
 
+# keys whose value is a credential (mqtt.password, kafka.sasl_password, influx.token, ...), however
+# they are written in TOML (quoted keys, inline tables, either kind of string)
+_SECRET_FIELD_NAME = re.compile(r"(?i)^(?:.*[_.-])?(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key)$")
+_URL_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@")  # scheme://user:password@
+
+
+def secret_fields(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of a parsed TOML document that hold a secret written in the file itself: a
+    non-empty value of a credential key, or a URL with a password in it. ``${NAME}`` references
+    are not secrets in the file (their ``:-default`` text is)."""
+    out: list[str] = []
+
+    def literal(v: str) -> str:
+        return _ENV.sub(lambda m: m.group(2) or "", v)
+
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for k, v in items:
+        key = f"{prefix}{k}" if isinstance(k, str) else f"{prefix.rstrip('.')}[{k}]"
+        if isinstance(v, (dict, list)):
+            out += secret_fields(v, key + "." if isinstance(v, dict) else key)
+        elif isinstance(v, str):
+            text = literal(v).strip()
+            named = isinstance(k, str) and _SECRET_FIELD_NAME.match(k) is not None
+            if (named and text) or _URL_PASSWORD.search(text):
+                out.append(key)
+    return out
+
+
 def secrets_world_readable(path: str | Path) -> bool:
-    """True when a config file that holds a secret can be read by every user."""
+    """True when a config file that holds a secret (:func:`secret_fields`) can be read by every user."""
     p = Path(path)
+    if not p.stat().st_mode & stat.S_IROTH:
+        return False
     text = p.read_text(encoding="utf-8")
-    holds_secret = re.search(r"^\s*(password|token|key_file)\s*=\s*\"(?!\$\{)", text, re.M) is not None
-    return holds_secret and bool(p.stat().st_mode & stat.S_IROTH)
+    try:
+        return bool(secret_fields(tomllib.loads(text)))
+    except tomllib.TOMLDecodeError:  # not TOML (reported elsewhere): any credential-looking assignment counts
+        return re.search(r"(?im)^\s*[\"']?[\w.-]*(password|passwd|secret|token|api[_-]?key)[\"']?\s*=", text) is not None
 
 
 def explain(model: type[BaseModel] = GridwatchConfig, prefix: str = "") -> list[str]:

@@ -14,7 +14,7 @@ acknowledgement with its own wake-up. Measured here, that caps a QoS 1 subscribe
   decoding, which built a Properties object per message (12% of gridwatch's CPU in a batched
   ingest profile); a packet with properties, or QoS 2, takes paho's own path;
 * such packets (MQTT 3.1.1 too) go straight to :attr:`BufferedClient.on_publish_raw` when it is
-  set — ``(topic, payload, mid, qos, dup)``, no ``MQTTMessage`` and no topic-filter matching for
+  set — ``(topic, payload, mid, qos, dup, retain)``, no ``MQTTMessage`` and no topic-filter matching for
   per-topic callbacks (about 10% of the CPU of batched ingest); a topic that is not UTF-8 still
   takes paho's path.
 * reading pauses while :attr:`BufferedClient.read_paused` says so (the collector's inbox is full):
@@ -44,7 +44,7 @@ class BufferedClient(mqtt.Client):
         super().__init__(*a, **kw)
         self._rbuf = b""
         self._rpos = 0
-        self.on_publish_raw = None  # (topic: str, payload: bytes, mid: int, qos: int, dup: bool) -> None
+        self.on_publish_raw = None  # (topic: str, payload: bytes, mid: int, qos: int, dup: bool, retain: bool) -> None
         self.read_paused = None  # () -> bool: while true, nothing is read from the socket
 
     def _sock_recv(self, bufsize: int) -> bytes:
@@ -154,7 +154,7 @@ class BufferedClient(mqtt.Client):
                 topic = bytes(pkt[2:2 + tlen]).decode("utf-8")
             except UnicodeDecodeError:
                 return super()._handle_publish()
-            hook(topic, bytes(pkt[pos:]), mid, qos, bool(cmd & 0x08))
+            hook(topic, bytes(pkt[pos:]), mid, qos, bool(cmd & 0x08), bool(cmd & 0x01))
         else:
             message = mqtt.MQTTMessage(mid=mid, topic=bytes(pkt[2:2 + tlen]))
             message.dup = bool(cmd & 0x08)
@@ -195,6 +195,20 @@ def make_client(cfg: MqttConfig, client_id: str, *, manual_ack: bool = False, pe
     c.max_inflight_messages_set(max(20, min(cfg.receive_maximum, 65535)))
     c.max_queued_messages_set(0)
     return c
+
+
+def subscriptions(cfg: MqttConfig, topics: list[str]) -> list[tuple]:
+    """``client.subscribe`` arguments for the collector's topics. MQTT 5 with ``mqtt.retained =
+    "skip"``: Retain Handling 2, the broker sends no retained message because of the subscribe
+    (gridwatch subscribes again on every start and reconnect; its persistent session already
+    holds what was published meanwhile). MQTT 3.1.1 has no such option: the collector drops
+    messages that arrive with the RETAIN flag (set only on those sent because of a subscribe)."""
+    if cfg.protocol != "5":
+        return [(t, cfg.qos) for t in topics]
+    from paho.mqtt.subscribeoptions import SubscribeOptions
+
+    rh = SubscribeOptions.RETAIN_DO_NOT_SEND if cfg.retained == "skip" else SubscribeOptions.RETAIN_SEND_ON_SUBSCRIBE
+    return [(t, SubscribeOptions(qos=cfg.qos, retainHandling=rh)) for t in topics]
 
 
 def connect_properties(cfg: MqttConfig, persistent: bool) -> Properties | None:

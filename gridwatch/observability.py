@@ -5,6 +5,7 @@ custom Prometheus collector at scrape time, so the hot path pays nothing for met
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -12,21 +13,82 @@ import threading
 import time
 from collections import Counter, defaultdict
 
+_SECRET_NAME = r"(?:password|passwd|pwd|passphrase|secret|token|api[_-]?key)"
 _SECRET_PATTERNS = [
     (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
-    (re.compile(r"(?i)((?:password|passwd|pwd|token|secret|api[_-]?key)\s*[=:]\s*[\"']?)[^\s\"',}]+"), r"\1***"),
+    # key=value, key: value, "key": "value" (a JSON log line), sasl_password=..., token=...
+    (re.compile(r"(?i)(" + _SECRET_NAME + r"[\"']?\s*[=:]\s*)(?:(\")(?:[^\"\\]|\\.)*\"|(')[^']*'|[^\s\"',}]+)"),
+     lambda m: f"{m.group(1)}{m.group(2) or m.group(3) or ''}***{m.group(2) or m.group(3) or ''}"),
     (re.compile(r"(?i)(authorization:\s*(?:token|bearer|basic)\s+)\S+"), r"\1***"),
 ]
+_SECRET_FIELD = re.compile(r"(?i)^(?:.*[_.-])?" + _SECRET_NAME + r"$")
+# a known secret shorter than this is not searched for in free text: as a whole word it would
+# mostly hit ordinary words ("a", "on") and the *** would show where the password stands; it is
+# still redacted where it stands as a credential (URL user info, key=value, a secret field)
+MIN_SECRET_TOKEN = 4
+
+
+@functools.lru_cache(maxsize=16)
+def _secret_tokens(secrets: tuple[str, ...]) -> re.Pattern | None:
+    """One pattern matching the known secret values as whole tokens only: never inside a longer
+    word (a short password used to turn 'inbox' into 'inbo***'), also in their JSON-escaped form."""
+    forms = set()
+    for s in secrets:
+        if s and len(s) >= MIN_SECRET_TOKEN:
+            forms.add(s)
+            forms.add(json.dumps(s)[1:-1])
+    if not forms:
+        return None
+    alt = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(r"(?<![\w])(?:" + alt + r")(?![\w])")
 
 
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove passwords and tokens from a log line or error message."""
-    for s in secrets:
-        if s:
-            text = text.replace(s, "***")
+    """Remove passwords and tokens from a log line or error message: credentials in URLs, values
+    of secret-named keys, and the known secret values (``secrets``) where they stand as whole tokens."""
+    pat = _secret_tokens(tuple(secrets))
+    if pat is not None:
+        text = pat.sub("***", text)
     for pat, rep in _SECRET_PATTERNS:
         text = pat.sub(rep, text)
     return text
+
+
+def scrub_fields(fields: dict) -> dict:
+    """A log record's structured fields with the values of secret-named fields replaced."""
+    return {k: ("***" if isinstance(k, str) and _SECRET_FIELD.match(k) and v not in (None, "") else v)
+            for k, v in fields.items()}
+
+
+def config_secrets(cfg) -> tuple[str, ...]:
+    """Every secret value in a parsed configuration (any model): the values of secret-named
+    fields (mqtt.password, kafka.sasl_password, influx.token, ...) and passwords inside URLs
+    (a camera's ``rtsp://user:password@host``), for :func:`setup_logging` to redact."""
+    from pydantic import BaseModel
+
+    out: list[str] = []
+
+    def walk(node, name: str = "") -> None:
+        if isinstance(node, BaseModel):
+            for k in type(node).model_fields:
+                walk(getattr(node, k), k)
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, str(k))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                walk(v, name)
+        elif isinstance(node, str) and node:
+            if _SECRET_FIELD.match(name):
+                out.append(node)
+            for m in _URL_USERINFO.finditer(node):
+                out.append(m.group(1))
+
+    walk(cfg)
+    return tuple(dict.fromkeys(out))
+
+
+_URL_USERINFO = re.compile(r"://[^:/@\s]*:([^@/\s]+)@")
 
 
 class Counters:
@@ -137,7 +199,7 @@ class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         d = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
              "msg": record.getMessage()}
-        for k, v in getattr(record, "fields", {}).items():
+        for k, v in scrub_fields(getattr(record, "fields", {})).items():
             d[k] = v
         if record.exc_info:
             d["exc"] = self.formatException(record.exc_info)
@@ -153,6 +215,7 @@ class _TextFormatter(logging.Formatter):
         s = super().format(record)
         f = getattr(record, "fields", None)
         if f:
+            f = scrub_fields(f)
             s += " " + " ".join(f"{k}={v}" for k, v in f.items())
         return scrub(s, self.secrets)
 

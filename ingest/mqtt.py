@@ -26,6 +26,15 @@
   redelivery: vendors should send timestamps.)
 * Reconnects with exponential backoff and resubscribes on every (re)connect; MQTT 5 shared
   subscriptions (``$share/<group>/<topic>``) when ``mqtt.shared_group`` is set.
+* **Retained messages** (``mqtt.retained``): a broker sends a topic's retained message to every
+  new subscription, and the collector subscribes on every start and reconnect, so each restart
+  used to store every retained reading once more. With ``"skip"`` (default) they are not taken:
+  MQTT 5 subscribes with Retain Handling 2 (the broker does not send them); MQTT 3.1.1 cannot ask,
+  so a message that arrives with the RETAIN flag (a broker sets it only on messages sent because
+  of a subscribe) is acknowledged at once, counted (``retained_skipped``) and not stored. Nothing
+  live is lost: a retained message published while gridwatch is connected arrives without the
+  flag and is stored, and one published while it is away waits in the persistent session (QoS 1)
+  and is stored once. ``"ingest"`` takes them as a device's last known value at every subscribe.
 """
 from __future__ import annotations
 
@@ -41,7 +50,7 @@ import paho.mqtt.client as mqtt
 
 from gridwatch.config import MqttConfig
 from gridwatch.ingest.codec import Message
-from gridwatch.mqtt_client import connect_async, make_client
+from gridwatch.mqtt_client import connect_async, make_client, subscriptions
 from gridwatch.observability import Counters
 
 log = logging.getLogger("gridwatch.ingest.mqtt")
@@ -92,9 +101,10 @@ class MqttCollector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         if hasattr(self.client, "on_publish_raw"):
-            self.client.on_publish_raw = self._on_raw  # the common packets skip paho's MQTTMessage
+            self.client.on_publish_raw = self._on_publish  # the common packets skip paho's MQTTMessage
             self.client.read_paused = self._inbox_full
         self.inbox_max = cfg.inbox_max_messages
+        self.skip_retained = cfg.retained == "skip"
         self._reading_paused = False
         self.client.on_connect_fail = self._on_connect_fail
         self.last_error: str | None = None  # why the latest connection attempt failed (TLS, refused ...)
@@ -108,7 +118,7 @@ class MqttCollector:
         with self._lock:
             self.generation += 1
         self.counters.add(self.source, "connects")
-        client.subscribe([(t, self.cfg.qos) for t in self.topics])
+        client.subscribe(subscriptions(self.cfg, self.topics))
         self.connected.set()
         log.info("mqtt connected", extra={"fields": {"host": self.cfg.host, "port": self.cfg.port, "topics": self.topics,
                                                      "session_present": bool(getattr(flags, "session_present", False))}})
@@ -143,7 +153,16 @@ class MqttCollector:
         log.warning("mqtt disconnected; reconnecting with backoff", extra={"fields": {"reason": str(reason_code)}})
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        self._on_raw(msg.topic, msg.payload, msg.mid, msg.qos, msg.dup)
+        self._on_publish(msg.topic, msg.payload, msg.mid, msg.qos, msg.dup, msg.retain)
+
+    def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int, dup: bool, retain: bool) -> None:
+        if retain and self.skip_retained:
+            # sent because we subscribed (MQTT 3.1.1, or a broker ignoring Retain Handling): not stored
+            if qos > 0:
+                self.client.ack_many([mid])
+            self.counters.add(self.source, "retained_skipped")
+            return
+        self._on_raw(topic, payload, mid, qos, dup)
 
     def _inbox_full(self) -> bool:
         """Asked by the network loop before each read: stop reading while the inbox is full."""

@@ -28,6 +28,20 @@ lifecycle's active warnings / cooldowns / held-back clears, the partition's stre
   from the last *committed* offset, and messages at or below the snapshot's offset are skipped,
   so no reading is applied twice and none is lost.
 
+**Every offset, once, in order** (the snapshot's offset is the truth, not Faust's commits): before
+a partition's messages are applied, the worker checks that they continue the snapshot's offset.
+Faust's offset bookkeeping can move past a message that was never handed to the agent (a
+prefetched message delivered out of order around a rebalance is taken for a "gap" of offsets that
+do not exist, and a single missing offset at the head of the acked list is committed over:
+faust-streaming issues #221, #312, #606): that message is then processed by nobody. So a hole
+(or, for a partition without a snapshot, a first message after the log's start) is filled by
+reading the missing offsets straight from Kafka (:class:`OffsetGapFiller`, outside the consumer
+group) and applying them first (counted: ``gap_fills``, ``gap_messages``; offsets already deleted
+by retention: ``gap_expired_messages``). A batch that fails part-way (an error, a cancel) leaves
+no trace in memory: the partitions it touched fall back to their last stored snapshot, and the
+agent retries the batch with backoff (``batch_failures``) instead of letting Faust acknowledge
+messages whose effects were lost.
+
 The cost is that the whole partition state is rewritten per batch (pickled numpy arrays, about 480 kB
 for 10k devices under the five standard rules); size partitions so that this stays well under the
 changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written with an explicit
@@ -311,6 +325,72 @@ async def ensure_topics(cfg: GridwatchConfig, timeout: float = 30.0) -> None:
         await admin.close()
 
 
+class OffsetGapFiller:
+    """Reads a range of offsets of one readings partition straight from Kafka (no consumer group,
+    nothing committed): the messages the consumer group's bookkeeping skipped."""
+
+    def __init__(self, cfg: GridwatchConfig, timeout_s: float = 30.0) -> None:
+        self.k = cfg.kafka
+        self.timeout_s = timeout_s
+        self._c = None
+
+    async def _consumer(self):
+        if self._c is None:
+            from aiokafka import AIOKafkaConsumer
+
+            from gridwatch.ingest.kafka_security import client_kwargs
+
+            c = AIOKafkaConsumer(bootstrap_servers=self.k.bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=64 * 1024 * 1024, **client_kwargs(self.k))
+            await c.start()
+            self._c = c
+        return self._c
+
+    async def log_start(self, topic: str, partition: int) -> int:
+        from aiokafka import TopicPartition
+
+        c = await self._consumer()
+        tp = TopicPartition(topic, partition)
+        return (await c.beginning_offsets([tp]))[tp]
+
+    async def fetch(self, topic: str, partition: int, start: int, end: int,
+                    max_bytes: int = 64 * 1024 * 1024) -> tuple[list[tuple[int, bytes]], int]:
+        """Messages ``start <= offset < end`` as (offset, value), in order, stopping after about
+        ``max_bytes`` (at least one message: the caller applies them and asks for the rest), and
+        how many offsets before them retention had already deleted. Raises TimeoutError if Kafka
+        does not deliver them in time."""
+        from aiokafka import TopicPartition
+
+        c = await self._consumer()
+        tp = TopicPartition(topic, partition)
+        first = (await c.beginning_offsets([tp]))[tp]
+        expired = max(0, min(end, first) - start)
+        start = max(start, first)
+        out: list[tuple[int, bytes]] = []
+        if start >= end:
+            return out, expired
+        c.assign([tp])
+        c.seek(tp, start)
+        deadline = time.monotonic() + self.timeout_s
+        nxt, size = start, 0
+        while nxt < end and size < max_bytes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}[{partition}]: offsets {nxt}..{end - 1} not readable in {self.timeout_s}s")
+            got = await c.getmany(tp, timeout_ms=500, max_records=min(end - nxt, 500))
+            for r in got.get(tp, []):
+                if nxt <= r.offset < end and size < max_bytes:
+                    out.append((r.offset, r.value))
+                    size += len(r.value or b"")
+                    nxt = r.offset + 1
+        return out, expired
+
+    async def close(self) -> None:
+        if self._c is not None:
+            c, self._c = self._c, None
+            await c.stop()
+
+
 # ---------------------------------------------------------------------------------------------
 # The Faust application
 
@@ -333,6 +413,8 @@ class WorkerCore:
         self.mqtt = None
         self.stats: dict[str, Any] = defaultdict(int)
         self.stats["pid"] = os.getpid()
+        self.filler = OffsetGapFiller(cfg)
+        self.max_fill_bytes = 64 * 1024 * 1024  # a hole is read and applied this much at a time
 
     # -- readings -------------------------------------------------------------------------
     def state_for(self, p: int) -> PartitionState:
@@ -350,27 +432,129 @@ class WorkerCore:
         self.states[p], self.blobs[p] = st, blob
         return st
 
+    async def process_readings(self, events, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+        """:meth:`on_readings` until it succeeds: a failed try left no trace in memory (see
+        there), so the batch is applied again from the last stored snapshot. The agent does not
+        move on (Faust would acknowledge the batch's messages) while it fails."""
+        delay = backoff_s
+        while True:
+            try:
+                await self.on_readings(events)
+                return
+            except Exception as e:  # noqa: BLE001 - retried; nothing of the try is kept
+                self.stats["batch_failures"] += 1
+                log.warning("readings batch failed (%s: %s); its partitions are back at their last snapshot, "
+                            "retrying in %.1fs", type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_backoff_s)
+
+    async def complete(self, p: int, st: PartitionState,
+                       msgs: list[tuple[int, bytes]]) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        """``msgs`` (sorted) with every offset the consumer did not deliver between the state's
+        offset and them read from Kafka and put in place, so that nothing is skipped. A hole is
+        read ``self.max_fill_bytes`` at a time (memory stays bounded): returns (messages to apply now, delivered messages
+        left for the next round, after those are applied)."""
+        topic = self.cfg.kafka.readings_topic
+        expected = st.offset + 1 if st.offset >= 0 else None
+        out: list[tuple[int, bytes]] = []
+        for i, (off, v) in enumerate(msgs):
+            if off <= st.offset or (expected is not None and off < expected):
+                out.append((off, v))  # a replay (or a duplicate): apply() skips it
+                continue
+            if expected is None:  # no snapshot: nothing of this partition was applied yet
+                expected = await self.filler.log_start(topic, p)
+            if off > expected:
+                got, expired = await self.filler.fetch(topic, p, expected, off, self.max_fill_bytes)
+                self.stats["gap_fills"] += 1
+                self.stats["gap_messages"] += len(got)
+                self.stats["gap_expired_messages"] += expired
+                last = got[-1][0] if got else off - 1
+                log.warning("partition %d: offsets %d..%d were not delivered by the consumer; read %d of them from "
+                            "Kafka%s", p, expected, last, len(got),
+                            f" ({expired} already deleted by retention)" if expired else "")
+                out.extend(got)
+                if got and last < off - 1:  # more of the hole than one read holds: apply these first
+                    return out, msgs[i:]
+            out.append((off, v))
+            expected = off + 1
+        return out, []
+
     async def on_readings(self, events) -> None:
         t0 = time.time()
         by_p: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
         for e in events:
             by_p[e.message.partition].append((e.message.offset, e.value))
+        before = {p: self.state_table.data.get(str(p).encode()) for p in by_p}
+        try:
+            await self._on_readings(by_p, len(events), t0, before)
+        except BaseException:
+            # the batch did not complete: forget what it did to the in-memory state (a state
+            # whose offset moved on would take the batch's messages for replays and skip them)
+            for p, blob in before.items():
+                self._forget(p, blob)
+            raise
+
+    def owns(self, p: int) -> bool:
+        """Whether the readings partition ``p`` is assigned to this worker now (True when that
+        cannot be told: no consumer yet, or a test without one)."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started
+            return True
+        topic = self.cfg.kafka.readings_topic
+        return any(tp.topic == topic and tp.partition == p for tp in assigned)
+
+    def _forget(self, p: int, blob: bytes | None) -> None:
+        """Back to the partition's last stored snapshot (``blob``) in memory."""
+        key = str(p).encode()
+        self.states.pop(p, None)
+        self.blobs.pop(p, None)
+        if blob is None:
+            self.state_table.data.pop(key, None)
+        else:
+            self.state_table.data[key] = blob
+
+    async def _on_readings(self, by_p: dict[int, list[tuple[int, bytes]]], n_events: int, t0: float,
+                           before: dict[int, bytes | None]) -> None:
         futs = []
         sent = 0
         n_r = n_p = 0
+        applied: dict[str, int] = {}
+        skipped = 0
         for p, msgs in by_p.items():
+            # A batch taken before a rebalance can still hold messages of a partition that moved
+            # (Faust does not wait for in-flight batches: stream_wait_empty = False). They are the
+            # new owner's: applying them here too applied them twice. Dropped (and acknowledged by
+            # Faust, which is harmless: an offset committed past unapplied ones is a hole the
+            # owner's gap check fills).
+            if not self.owns(p):
+                self.stats["revoked_messages_dropped"] += len(msgs)
+                continue
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
-            skipped0 = st.skipped
-            evs, r, q = st.apply(msgs)
+            skipped0, off0 = st.skipped, st.offset
+            r = q = 0
+            rest, seen = msgs, set()
+            while rest:  # one round, unless a hole is read in several parts
+                chunk, rest = await self.complete(p, st, rest)
+                seen.update(o for o, _ in chunk if o > off0)
+                evs, cr, cq = st.apply(chunk)
+                r, q = r + cr, q + cq
+                for ev, w in evs:
+                    futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
+                sent += len(evs)
+                if self.sink is not None and self.cfg.influx.write_readings and cr:
+                    await self._write_readings(st, chunk)
+            if not self.owns(p):  # revoked while this batch was in flight: no snapshot, the new owner applies them
+                self._forget(p, before[p])
+                self.stats["revoked_messages_dropped"] += len(msgs)
+                continue
+            # no await from the check to the enqueued snapshot: a revocation (which flushes the
+            # producer before the new owner restores) cannot come in between
+            applied[str(p)] = len(seen)
             n_r += r
             n_p += q
-            self.stats["replayed_messages_skipped"] += st.skipped - skipped0
-            for ev, w in evs:
-                futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
-            sent += len(evs)
-            if self.sink is not None and self.cfg.influx.write_readings and r:
-                await self._write_readings(st, msgs)
+            skipped += st.skipped - skipped0
             key = str(p).encode()
             blob = st.dump()
             self.state_table.data[key] = blob
@@ -380,9 +564,13 @@ class WorkerCore:
         if futs:
             await asyncio.gather(*futs)  # stored before take_events acknowledges the offsets
         s = self.stats
+        per_p = s.setdefault("applied_messages", {})  # per partition: offsets applied by this worker
+        for k, v in applied.items():
+            per_p[k] = per_p.get(k, 0) + v
+        s["replayed_messages_skipped"] += skipped
         s["readings"] += n_r
         s["positions"] += n_p
-        s["messages"] += len(events)
+        s["messages"] += n_events
         s["batches"] += 1
         s["warning_events_sent"] += sent
         s.setdefault("first_batch_t", t0)
@@ -548,7 +736,7 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
         @app.agent(readings_topic)
         async def readings(stream):
             async for events in stream.take_events(wc.batch_messages, within=wc.batch_within_s):
-                await core.on_readings(events)
+                await core.process_readings(events)
 
     @app.agent(events_topic)
     async def warnings(stream):
@@ -646,5 +834,5 @@ def run_worker(cfg: GridwatchConfig, *, naive: bool = False, loglevel: str = "wa
     return 0
 
 
-__all__ = ["PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
+__all__ = ["OffsetGapFiller", "PartitionState", "WorkerCore", "build_app", "ensure_topics", "run_worker",
            "questdb_create_warnings_table", "questdb_exec", "version_of", "warning_from_dict"]

@@ -10,12 +10,31 @@ remote sink (the time-series server), replayed in order after an outage or a cra
 Layout and crash safety
 -----------------------
 Records are appended to segment files ``seg-<first seq>.log`` (rolled at ``segment_bytes``);
-each record is ``<u32 length><u32 crc32><u64 seq>`` + payload. The read position lives in
+each record is a 24-byte header ``<4s sync "\xa5GWs"><u32 length><u64 seq><u32 crc32(payload)>
+<u32 crc32(the header's first 20 bytes)>`` + payload. The read position lives in
 ``ack`` (the seq of the next record to send): two checksummed slots overwritten alternately in
 place, so acknowledging needs no free space and a torn write loses at most the newest ack (the
-records are then resent: at-least-once). On open, segments are scanned: a torn tail (a record cut short or with a bad
-CRC by a crash mid-write) is truncated away and counted (``torn_tails``); everything before it is
-replayed from the ack position, in order. Fully acknowledged segments are deleted.
+records are then resent: at-least-once). On open, segments are scanned and every record's two
+CRCs checked:
+
+* a **torn tail** (the newest segment ends in a record cut short, or in bytes without a sound
+  header, with no valid record after them: a crash mid-append) is truncated away and counted
+  (``torn_tails``). With ``fsync="always"`` such a record was never reported as appended. A
+  complete final record with a sound header but a bad payload CRC is corrupt, not torn: it is
+  quarantined (below), then cut.
+* a **corrupt record** anywhere else (a flipped bit, a bad sector: a CRC mismatch followed by
+  valid records) does not end the scan: the scanner resynchronises on the next sync marker whose
+  header and payload CRCs check out (the header CRC makes a corrupt length harmless), the bad
+  bytes are copied to ``quarantine/<segment>@<offset>.bad`` (bounded by ``quarantine_max_bytes``;
+  beyond it they are counted in ``quarantine_dropped_bytes`` and not kept) and counted
+  (``corrupt_regions``, ``corrupt_records`` from the gap in seqs, ``quarantined_bytes``), with one
+  warning each. Every valid record after it is kept and replayed. Corrupt bytes that hold only
+  already-acknowledged records are counted in ``corrupt_acked_regions`` and not quarantined.
+
+Everything valid is replayed from the ack position, in order. Fully acknowledged segments are
+deleted. Segments written by the first format (``<u32 length><u32 crc32><u64 seq>`` records, no
+sync marker) are still read; an invalid record in one ends that segment's scan, the rest of it is
+quarantined (not deleted); new records are always written in the current format, to new segments.
 
 fsync policy (``fsync``):
 
@@ -58,7 +77,10 @@ import numpy as np
 import orjson
 
 log = logging.getLogger("gridwatch.streams.spool")
-_REC = struct.Struct("<IIQ")  # length, crc32(payload), seq
+_REC_V1 = struct.Struct("<IIQ")  # first format: length, crc32(payload), seq (still read)
+SYNC = b"\xa5GWs"  # starts every record: the scanner resynchronises on it after a corrupt one
+_HDR = struct.Struct("<4sIQII")  # sync, length, seq, crc32(payload), crc32(first 20 header bytes)
+_HDR_BODY = struct.Struct("<4sIQI")
 _ACK = struct.Struct("<QI")  # next seq to send, crc32 of it
 _ACK_EMPTY = struct.pack("<Q", 0) + struct.pack("<I", zlib.crc32(struct.pack("<Q", 0)))
 
@@ -73,7 +95,8 @@ class SpoolDiskFull(SpoolFull):
 
 class Spool:
     def __init__(self, directory: str | os.PathLike, *, max_bytes: int = 512 * 2**20,
-                 segment_bytes: int = 16 * 2**20, fsync: str = "always") -> None:
+                 segment_bytes: int = 16 * 2**20, fsync: str = "always",
+                 quarantine_max_bytes: int = 64 * 2**20) -> None:
         if fsync not in ("always", "never"):
             raise ValueError(f"fsync must be 'always' or 'never', not {fsync!r}")
         self.dir = Path(directory)
@@ -81,6 +104,7 @@ class Spool:
         self.max_bytes = int(max_bytes)
         self.segment_bytes = int(segment_bytes)
         self.fsync = fsync == "always"
+        self.quarantine_max_bytes = int(quarantine_max_bytes)
         self.stats: Counter = Counter()
         self._lock = threading.Lock()
         self._segments: list[tuple[int, Path]] = []  # (first seq, path), oldest first
@@ -117,29 +141,142 @@ class Spool:
 
     def _recover(self) -> None:
         segs = sorted((int(p.stem[4:]), p) for p in self.dir.glob("seg-*.log"))
-        for first, path in segs:
+        for i, (first, path) in enumerate(segs):
             data = path.read_bytes()
-            pos, seq = 0, first
-            while pos + _REC.size <= len(data):
-                ln, crc, seq = _REC.unpack_from(data, pos)
-                end = pos + _REC.size + ln
-                if end > len(data) or zlib.crc32(data[pos + _REC.size:end]) != crc:
-                    break
-                if seq >= self.ack_seq:
-                    self._index.append((seq, path, pos + _REC.size, ln))
-                self._next_seq = max(self._next_seq, seq + 1)
-                pos = end
-            if pos != len(data):  # a torn tail from a crash mid-append: cut it off
-                self.stats["torn_tails"] += 1
-                log.warning("spool: truncating a torn record at %s:%d (%d bytes)", path.name, pos, len(data) - pos)
+            last = i == len(segs) - 1
+            nxt_first = segs[i + 1][0] if not last else None
+            if _first_format(data):
+                keep = self._scan_v1(path, data, first, last)
+            else:
+                keep = self._scan_v2(path, data, first, last, nxt_first)
+            if keep != len(data):  # only the newest segment's tail is ever cut
                 with open(path, "r+b") as f:
-                    f.truncate(pos)
+                    f.truncate(keep)
                     os.fsync(f.fileno())
             self._segments.append((first, path))
-            self._bytes += pos
+            self._bytes += keep
         self._next_seq = max(self._next_seq, self.ack_seq)
         self._drop_acked_segments()
         self.stats["recovered_records"] = len(self._index)
+
+    def _valid_at(self, data: bytes, pos: int) -> int:
+        """The end of the valid current-format record at ``pos``, or -1."""
+        if pos + _HDR.size > len(data) or data[pos:pos + 4] != SYNC:
+            return -1
+        sync, ln, seq, pcrc, hcrc = _HDR.unpack_from(data, pos)
+        if zlib.crc32(data[pos:pos + _HDR_BODY.size]) != hcrc:
+            return -1
+        end = pos + _HDR.size + ln
+        if end > len(data) or zlib.crc32(data[pos + _HDR.size:end]) != pcrc:
+            return -1
+        return end
+
+    def _scan_v2(self, path: Path, data: bytes, first: int, last: bool, nxt_first: int | None) -> int:
+        """Index the valid records of one segment, skipping (quarantining) corrupt ones; returns
+        the length to keep (shorter than the file only for a torn tail of the newest segment)."""
+        pos, prev_seq, n = 0, first - 1, len(data)
+        while pos < n:
+            end = self._valid_at(data, pos)
+            if end >= 0:
+                seq = _HDR.unpack_from(data, pos)[2]
+                if seq >= self.ack_seq:
+                    self._index.append((seq, path, pos + _HDR.size, end - pos - _HDR.size))
+                self._next_seq = max(self._next_seq, seq + 1)
+                prev_seq, pos = seq, end
+                continue
+            # not a valid record here: find the next one (first where this header says it ends,
+            # when the header itself checks out; else the next sync marker that starts a valid record)
+            bad, resume = pos, -1
+            whole = False  # a complete record whose header is sound but whose payload is not
+            if pos + _HDR.size <= n and data[pos:pos + 4] == SYNC:
+                _, ln, _, _, hcrc = _HDR.unpack_from(data, pos)
+                if zlib.crc32(data[pos:pos + _HDR_BODY.size]) == hcrc and pos + _HDR.size + ln <= n:
+                    whole = True
+                    cand = pos + _HDR.size + ln
+                    if cand == n or self._valid_at(data, cand) >= 0:
+                        resume = cand
+            if resume < 0:
+                q = data.find(SYNC, pos + 1)
+                while q >= 0 and self._valid_at(data, q) < 0:
+                    q = data.find(SYNC, q + 1)
+                resume = q
+            if resume < 0 and last and not whole:
+                # nothing valid follows in the newest segment: a crash cut the last append short
+                self.stats["torn_tails"] += 1
+                log.warning("spool: truncating a torn record at %s:%d (%d bytes)", path.name, pos, n - pos)
+                return pos
+            stop = n if resume < 0 else resume
+            next_seq = (_HDR.unpack_from(data, stop)[2] if stop < n
+                        else nxt_first if nxt_first is not None else None)
+            self._corrupt(path, data, bad, stop, prev_seq, next_seq)
+            if resume < 0:
+                return bad if last else n  # a corrupt final record of the newest segment: cut (after quarantine)
+            pos = resume
+        return n
+
+    def _scan_v1(self, path: Path, data: bytes, first: int, last: bool) -> int:
+        """A segment of the first record format: no sync marker to resynchronise on, so an
+        invalid record ends the scan; a short tail of the newest segment is a torn record, any
+        other remainder is quarantined and counted as corrupt."""
+        pos, prev_seq, n = 0, first - 1, len(data)
+        while pos + _REC_V1.size <= n:
+            ln, crc, seq = _REC_V1.unpack_from(data, pos)
+            end = pos + _REC_V1.size + ln
+            if end > n or zlib.crc32(data[pos + _REC_V1.size:end]) != crc:
+                break
+            if seq >= self.ack_seq:
+                self._index.append((seq, path, pos + _REC_V1.size, ln))
+            self._next_seq = max(self._next_seq, seq + 1)
+            prev_seq, pos = seq, end
+        if pos == n:
+            return n
+        torn = pos + _REC_V1.size > n or pos + _REC_V1.size + _REC_V1.unpack_from(data, pos)[0] > n
+        if last and torn:
+            self.stats["torn_tails"] += 1
+            log.warning("spool: truncating a torn record at %s:%d (%d bytes)", path.name, pos, n - pos)
+        else:
+            self._corrupt(path, data, pos, n, prev_seq, None)
+        return pos if last else n
+
+    def _corrupt(self, path: Path, data: bytes, start: int, stop: int, prev_seq: int, next_seq: int | None) -> None:
+        """Bytes ``data[start:stop]`` of ``path`` hold no valid record: count them and keep a copy
+        in ``quarantine/`` (unless every record they held was acknowledged already)."""
+        if next_seq is not None and next_seq <= self.ack_seq:
+            self.stats["corrupt_acked_regions"] += 1
+            log.info("spool: %s:%d: %d corrupt bytes of already delivered records, ignored",
+                     path.name, start, stop - start)
+            return
+        lost = max(1, next_seq - prev_seq - 1) if next_seq is not None else 1
+        self.stats["corrupt_regions"] += 1
+        self.stats["corrupt_records"] += lost
+        qdir = self.dir / "quarantine"
+        qpath = qdir / f"{path.name}@{start}.bad"
+        nbytes = stop - start
+        if qpath.exists():
+            where = f"kept earlier in {qpath.relative_to(self.dir)}"
+        elif self._quarantine_bytes() + nbytes > self.quarantine_max_bytes:
+            self.stats["quarantine_dropped_bytes"] += nbytes
+            where = f"NOT kept: quarantine full ({self.quarantine_max_bytes:,} bytes)"
+        else:
+            qdir.mkdir(exist_ok=True)
+            tmp = qpath.with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data[start:stop])
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, qpath)
+            self.stats["quarantined_bytes"] += nbytes
+            where = f"copied to {qpath.relative_to(self.dir)}"
+        seqs = (f"seq {prev_seq + 1}..{next_seq - 1}" if next_seq is not None and next_seq - prev_seq > 1
+                else f"after seq {prev_seq}")
+        log.warning("spool: corrupt record(s) in %s at byte %d (%d bytes, %s, ~%d record(s) lost): %s; "
+                    "the valid records after it are kept and replayed", path.name, start, nbytes, seqs, lost, where)
+
+    def _quarantine_bytes(self) -> int:
+        qdir = self.dir / "quarantine"
+        if not qdir.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in qdir.glob("*.bad"))
 
     # -- writing ----------------------------------------------------------------------------
     @property
@@ -152,7 +289,7 @@ class Spool:
     def append(self, payload: bytes) -> int:
         """Append one record (durable per the fsync policy when this returns); its seq.
         Raises SpoolFull (size bound) or SpoolDiskFull (ENOSPC): back-pressure."""
-        need = _REC.size + len(payload)
+        need = _HDR.size + len(payload)
         with self._lock:
             if self._bytes + need > self.max_bytes:
                 self.stats["full_rejections"] += 1
@@ -161,7 +298,8 @@ class Spool:
             if self._wfile is None or self._wsize + need > self.segment_bytes and self._wsize:
                 self._roll()
             seq = self._next_seq
-            rec = _REC.pack(len(payload), zlib.crc32(payload), seq) + payload
+            head = _HDR_BODY.pack(SYNC, len(payload), seq, zlib.crc32(payload))
+            rec = head + struct.pack("<I", zlib.crc32(head)) + payload
             f, start = self._wfile, self._wsize
             try:
                 f.write(rec)
@@ -179,7 +317,7 @@ class Spool:
                     raise SpoolDiskFull(f"no space left on the device holding {self.dir}: {e.strerror}") from None
                 raise
             self._disk_full_logged = False
-            self._index.append((seq, self._segments[-1][1], start + _REC.size, len(payload)))
+            self._index.append((seq, self._segments[-1][1], start + _HDR.size, len(payload)))
             self._next_seq += 1
             self._wsize += len(rec)
             self._bytes += len(rec)
@@ -268,6 +406,18 @@ class Spool:
             if self._ack_fd is not None:
                 os.close(self._ack_fd)
                 self._ack_fd = None
+
+
+def _first_format(data: bytes) -> bool:
+    """A segment written by the first record format: it opens with a valid old-style record, or
+    holds no sync marker at all (then an invalid start is read the old way: torn or quarantined)."""
+    if data[:4] == SYNC or not data:
+        return False
+    if len(data) >= _REC_V1.size:
+        ln, crc, _ = _REC_V1.unpack_from(data, 0)
+        if _REC_V1.size + ln <= len(data) and zlib.crc32(data[_REC_V1.size:_REC_V1.size + ln]) == crc:
+            return True
+    return SYNC not in data
 
 
 def _fsync_dir(d: Path) -> None:

@@ -286,3 +286,50 @@ def test_secrets_never_appear_in_output_errors_or_files(mosquitto_factory, tmp_p
                  "bad_config_unknown_rule", "bad_toml"):
         rc, out = outputs[name]
         assert rc == 2 and "config error" in out, (name, out)
+
+
+# -- the secret-file permission warning: secret fields of the parsed TOML, not a regex -----------
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+@pytest.mark.parametrize("text,field", [
+    ("[mqtt]\npassword = 'single-quoted'\n", "mqtt.password"),  # was missed: only "..." was seen
+    ('mqtt = { host = "h", password = "inline-table" }\n', "mqtt.password"),  # was missed
+    ('[mqtt]\n"password" = "quoted-key"\n', "mqtt.password"),  # was missed
+    ('[kafka]\nsasl_password = "kafka-sasl"\n', "kafka.sasl_password"),  # was missed
+    ("[influx]\nurl = 'http://h'\ntoken = '''multi-line-literal'''\n", "influx.token"),  # was missed
+    ('[mqtt]\npassword = "${MQTT_PASSWORD:-a-default-in-the-file}"\n', "mqtt.password"),  # was missed
+    ('[[cameras]]\nname = "c1"\nurl = "rtsp://admin:cam-pw@10.0.0.9/stream"\n', "cameras[0].url"),  # was missed
+    ('[mqtt]\npassword = "double-quoted"\n', "mqtt.password"),
+])
+def test_world_readable_warning_sees_every_secret_field(tmp_path, capsys, text, field):
+    from gridwatch.cli import main
+    from gridwatch.config import secret_fields, secrets_world_readable
+    import tomllib
+
+    f = tmp_path / "gw.toml"
+    f.write_text(text)
+    assert secret_fields(tomllib.loads(text)) == [field]
+    f.chmod(0o644)
+    assert secrets_world_readable(f), text
+    main(["check-config", str(f)])
+    assert "readable by every user" in capsys.readouterr().err
+    f.chmod(0o600)
+    assert not secrets_world_readable(f)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes")
+@pytest.mark.parametrize("text", [
+    '[mqtt]\npassword = "${MQTT_PASSWORD}"\n',
+    "[mqtt]\npassword = '${MQTT_PASSWORD}'\n",
+    '[kafka]\nsasl_password = "${KAFKA_PASSWORD:-}"\n',
+    '[[cameras]]\nname = "c1"\nurl = "rtsp://admin:${CAM_PW}@10.0.0.9/stream"\n',
+    '[mqtt]\nhost = "h"\nusername = "password"\n# password = "only a comment"\n',
+    '[mqtt.tls]\nkey_file = "client.key"\n',  # a path to a key: the key's own file mode is what matters
+])
+def test_world_readable_warning_stays_quiet_without_a_secret_in_the_file(tmp_path, text):
+    from gridwatch.config import secrets_world_readable
+
+    f = tmp_path / "gw.toml"
+    f.write_text(text)
+    f.chmod(0o644)
+    assert not secrets_world_readable(f), text

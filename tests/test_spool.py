@@ -43,6 +43,147 @@ def test_torn_tail_from_a_crash_mid_append_is_cut_off(tmp_path):
     assert s2.append(b"after") == 3 and [p for _, p in s2.peek(10)][-1] == b"after"
 
 
+def _write_records(path, n, segment_bytes=16 * 2**20):
+    s = Spool(path, segment_bytes=segment_bytes)
+    recs = [f"record-{i:03d}|".encode() * (1 + i % 3) for i in range(n)]
+    for r in recs:
+        s.append(r)
+    s.close()
+    return recs
+
+
+def _segments(path):
+    return sorted(path.glob("seg-*.log"))
+
+
+def test_a_flipped_bit_mid_segment_costs_one_record_not_every_later_one(tmp_path, caplog):
+    """Was: 'recovered 10 of 100 ... truncating a torn record': a corrupt record ended the scan."""
+    recs = _write_records(tmp_path, 100)
+    [seg] = _segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    start = data.index(recs[10])  # record 10's payload
+    original = bytes(data)
+    data[start + 3] ^= 0x10
+    seg.write_bytes(bytes(data))
+    caplog.set_level("WARNING")
+    s = Spool(tmp_path)
+    got = s.peek(1000)
+    assert len(s) == 99 and [p for _, p in got] == recs[:10] + recs[11:]
+    assert [q for q, _ in got] == [i for i in range(100) if i != 10]
+    assert s.stats["corrupt_regions"] == 1 and s.stats["corrupt_records"] == 1 and s.stats["torn_tails"] == 0
+    # the bad bytes (header + payload of record 10) are kept aside, the segment itself untouched
+    [q] = (tmp_path / "quarantine").glob("*.bad")
+    hdr = 24
+    assert q.read_bytes() == bytes(data[start - hdr:start + len(recs[10])])
+    assert s.stats["quarantined_bytes"] == hdr + len(recs[10]) and seg.read_bytes() == bytes(data)
+    assert "corrupt record" in caplog.text and "seq 10..10" in caplog.text
+    assert original != bytes(data)
+    # delivery goes on past the gap; new appends continue the sequence
+    assert s.append(b"after") == 100
+    s.ack(got[-1][0])
+    assert [p for _, p in s.peek(10)] == [b"after"]
+    s.close()
+
+
+@pytest.mark.parametrize("field,offset", [("sync", 1), ("length", 5), ("seq", 9), ("payload crc", 17), ("header crc", 21)])
+def test_a_corrupt_header_field_is_skipped_by_resynchronising(tmp_path, field, offset):
+    recs = _write_records(tmp_path, 30)
+    [seg] = _segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    rec_start = data.index(recs[7]) - 24
+    data[rec_start + offset] ^= 0x40  # e.g. a length that now points far past the record
+    seg.write_bytes(bytes(data))
+    s = Spool(tmp_path)
+    assert [p for _, p in s.peek(100)] == recs[:7] + recs[8:], field
+    assert s.stats["corrupt_records"] == 1 and s.stats["torn_tails"] == 0
+
+
+def test_every_single_byte_corruption_loses_at_most_the_record_it_hit(tmp_path):
+    """Sweep: flip one bit in each byte of a three-segment spool in turn; every time, every record
+    but the one holding that byte is replayed, in order. Damage to the newest segment's last record
+    is indistinguishable from a crash mid-append and cut as a torn tail; anywhere else it is
+    quarantined."""
+    src = tmp_path / "src"
+    recs = _write_records(src, 12, segment_bytes=200)
+    segs = _segments(src)
+    assert len(segs) == 3
+    images = {p.name: p.read_bytes() for p in segs}
+    layout = []  # (segment name, byte offset) -> the record index holding it
+    for name, data in images.items():
+        pos = 0
+        while pos < len(data):
+            assert data[pos:pos + 4] == b"\xa5GWs", "every record starts with the sync marker"
+            ln = int.from_bytes(data[pos + 4:pos + 8], "little")
+            seq = int.from_bytes(data[pos + 8:pos + 16], "little")
+            layout += [(name, b, seq) for b in range(pos, pos + 24 + ln)]
+            pos += 24 + ln
+    last_seq = len(recs) - 1
+    for i, (name, b, hit) in enumerate(layout):
+        d = tmp_path / f"case{i}"
+        d.mkdir()
+        for n, data in images.items():
+            if n == name:
+                data = bytearray(data)
+                data[b] ^= 1 << (i % 8)
+            (d / n).write_bytes(bytes(data))
+        s = Spool(d)
+        got = s.peek(100)
+        assert [p for _, p in got] == [r for k, r in enumerate(recs) if k != hit], (name, b)
+        if hit == last_seq:
+            assert s.stats["torn_tails"] + s.stats["corrupt_records"] == 1
+        else:
+            assert s.stats["corrupt_records"] == 1 and s.stats["torn_tails"] == 0, (name, b)
+            assert len(list((d / "quarantine").glob("*.bad"))) == 1
+        s.close()
+
+
+def test_corrupt_bytes_of_acknowledged_records_are_ignored_not_quarantined(tmp_path):
+    recs = _write_records(tmp_path, 20)
+    s = Spool(tmp_path)
+    s.ack(9)
+    s.close()
+    [seg] = _segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    data[data.index(recs[4]) + 2] ^= 0x01
+    seg.write_bytes(bytes(data))
+    s = Spool(tmp_path)
+    assert [p for _, p in s.peek(100)] == recs[10:]
+    assert s.stats["corrupt_acked_regions"] == 1 and s.stats["corrupt_records"] == 0
+    assert not (tmp_path / "quarantine").exists()
+
+
+def test_quarantine_is_bounded_and_counts_what_it_could_not_keep(tmp_path):
+    recs = _write_records(tmp_path, 40)
+    [seg] = _segments(tmp_path)
+    data = bytearray(seg.read_bytes())
+    for k in (5, 15, 25):
+        data[data.index(recs[k]) + 1] ^= 0x02
+    seg.write_bytes(bytes(data))
+    one = 24 + len(recs[5])
+    s = Spool(tmp_path, quarantine_max_bytes=one)  # room for the first bad record only
+    assert len(s) == 37 and s.stats["corrupt_records"] == 3
+    assert s.stats["quarantined_bytes"] == one and s.stats["quarantine_dropped_bytes"] > 0
+    assert len(list((tmp_path / "quarantine").glob("*.bad"))) == 1
+
+
+def test_segments_of_the_first_record_format_are_still_replayed(tmp_path):
+    import struct
+    import zlib
+
+    old = [f"old-{i}".encode() for i in range(5)]
+    with open(tmp_path / "seg-0000000000000000.log", "wb") as f:  # <u32 len><u32 crc><u64 seq> + payload
+        for i, p in enumerate(old):
+            f.write(struct.pack("<IIQ", len(p), zlib.crc32(p), i) + p)
+    s = Spool(tmp_path)
+    assert [p for _, p in s.peek(10)] == old
+    assert s.append(b"new") == 5  # a new segment in the current format
+    s.close()
+    s = Spool(tmp_path)
+    assert [p for _, p in s.peek(10)] == old + [b"new"] and len(_segments(tmp_path)) == 2
+    s.ack(5)
+    assert not _segments(tmp_path)
+
+
 def test_full_spool_is_back_pressure_never_a_drop(tmp_path):
     s = Spool(tmp_path, max_bytes=1000)
     fwd = SpooledInfluxSink(s, sink=None)
