@@ -179,6 +179,9 @@ class EdgeRuntime:
         for f in self.forwards:
             self.counters.set("spool", f"{f.name}_records", len(f.spool))
             self.counters.set("spool", f"{f.name}_bytes", f.spool.bytes_on_disk)
+            for k in ("torn_tails", "corrupt_regions", "corrupt_records", "quarantined_bytes", "quarantine_dropped_bytes",
+                      "corrupt_acked_regions", "disk_full"):  # found on open or while appending
+                self.counters.set("spool", f"{f.name}_{k}", f.spool.stats[k])
         self.counters.set("store", "dead_letters_pruned", self.store.dead_letters_pruned)
 
     def _until_stored(self, commit: Callable[[], None]) -> None:

@@ -301,3 +301,30 @@ def test_questdb_down_for_a_while_then_back_every_reading_exactly_once(tmp_path)
         assert s == sum(float(b) * rows for b in range(n_batches))
     finally:
         qdb.stop()
+
+
+def test_spool_corruption_found_on_open_reaches_the_runtimes_counters(tmp_path):
+    """The counters of a corrupt region found when `gridwatch run` opens its spool are exported
+    with the other spool figures (the forwarder is never started here: no server is needed)."""
+    from gridwatch.config import parse
+    from gridwatch.servers._base import free_ports
+    from gridwatch.streams.runtime import EdgeRuntime
+
+    cfg = parse({"site": {"name": "sp", "data_dir": str(tmp_path)}, "forward": {"influx": True},
+                 "influx": {"url": f"http://127.0.0.1:{free_ports(1)[0]}", "token": "t"}}, base_dir=tmp_path)
+    spool_dir = tmp_path / cfg.spool.dir / "influx"
+    recs = _write_records(spool_dir, 20)
+    [seg] = _segments(spool_dir)
+    data = bytearray(seg.read_bytes())
+    data[data.index(recs[5]) + 2] ^= 0x01
+    seg.write_bytes(bytes(data))
+    rt = EdgeRuntime(cfg)
+    try:
+        rt._tick()
+        snap = rt.counters.snapshot()["spool"]
+        assert snap["influx_records"] == 19 and snap["influx_corrupt_records"] == 1 and snap["influx_corrupt_regions"] == 1
+        assert snap["influx_quarantined_bytes"] > len(recs[5])
+    finally:
+        rt._stop_forwards()
+        rt.store.close()
+        rt.lock.release()
