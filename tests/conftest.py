@@ -102,9 +102,11 @@ def gstreamer():
         pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's chromium driven by Playwright (its own browser download cannot work here)."""
+    """Debian's chromium driven by Playwright (its own browser download cannot work here).
+    Module-scoped: Playwright's sync API keeps an event loop running in the main thread while it
+    is started, so tests after the browser's module that call asyncio.run() need it stopped."""
     import shutil
 
     exe = os.environ.get("GRIDWATCH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
