@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 import numpy as np
 import orjson
 
-from gridwatch.hw.profiles import METRIC_HI, METRIC_LO, METRICS, Profile
+from gridwatch.hw.profiles import METRICS, Profile
 from gridwatch.ingest import jsonfast
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.records import DEADLETTER_PAYLOAD_MAX, DeadLetter, PositionBatch, SensorBatch
@@ -164,6 +164,8 @@ class Codec:
         self._spec_metric: list[int] = []
         self._spec_factor: list[float] = []
         self._spec_offset: list[float] = []
+        self._spec_lo: list[float] = []  # accepted range (canonical unit): the metric's or the profile's narrower one
+        self._spec_hi: list[float] = []
         self._fmap: dict[str, dict[str, int]] = {}
         for vendor, prof in profiles.items():
             m = {}
@@ -172,10 +174,14 @@ class Codec:
                 self._spec_metric.append(spec.metric_id)
                 self._spec_factor.append(spec.factor)
                 self._spec_offset.append(spec.offset)
+                self._spec_lo.append(spec.lo)
+                self._spec_hi.append(spec.hi)
             self._fmap[vendor] = m
         self._sm = np.array(self._spec_metric, np.int16)
         self._sf = np.array(self._spec_factor, np.float64)
         self._so = np.array(self._spec_offset, np.float64)
+        self._slo = np.array(self._spec_lo, np.float64)
+        self._shi = np.array(self._spec_hi, np.float64)
         self._topics: dict[str, tuple] = {}
         # the Numba recogniser of arrays of flat numeric objects (see jsonfast): vendors whose
         # profile reads device ids and fields from the top level of each item
@@ -669,11 +675,13 @@ class Codec:
         for i in np.flatnonzero(nonfin):
             keep[i] = False
             reject(int(mi[i]), "non_finite", lambda i=i: f"{METRICS[metric[i]].name} value {r_val[i]!r} is not finite")
-        rng = keep & ((val < METRIC_LO[metric]) | (val > METRIC_HI[metric]))
+        lo, hi = self._slo[spec], self._shi[spec]
+        rng = keep & ((val < lo) | (val > hi))
         for i in np.flatnonzero(rng):
             m = METRICS[metric[i]]
             keep[i] = False
-            reject(int(mi[i]), "out_of_range", lambda i=i: f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
+            reject(int(mi[i]), "out_of_range", lambda i=i, m=m: f"{m.name} = {val[i]:g} {m.unit} is outside [{lo[i]:g}, {hi[i]:g}]"
+                   + ("" if (lo[i], hi[i]) == (m.lo, m.hi) else " (narrowed by the vendor's profile)"))
         if not keep.all():
             idx = np.flatnonzero(keep)
             dev, metric, ts, val, mi = dev[idx], metric[idx], ts[idx], val[idx], mi[idx]
