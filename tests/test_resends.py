@@ -11,18 +11,22 @@ from hypothesis import given, settings, strategies as st
 
 from gridwatch.config import parse
 from gridwatch.ingest.codec import Message
-from gridwatch.streams.kernels.dedup import ENTRY_BYTES, WindowFilter, WindowReference
+from gridwatch.streams.kernels.dedup import ENTRY_BYTES, REBASE_AFTER, SPAN, WindowFilter, WindowReference
 from gridwatch.streams.pipeline import Pipeline
 from gridwatch.streams.store import Store
 from tests.helpers import RuntimeThread, mosquitto_pub, wait_until
 
 
 # --- the kernel against its reference ---------------------------------------------------------
-batch_st = st.lists(st.tuples(st.integers(0, 7), st.integers(-3000, 200)), max_size=120)
+# offsets from "now": mostly recent, some a whole time span away (neither checked nor remembered)
+batch_st = st.lists(st.tuples(st.integers(0, 7), st.one_of(st.integers(-3000, 200), st.sampled_from([-SPAN, SPAN]))),
+                    max_size=120)
+# steps of "now": mostly small, some far enough to move the table's time base
+step_st = st.one_of(st.integers(0, 400), st.just(REBASE_AFTER + 1))
 
 
 @settings(max_examples=60, deadline=None)
-@given(batches=st.lists(st.tuples(st.integers(0, 400), batch_st, st.lists(st.booleans(), max_size=120)), max_size=12),
+@given(batches=st.lists(st.tuples(step_st, batch_st, st.lists(st.booleans(), max_size=120)), max_size=12),
        window_ms=st.integers(1, 4000), max_bytes=st.integers(16 * ENTRY_BYTES, 400 * ENTRY_BYTES))
 def test_window_kernel_matches_reference(batches, window_ms, max_bytes):
     a, b = WindowFilter(window_ms, max_bytes), WindowReference(window_ms, max_bytes)
@@ -37,7 +41,7 @@ def test_window_kernel_matches_reference(batches, window_ms, max_bytes):
         assert (ka == kb).all()
         assert a.evicted == b.evicted and a.forgotten_ms == b.forgotten_ms
         assert a.count == len(b.seen) and a.count <= a.max_entries
-        assert a.nbytes <= max(max_bytes, 16 * ENTRY_BYTES)
+        assert a.nbytes <= max(max_bytes, 16 * ENTRY_BYTES) and a.base == b.base
 
 
 def test_window_marks_within_and_across_batches_not_outside_window():

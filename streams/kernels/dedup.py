@@ -7,6 +7,7 @@
    batch minutes or hours later, and it is seeded from the store at startup (see
    ``Store.recent_keys``), so a restart does not forget. Timestamps older than the window are not
    looked up (nor remembered): such a reading is accepted unless stage 1 or another check rejects it.
+   Windows up to 20 days; readings more than about 29 days ahead of "now" are not checked either.
    When the table reaches its memory bound it first drops entries that fell out of the window, then
    (if that is not enough) the entries with the oldest timestamps, counted in ``evicted``; a re-send
    of an evicted reading is stored again. ``forgotten_ms`` is the newest timestamp so dropped.
@@ -19,7 +20,7 @@ import numpy as np
 from numba import njit
 
 EMPTY = np.iinfo(np.int64).min
-ENTRY_BYTES = 12  # int32 key + int64 ts per table slot
+ENTRY_BYTES = 8  # one int64 per table slot: key and time since the table's base
 LOAD = 0.7  # most entries per table slot (linear probing)
 MIN_SLOTS = 4096
 
@@ -77,11 +78,21 @@ class DuplicateFilter:
 
 
 # --- stage 2: the window table ---------------------------------------------------------------
+# One int64 per table slot: key << 32 | (ts - base), ``base`` a time at or before the window's
+# start, so a probe touches one array (one cache miss) and an entry costs 8 bytes. Timestamps
+# from ``base`` to ``base + SPAN`` fit; ``base`` moves up (a rehash) once "now" is REBASE_AFTER
+# past it, so windows up to MAX_WINDOW_MS leave room for clock skew ahead of now.
+VACANT = -1
+SPAN = 1 << 32
+REBASE_AFTER = 1 << 31
+MAX_WINDOW_MS = 20 * 86_400_000
+
+
 @njit(cache=True, nogil=True)
-def _home(k, t, n_slots):
-    """Table slot where (k, t) starts probing: splitmix64's finaliser over both, reduced to
+def _home(v, n_slots):
+    """Table slot where entry ``v`` starts probing: splitmix64's finaliser, reduced to
     [0, n_slots) by a multiply-shift (no division, any table size below 2**31)."""
-    z = np.uint64(np.int64(k)) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(t)
+    z = np.uint64(v) + np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
@@ -89,33 +100,33 @@ def _home(k, t, n_slots):
 
 
 @njit(cache=True, nogil=True)
-def window_mark(key, ts, keep, start, cutoff, tkey, tts, count, limit):
-    """From row ``start`` on, for each kept row with ``ts >= cutoff``: clear ``keep`` if (key, ts)
-    is in the table, else insert it. Stops before a row that would take the table past ``limit``
-    entries. Returns (rows done, entries now, rows marked)."""
+def window_mark(key, ts, keep, start, lo, base, table, count, limit):
+    """From row ``start`` on, for each kept row with ``lo <= ts < base + SPAN``: clear ``keep`` if
+    (key, ts) is in the table, else insert it. Stops before a row that would take the table past
+    ``limit`` entries. Returns (rows done, entries now, rows marked)."""
     n = key.shape[0]
-    n_slots = tts.shape[0]
+    n_slots = table.shape[0]
+    hi = base + SPAN
     marked = 0
     for i in range(start, n):
         if not keep[i]:
             continue
         t = ts[i]
-        if t < cutoff:
+        if t < lo or t >= hi:
             continue
-        k = key[i]
-        j = _home(k, t, n_slots)
+        v = (np.int64(key[i]) << 32) | (t - base)
+        j = _home(v, n_slots)
         while True:
-            tj = tts[j]
-            if tj == EMPTY:
-                if count >= limit:
-                    return i, count, marked
-                tts[j] = t
-                tkey[j] = k
-                count += 1
-                break
-            if tj == t and tkey[j] == k:
+            e = table[j]
+            if e == v:
                 keep[i] = False
                 marked += 1
+                break
+            if e == VACANT:
+                if count >= limit:
+                    return i, count, marked
+                table[j] = v
+                count += 1
                 break
             j += 1
             if j == n_slots:
@@ -124,16 +135,15 @@ def window_mark(key, ts, keep, start, cutoff, tkey, tts, count, limit):
 
 
 @njit(cache=True, nogil=True)
-def _rehash(key, ts, tkey, tts):
-    n_slots = tts.shape[0]
-    for i in range(key.shape[0]):
-        j = _home(key[i], ts[i], n_slots)
-        while tts[j] != EMPTY:
+def _rehash(entries, table):
+    n_slots = table.shape[0]
+    for i in range(entries.shape[0]):
+        j = _home(entries[i], n_slots)
+        while table[j] != VACANT:
             j += 1
             if j == n_slots:
                 j = 0
-        tts[j] = ts[i]
-        tkey[j] = key[i]
+        table[j] = entries[i]
 
 
 def room_plan(live_ts: np.ndarray, cutoff: int, need: int, max_entries: int) -> tuple[np.ndarray, int]:
@@ -159,52 +169,58 @@ class WindowFilter:
     no longer recognised); ``forgotten_ms``: the newest timestamp so dropped (EMPTY if none)."""
 
     def __init__(self, window_ms: int, max_bytes: int) -> None:
+        if not 0 < window_ms <= MAX_WINDOW_MS:
+            raise ValueError(f"duplicate window {window_ms} ms: expected 1 ms .. {MAX_WINDOW_MS // 86_400_000} days")
         self.window_ms = int(window_ms)
         self.max_slots = max(int(max_bytes) // ENTRY_BYTES, 16)
         self.max_entries = int(self.max_slots * LOAD)
-        n = min(MIN_SLOTS, self.max_slots)
-        self.tkey = np.zeros(n, np.int32)
-        self.tts = np.full(n, EMPTY, np.int64)
+        self.table = np.full(min(MIN_SLOTS, self.max_slots), VACANT, np.int64)
+        self.base: int | None = None
         self.count = 0
         self.evicted = 0
         self.forgotten_ms = EMPTY
 
     @property
     def limit(self) -> int:
-        return int(self.tts.shape[0] * LOAD)
+        return int(self.table.shape[0] * LOAD)
 
     def apply(self, key: np.ndarray, ts: np.ndarray, keep: np.ndarray, now_ms: int) -> int:
         """Clear ``keep`` of rows already seen within the window; remember the others."""
         if key.shape[0] == 0:
             return 0
         cutoff = int(now_ms) - self.window_ms
+        if self.base is None:
+            self.base = cutoff
+        elif int(now_ms) - self.base > REBASE_AFTER:
+            self._make_room(0, cutoff, rebase=True)
         key = np.ascontiguousarray(key, np.int32)
         ts = np.ascontiguousarray(ts, np.int64)
         start, marked = 0, 0
+        lo = max(cutoff, self.base)
         while True:
-            start, self.count, m = window_mark(key, ts, keep, start, cutoff, self.tkey, self.tts, self.count, self.limit)
+            start, self.count, m = window_mark(key, ts, keep, start, lo, self.base, self.table, self.count, self.limit)
             marked += m
             if start >= key.shape[0]:
                 return int(marked)
-            # full: make room for the rest of the batch (at most the whole table)
-            rest = key.shape[0] - start
-            self._make_room(min(rest, self.max_entries // 2), cutoff)
+            # full: make room for the rest of the batch (at most half the bound)
+            self._make_room(min(key.shape[0] - start, self.max_entries // 2), cutoff)
 
-    def _make_room(self, need: int, cutoff: int) -> None:
-        live = self.tts != EMPTY
-        k, t = self.tkey[live], self.tts[live]
+    def _make_room(self, need: int, cutoff: int, rebase: bool = False) -> None:
+        e = self.table[self.table != VACANT]
+        k, t = e >> 32, (e & 0xFFFFFFFF) + self.base
         keep, thr = room_plan(t, cutoff, need, self.max_entries)
         if thr != EMPTY:
             self.evicted += int((t >= cutoff).sum() - keep.sum())
             self.forgotten_ms = max(self.forgotten_ms, thr)
+        if rebase:
+            self.base = cutoff
         k, t = k[keep], t[keep]
         want = int((t.shape[0] + need) / LOAD) + 1
-        n = self.tts.shape[0]
+        n = self.table.shape[0]
         while n < want and n < self.max_slots:
-            n = min(n * 2, self.max_slots)
-        self.tkey = np.zeros(n, np.int32)
-        self.tts = np.full(n, EMPTY, np.int64)
-        _rehash(k, t, self.tkey, self.tts)
+            n = min(n * 4, self.max_slots)
+        self.table = np.full(n, VACANT, np.int64)
+        _rehash((k << 32) | (t - self.base), self.table)
         self.count = int(t.shape[0])
 
     def seed(self, key: np.ndarray, ts: np.ndarray, now_ms: int) -> None:
@@ -213,28 +229,37 @@ class WindowFilter:
 
     @property
     def nbytes(self) -> int:
-        return int(self.tkey.nbytes + self.tts.nbytes)
+        return int(self.table.nbytes)
 
 
 class WindowReference:
     """Plain-Python reference of :class:`WindowFilter` (tests only): a set, with the same
-    capacity steps and the same eviction rule (:func:`room_plan`)."""
+    capacity steps, time base and eviction rule (:func:`room_plan`)."""
 
     def __init__(self, window_ms: int, max_bytes: int) -> None:
         self.window_ms = int(window_ms)
         self.max_slots = max(int(max_bytes) // ENTRY_BYTES, 16)
         self.max_entries = int(self.max_slots * LOAD)
         self.slots = min(MIN_SLOTS, self.max_slots)
+        self.base = None
         self.seen: set[tuple[int, int]] = set()
         self.evicted = 0
         self.forgotten_ms = EMPTY
 
     def apply(self, key, ts, keep, now_ms: int) -> int:
+        if len(key) == 0:
+            return 0
         cutoff = int(now_ms) - self.window_ms
+        if self.base is None:
+            self.base = cutoff
+        elif int(now_ms) - self.base > REBASE_AFTER:
+            self._make_room(0, cutoff)
+            self.base = cutoff
+        lo, hi = max(cutoff, self.base), self.base + SPAN
         marked = 0
         n = len(key)
         for i in range(n):
-            if not keep[i] or int(ts[i]) < cutoff:
+            if not keep[i] or not lo <= int(ts[i]) < hi:
                 continue
             p = (int(key[i]), int(ts[i]))
             if p in self.seen:
@@ -256,4 +281,4 @@ class WindowReference:
         self.seen = {p for p, k in zip(pairs, keep) if k}
         want = int((len(self.seen) + need) / LOAD) + 1
         while self.slots < want and self.slots < self.max_slots:
-            self.slots = min(self.slots * 2, self.max_slots)
+            self.slots = min(self.slots * 4, self.max_slots)
