@@ -438,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="background readings/s during the latency probe (default: half the measured batched maximum)")
     ap.add_argument("--modes", default="live,drain")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: burst,batched,dedup,latency")
-    ap.add_argument("--dedup-batched", type=int, default=50_000,
+    ap.add_argument("--dedup-batched", type=int, default=30_000,
                     help="batched messages per run of the duplicate-window part (window on vs off, drain, one process)")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
