@@ -110,10 +110,9 @@ class Pipeline:
             if win is None:
                 continue
             t0 = time.monotonic()
-            newest = store.recent_keys(kind, 0, 0)[2]
-            if newest == np.iinfo(np.int64).min:
+            key, ts, newest = store.recent_keys(kind, win.window_ms, win.max_entries)
+            if newest is None:
                 continue
-            key, ts, _ = store.recent_keys(kind, newest - win.window_ms, win.max_entries)
             win.seed(key, ts, newest)
             log.info("duplicate window seeded from the store", extra={"fields": {
                 "kind": kind, "rows": int(key.shape[0]), "entries": win.count, "seconds": round(time.monotonic() - t0, 3)}})

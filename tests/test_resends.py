@@ -115,3 +115,18 @@ def test_resent_batch_stored_once_later_and_after_restart(mosquitto, tmp_path):
         assert store.count_readings() == 10 and store.count_positions() == 6
     d = store.dead_letters(reason="duplicate", limit=1)[0]
     assert "was already received" in d["detail"]
+
+
+def test_store_recent_keys_newest_chunks_first_within_window_and_row_bound(tmp_path):
+    from gridwatch.records import SensorBatch
+
+    store = Store(tmp_path / "s.db")
+    assert store.recent_keys("readings", 1000, 10)[2] is None
+    for c in range(4):  # chunks at t = 0.., 10_000.., 20_000.., 30_000.. (5 rows each)
+        s = np.full(5, c, np.int32)
+        store.commit(sensor=SensorBatch(s, s, np.arange(5, dtype=np.int64) + c * 10_000, np.ones(5)))
+    key, ts, newest = store.recent_keys("readings", 15_000, 100)
+    assert newest == 30_004 and sorted(set(key.tolist())) == [2, 3]  # t_max >= 15_004: chunks 2 and 3
+    key, ts, _ = store.recent_keys("readings", 40_000, 6)  # bound: stops at the chunk that passes 6 rows
+    assert key.tolist() == [3] * 5 + [2] * 5
+    store.close()
