@@ -300,10 +300,14 @@ def run_gridwatch(port: int, lines: list[bytes], mode: str, work: Path) -> dict:
 
 # ---- batched ---------------------------------------------------------------------------------
 def batched_lines(n_msgs: int, per_msg: int = 100, devices: int = 2000) -> list[bytes]:
-    t0 = int(time.time() * 1000) - 3_600_000
+    """Message j holds readings at ms t0 + j*per_msg .. +per_msg-1: distinct across all messages, as
+    messages of several ``devices`` share one topic (device) in run_batched. (Timestamps repeated
+    per device id used to make most of them duplicates of one another, which the 4-deep ring let
+    through and the duplicate window rejects.)"""
+    t0 = int(time.time() * 1000) - n_msgs * per_msg - 60_000
     out = []
     for j in range(n_msgs):
-        base = t0 + (j // devices) * per_msg
+        base = t0 + j * per_msg
         out.append(orjson.dumps([{"ts": base + i, "water_level": 1.0 + ((i + j) % 89) * 0.01} for i in range(per_msg)]))
     return out
 
