@@ -7,7 +7,8 @@
    batch minutes or hours later, and it is seeded from the store at startup (see
    ``Store.recent_keys``), so a restart does not forget. Timestamps older than the window are not
    looked up (nor remembered): such a reading is accepted unless stage 1 or another check rejects it.
-   Windows up to 20 days; readings more than about 29 days ahead of "now" are not checked either.
+   Windows up to 20 days; readings stamped more than about 24 days ahead of "now" are not checked
+   either (``ingest.max_future_skew_s`` rejects them long before).
    When the table reaches its memory bound it first drops entries that fell out of the window, then
    (if that is not enough) the entries with the oldest timestamps, counted in ``evicted``; a re-send
    of an evicted reading is stored again. ``forgotten_ms`` is the newest timestamp so dropped.
