@@ -15,7 +15,9 @@
    default: the two processes connect up to a few hundred ms apart and the stores are polled every
    20 ms, so with 4 M readings (about 1.5 s for one process to drain) the two/one ratio of the
    same code swung from 1.02x to 1.63x between runs.
-3. **Latency**: publish -> warning received by a subscriber, at about half the batched maximum.
+3. **Duplicate window** (``ingest.dedup_window_s``): the batched drain by one process with the
+   window on (the default) and off, run for run; its on/off rate ratio.
+4. **Latency**: publish -> warning received by a subscriber, at about half the batched maximum.
 
 The broker is a real Mosquitto on loopback with ``max_queued_messages`` raised (the documented
 setting for gridwatch deployments: the default 1000 drops bursts for any slow consumer).
@@ -74,7 +76,8 @@ c.disconnect(); c.loop_stop()
 """
 
 
-def _gw_config(port: int, data_dir: Path, client_id: str, shared: str | None = None, rules: str = "") -> Path:
+def _gw_config(port: int, data_dir: Path, client_id: str, shared: str | None = None, rules: str = "",
+               ingest: str = "") -> Path:
     p = data_dir / "gridwatch.toml"
     shared_line = f'shared_group = "{shared}"' if shared else ""
     p.write_text(f"""
@@ -91,6 +94,7 @@ receive_maximum = 5000
 [ingest]
 batch_max_messages = 5000
 max_age_s = 0
+{ingest}
 [alerts_mqtt]
 enabled = true
 {rules}
@@ -186,9 +190,10 @@ def run_paho(port: int, lines: list[bytes], mode: str) -> dict:
 
 
 class GridwatchProc:
-    def __init__(self, port: int, work: Path, name: str, shared: str | None = None, rules: str = "") -> None:
+    def __init__(self, port: int, work: Path, name: str, shared: str | None = None, rules: str = "",
+                 ingest: str = "") -> None:
         work.mkdir(parents=True, exist_ok=True)
-        self.cfg = _gw_config(port, work, name, shared, rules)
+        self.cfg = _gw_config(port, work, name, shared, rules, ingest)
         self.db = _store_path(work)
         self.log = open(work / "gridwatch.log", "w")
         self.p: subprocess.Popen | None = None
@@ -295,23 +300,27 @@ def run_gridwatch(port: int, lines: list[bytes], mode: str, work: Path) -> dict:
 
 # ---- batched ---------------------------------------------------------------------------------
 def batched_lines(n_msgs: int, per_msg: int = 100, devices: int = 2000) -> list[bytes]:
-    t0 = int(time.time() * 1000) - 3_600_000
+    """Message j holds readings at ms t0 + j*per_msg .. +per_msg-1: distinct across all messages, as
+    messages of several ``devices`` share one topic (device) in run_batched. (Timestamps repeated
+    per device id used to make most of them duplicates of one another, which the 4-deep ring let
+    through and the duplicate window rejects.)"""
+    t0 = int(time.time() * 1000) - n_msgs * per_msg - 60_000
     out = []
     for j in range(n_msgs):
-        base = t0 + (j // devices) * per_msg
+        base = t0 + j * per_msg
         out.append(orjson.dumps([{"ts": base + i, "water_level": 1.0 + ((i + j) % 89) * 0.01} for i in range(per_msg)]))
     return out
 
 
 def run_batched(port: int, lines: list[bytes], work: Path, processes: int, tag: str, mode: str = "live",
-                devices: int = 2000) -> dict:
+                devices: int = 2000, ingest: str = "") -> dict:
     """``live``: the publishers (4 threads of this process) send while gridwatch consumes, so on a
     small box they share its cores. ``drain``: the messages are queued in the consumers'
     persistent sessions first, then the consumers start together: their own speed alone."""
     per = 100
     n = len(lines) * per
     mk = lambda: [GridwatchProc(port, work / f"batch-{tag}-{mode}-{i}", f"bench-batch-{tag}-{mode}-{i}",  # noqa: E731
-                                shared=f"gw-{mode}" if processes > 1 else None) for i in range(processes)]
+                                shared=f"gw-{mode}" if processes > 1 else None, ingest=ingest) for i in range(processes)]
     procs = mk()
     # topic per device, so each message's readings belong to one device
     by_dev: dict[int, list[bytes]] = {}
@@ -432,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-load", type=float, default=None,
                     help="background readings/s during the latency probe (default: half the measured batched maximum)")
     ap.add_argument("--modes", default="live,drain")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: burst,batched,latency")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: burst,batched,dedup,latency")
+    ap.add_argument("--dedup-batched", type=int, default=30_000,
+                    help="batched messages per run of the duplicate-window part (window on vs off, drain, one process)")
     ap.add_argument("--json", help="write the figures to this file")
     a = ap.parse_args(argv)
     skip = set(filter(None, a.skip.split(",")))
@@ -468,6 +479,17 @@ def main(argv: list[str] | None = None) -> int:
                                     if "publish_readings_per_s" in one else {})})
                 med = {k: statistics.median(r_[k] for r_ in runs) for k in ("one", "two", "ratio")}
                 res[f"batched_{mode}"] = {"runs": runs, "median": med, "one": {"readings_per_s": med["one"]}}
+        if "dedup" not in skip:  # the duplicate window's cost: one process with it (the default) and without
+            lines = batched_lines(a.dedup_batched)
+            runs = []
+            for r in range(a.repeat):
+                print(f"[dedup/drain] run {r + 1}/{a.repeat}: window on (default) ...", flush=True)
+                on = run_batched(port, lines, work, 1, f"dw{r}", "drain")
+                print(f"[dedup/drain] run {r + 1}/{a.repeat}: window off (ingest.dedup_window_s = 0) ...", flush=True)
+                off = run_batched(port, lines, work, 1, f"dn{r}", "drain", ingest="dedup_window_s = 0")
+                runs.append({"on": on["readings_per_s"], "off": off["readings_per_s"],
+                             "ratio": on["readings_per_s"] / off["readings_per_s"]})
+            res["dedup_drain"] = {"runs": runs, "median": {k: statistics.median(r_[k] for r_ in runs) for k in ("on", "off", "ratio")}}
         if "latency" not in skip:
             load = a.latency_load or 0.5 * res.get("batched_live", {}).get("one", {}).get("readings_per_s", 400_000)
             print(f"[latency] probes at 20/s under {load:,.0f} readings/s of background load ...", flush=True)
@@ -505,6 +527,12 @@ def report(res: dict) -> None:
             print("  publishers' rate in the same runs (one, two): " + "; ".join(
                 f"{r['pub_one']:,.0f}, {r['pub_two']:,.0f}" for r in b["runs"]) +
                 "  (a consumer rate close to it is bounded by the publishers on this box, not by gridwatch)")
+    if "dedup_drain" in res:
+        d = res["dedup_drain"]
+        m = d["median"]
+        print(f"Duplicate window (24 h, default) on vs off, batched drain, one process, median of {len(d['runs'])}: "
+              f"on {m['on']:,.0f} readings/s, off {m['off']:,.0f} readings/s, on/off {m['ratio']:.2f}x")
+        print("  runs (on, off, ratio): " + "; ".join(f"{r['on']:,.0f}, {r['off']:,.0f}, {r['ratio']:.2f}x" for r in d["runs"]))
     if "latency" in res:
         l_ = res["latency"]
         print(f"Latency publish -> warning on a subscriber at {l_['load_readings_per_s']:,.0f} readings/s: p50 {l_['p50_ms']:.1f} ms, "

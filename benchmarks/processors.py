@@ -14,6 +14,9 @@ minute, with spikes, stuck stretches and devices that fall silent), four measure
 * **pandas**: the vectorised equivalent a data engineer would write (groupby + diff, ewm,
   run-length via cumsum, hysteresis via forward fill) over the same data in one go; target
   >= 10x. It is a lower bound on pandas' cost: no batching, no freeze of the z-score baseline.
+* **dedup**: the duplicate filter's cost: filter + standard set with the per-series ring only,
+  and with the ring plus the 24 h window (``--dedup-window-s``, ``--dedup-max-mb``), run for run;
+  readings/s both ways and their time ratio.
 * **memory**: a SlotRegistry of 1,000,000 realistic device ids plus the standard set's state
   arrays for as many slots, measured with tracemalloc (numpy buffers included); target <= 300 MB.
 
@@ -35,6 +38,7 @@ import pandas as pd
 
 from gridwatch.records import PositionBatch, SensorBatch
 from gridwatch.streams.fused import FusedRules, fusable
+from gridwatch.streams.kernels.dedup import DuplicateFilter, WindowFilter
 from gridwatch.streams.kernels import reference as ref
 from gridwatch.streams.processor import Processor, create
 from gridwatch.streams.slots import SlotRegistry
@@ -131,6 +135,54 @@ def time_numba(data: SensorBatch, devices: int, batch: int, repeat: int) -> dict
             "per_part_s": {k: statistics.median(r[k] for r in rs) for k in rs[0]}}
     ratio = statistics.median(sum(b.values()) / sum(a.values()) for a, b in zip(runs[True], runs[False]))
     return {**out["fused"], "separate": out["separate"], "fused_vs_separate": ratio, "events": events[True]}
+
+
+def time_dedup(data: SensorBatch, devices: int, batch: int, repeat: int, window_s: float, max_mb: float) -> dict[str, Any]:
+    """The duplicate filter's cost (streams/kernels/dedup.py) as the codec runs it, beside the
+    standard set: per run, fresh state, the stream once with the per-series ring only and once
+    with the ring plus the window (``window_s``, 3/4 of ``max_mb`` as the codec gives readings),
+    interleaved; readings/s of filter + rules both ways, medians, and the median of run ratios."""
+    batches = _batches(data, batch)
+
+    def run(window: bool) -> tuple[float, float, int]:
+        procs = _standard_set(devices)
+        group = FusedRules([p for p in procs.values() if fusable(p)])
+        alone = [p for p in procs.values() if p.home is None]
+        ring = DuplicateFilter()
+        win = WindowFilter(int(window_s * 1e3), int(max_mb * 2**20) * 3 // 4) if window else None
+        filt = rules = 0.0
+        marked = 0
+        for b in batches:
+            now = int(b.ts[-1])
+            t0 = time.perf_counter()
+            keep = np.ones(len(b), np.bool_)
+            marked += ring.apply(b.series, b.ts, keep)
+            if win is not None:
+                marked += win.apply(b.series, b.ts, keep, now)
+            t1 = time.perf_counter()
+            group.process(b)
+            for p in alone:
+                p.process(b)
+                p.tick(now)
+            rules += time.perf_counter() - t1
+            filt += t1 - t0
+        return filt, rules, marked
+
+    run(False), run(True)  # compile / load the kernels
+    res: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
+    for _ in range(repeat):
+        for window in (False, True):
+            res[window].append(run(window))
+    n = len(data)
+    out = {}
+    for window, rs in res.items():
+        out["window" if window else "ring_only"] = {
+            "filter_s": statistics.median(r[0] for r in rs), "seconds": statistics.median(r[0] + r[1] for r in rs),
+            "readings_per_s": n / statistics.median(r[0] + r[1] for r in rs),
+            "filter_readings_per_s": n / statistics.median(r[0] for r in rs), "marked": rs[0][2]}
+    out["cost_ratio"] = statistics.median((b[0] + b[1]) / (a[0] + a[1]) for a, b in zip(res[False], res[True]))
+    out.update(window_s=window_s, max_mb=max_mb)
+    return out
 
 
 def time_reference(data: SensorBatch, rows: int) -> float:
@@ -290,7 +342,8 @@ def memory_mb(devices: int) -> dict[str, float]:
 
 def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_000, repeat: int = 5,
             ref_readings: int = 100_000, memory_devices: int = 1_000_000, seed: int = 1,
-            position_fixes: int = 200_000, position_zones: int = 50, position_ref_fixes: int = 2_000) -> dict[str, Any]:
+            position_fixes: int = 200_000, position_zones: int = 50, position_ref_fixes: int = 2_000,
+            dedup_window_s: float = 86400.0, dedup_max_mb: float = 64.0) -> dict[str, Any]:
     """All figures of one benchmark run, as a JSON-ready dict (pinning to one CPU is main's job)."""
     data = generate(devices, readings, seed)
     nb = time_numba(data, devices, batch, repeat)
@@ -313,6 +366,7 @@ def measure(devices: int = 100_000, readings: int = 2_000_000, batch: int = 100_
         "position": (time_position(max(1, position_fixes // 200), position_fixes, position_zones,
                                    min(position_ref_fixes, position_fixes), max(1, min(repeat, 3)))
                      if position_fixes else None),
+        "dedup": time_dedup(data, devices, batch, repeat, dedup_window_s, dedup_max_mb) if dedup_window_s > 0 else None,
         "targets": TARGETS,
     }
 
@@ -345,6 +399,15 @@ def table(r: dict[str, Any]) -> str:
         f"{'  rule state':<28}{mem['state_mb']:>19.1f} MB  ({mem['bytes_per_slot']:.0f} B/slot)",
         f"{'  peak while building':<28}{mem['peak_mb']:>19.1f} MB",
     ]
+    dd = r.get("dedup")
+    if dd:
+        a, b = dd["ring_only"], dd["window"]
+        lines += [
+            f"duplicate filter + standard set (window {dd['window_s']:g} s, {dd['max_mb']:g} MB), median of run pairs",
+            f"{'  ring only readings/s':<28}{a['readings_per_s']:>22,.0f}  (filter alone {a['filter_readings_per_s']:,.0f}/s)",
+            f"{'  ring + window readings/s':<28}{b['readings_per_s']:>22,.0f}  (filter alone {b['filter_readings_per_s']:,.0f}/s)",
+            f"{'  cost with window':<28}{dd['cost_ratio']:>21.2f}x  (time, ring + window / ring only)",
+        ]
     pos = r.get("position")
     if pos:
         lines.append(f"position rules: {pos['fixes']:,} fixes of {pos['devices']:,} vehicles, {pos['zones']} zones "
@@ -367,12 +430,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--position-fixes", type=int, default=200_000, help="GPS fixes for the geofence/dwell part (0: skip)")
     ap.add_argument("--position-zones", type=int, default=50, help="zones of the geofence/dwell part")
     ap.add_argument("--position-ref-fixes", type=int, default=2_000, help="fixes the plain-Python references run on")
+    ap.add_argument("--dedup-window-s", type=float, default=86400.0, help="duplicate window of the filter-cost part (0: skip)")
+    ap.add_argument("--dedup-max-mb", type=float, default=64.0, help="memory bound of that window")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     a = ap.parse_args(argv)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     r = measure(a.devices, a.readings, a.batch, a.repeat, a.ref_readings, a.memory_devices, a.seed,
-                a.position_fixes, a.position_zones, a.position_ref_fixes)
+                a.position_fixes, a.position_zones, a.position_ref_fixes, a.dedup_window_s, a.dedup_max_mb)
     print(table(r))
     if a.json:
         with open(a.json, "w", encoding="utf-8") as f:

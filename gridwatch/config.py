@@ -78,6 +78,8 @@ class IngestConfig(_Model):
     dead_letter_keep: int = Field(100_000, ge=0, description="Dead-letter records kept in the store (oldest removed first).")
     dead_letter_max_mb: float = Field(64.0, gt=0, description="Most space dead letters take in the store (topic, explanation and payload together; oldest removed first).")
     max_topic_bytes: int = Field(256, ge=16, le=65535, description="Topics longer than this are rejected at once as 'bad_topic' (never parsed or remembered).")
+    dedup_window_s: float = Field(86400.0, ge=0, le=20 * 86400, description="Duplicate readings and position fixes (same series or device, same timestamp) are recognised this far back, by the time they arrive, also across restarts (the window is seeded from the store at startup) and rejected as 'duplicate'; older re-sends are stored again. 0 = only the last few timestamps per series, forgotten at restart.")
+    dedup_max_mb: float = Field(64.0, gt=0, le=16384, description="Memory bound of the duplicate window (3/4 for readings, 1/4 for position fixes; about 12 bytes per remembered reading or fix). Past it the oldest entries are forgotten (counted: gridwatch_readings_evicted and gridwatch_positions_evicted, source dedup): their re-sends are stored again.")
     max_devices_per_vendor: int = Field(100_000, ge=0, description="Devices one vendor may register on first sight (ingest.unknown_devices = 'register'); its further new ids are rejected as 'device_limit' while its known devices go on. 0 = no limit.")
 
 

@@ -15,15 +15,18 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
     root = ""                  # sub-object that holds the fields ("data" for DJI osd messages)
     device_id = ""             # payload field naming the device; "" = the topic names it
     [fields]
-    lvl = { metric = "water_level", unit = "cm" }
+    lvl = { metric = "water_level", unit = "cm", min = 0 }   # min/max narrow the metric's range
     "data.battery.capacity_percent" = "battery"   # dotted paths reach into nested objects
     [position]                 # optional: a position fix per item
     lat = "lat"
     lon = "lng"
     speed = { field = "spd", unit = "km/h" }
 
-Canonical metrics and their units are listed in :data:`METRICS`; values outside a metric's
-physical range are rejected as ``out_of_range``.
+Canonical metrics, their units and physical ranges are listed in :data:`METRICS` (and in the
+README's table, :func:`metric_table`); values outside a metric's range are rejected as
+``out_of_range``. A field may narrow that range with ``min`` and/or ``max``, in the metric's
+canonical unit (a level sensor that cannot read below 0: ``min = 0``); a bound that would widen the
+range, or min above max, is refused when the profile loads, with the key named.
 
 Every field name, the timestamp, the device id and the position fields may be dotted paths
 (``data.battery.capacity_percent``) into nested objects, relative to ``root`` (the timestamp and
@@ -143,11 +146,32 @@ def conversion(unit: str, metric: Metric, where: str) -> tuple[float, float]:
     return f / cf, (o - co) / cf
 
 
+def metric_table() -> str:
+    """The README's table of canonical metrics (a test keeps the README in step with METRICS)."""
+    rows = ["| metric | unit | range (inclusive) | what |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.unit} | {m.lo:g} .. {m.hi:g} | {m.description} |" for m in METRICS]
+    return "\n".join(rows)
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     metric_id: int
     factor: float
     offset: float
+    lo: float = float("-inf")  # accepted range in the canonical unit: the metric's, or narrower
+    hi: float = float("inf")
+
+    def __post_init__(self) -> None:  # unset bounds are the metric's own
+        m = METRICS[self.metric_id]
+        if self.lo == float("-inf"):
+            object.__setattr__(self, "lo", m.lo)
+        if self.hi == float("inf"):
+            object.__setattr__(self, "hi", m.hi)
+
+    @property
+    def narrowed(self) -> bool:
+        m = METRICS[self.metric_id]
+        return self.lo != m.lo or self.hi != m.hi
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +268,27 @@ class Profile:
             if not isinstance(mname, str) or mname not in METRIC_ID:
                 raise ProfileError(f"{w}: unknown metric {mname!r}; canonical metrics: {sorted(METRIC_ID)}")
             m = METRICS[METRIC_ID[mname]]
+            extra = set(spec) - {"metric", "unit", "min", "max"}
+            if extra:
+                raise ProfileError(f"{w}: unknown keys {sorted(extra)}; expected metric, unit, min, max")
             f, o = conversion(spec.get("unit", m.unit), m, w)
-            fields[key] = FieldSpec(METRIC_ID[mname], f, o)
+            lo, hi = m.lo, m.hi
+            for b in ("min", "max"):
+                if b not in spec:
+                    continue
+                v = spec[b]
+                if type(v) not in (int, float) or v != v:
+                    raise ProfileError(f"{w}.{b}: expected a number in {m.unit} (the metric's canonical unit), got {v!r}")
+                if not m.lo <= v <= m.hi:
+                    raise ProfileError(f"{w}.{b}: {v!r} {m.unit} is outside {m.name}'s physical range "
+                                       f"[{m.lo:g}, {m.hi:g}] {m.unit}; a profile may narrow the range, never widen it")
+                if b == "min":
+                    lo = float(v)
+                else:
+                    hi = float(v)
+            if lo > hi:
+                raise ProfileError(f"{w}.min: {lo:g} is above max {hi:g}")
+            fields[key] = FieldSpec(METRIC_ID[mname], f, o, lo, hi)
         position: dict[str, tuple[str, float]] = {}
         for role, spec in (d.get("position") or {}).items():
             if role not in ("lat", "lon", "speed", "alt"):

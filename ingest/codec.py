@@ -37,11 +37,11 @@ from datetime import datetime, timezone
 import numpy as np
 import orjson
 
-from gridwatch.hw.profiles import METRIC_HI, METRIC_LO, METRICS, Profile
+from gridwatch.hw.profiles import METRICS, Profile
 from gridwatch.ingest import jsonfast
 from gridwatch.ingest.devices import DeviceDirectory
 from gridwatch.records import DEADLETTER_PAYLOAD_MAX, DeadLetter, PositionBatch, SensorBatch
-from gridwatch.streams.kernels.dedup import DuplicateFilter
+from gridwatch.streams.kernels.dedup import DuplicateFilter, WindowFilter
 
 TOPIC_ROOT = "devices"
 TOPIC_CACHE_MAX = 100_000  # remembered routes (each topic at most ingest.max_topic_bytes long)
@@ -153,7 +153,7 @@ class _Paths:
 class Codec:
     def __init__(self, profiles: dict[str, Profile], directory: DeviceDirectory, *, max_payload_bytes: int = 256 * 1024,
                  max_future_skew_s: float = 300.0, max_age_s: float = 7 * 86400.0, max_topic_bytes: int = 256,
-                 device_timezones: dict | None = None) -> None:
+                 device_timezones: dict | None = None, dedup_window_s: float = 0.0, dedup_max_mb: float = 64.0) -> None:
         self.profiles = profiles
         self.max_topic = max_topic_bytes
         self.directory = directory
@@ -164,6 +164,8 @@ class Codec:
         self._spec_metric: list[int] = []
         self._spec_factor: list[float] = []
         self._spec_offset: list[float] = []
+        self._spec_lo: list[float] = []  # accepted range (canonical unit): the metric's or the profile's narrower one
+        self._spec_hi: list[float] = []
         self._fmap: dict[str, dict[str, int]] = {}
         for vendor, prof in profiles.items():
             m = {}
@@ -172,10 +174,14 @@ class Codec:
                 self._spec_metric.append(spec.metric_id)
                 self._spec_factor.append(spec.factor)
                 self._spec_offset.append(spec.offset)
+                self._spec_lo.append(spec.lo)
+                self._spec_hi.append(spec.hi)
             self._fmap[vendor] = m
         self._sm = np.array(self._spec_metric, np.int16)
         self._sf = np.array(self._spec_factor, np.float64)
         self._so = np.array(self._spec_offset, np.float64)
+        self._slo = np.array(self._spec_lo, np.float64)
+        self._shi = np.array(self._spec_hi, np.float64)
         self._topics: dict[str, tuple] = {}
         # the Numba recogniser of arrays of flat numeric objects (see jsonfast): vendors whose
         # profile reads device ids and fields from the top level of each item
@@ -188,6 +194,13 @@ class Codec:
         self._keys.freeze()
         self.series_dups = DuplicateFilter()
         self.position_dups = DuplicateFilter()
+        # stage 2 of duplicate detection (streams/kernels/dedup.py): every (series, ts) and
+        # (device, ts) of the last dedup_window_s; readings get 3/4 of dedup_max_mb, fixes 1/4
+        self.series_window = self.position_window = None
+        if dedup_window_s > 0:
+            budget = int(dedup_max_mb * 2**20)
+            self.series_window = WindowFilter(int(dedup_window_s * 1e3), budget * 3 // 4)
+            self.position_window = WindowFilter(int(dedup_window_s * 1e3), budget // 4)
         self._paths = {vendor: _Paths(prof, self._fmap[vendor]) for vendor, prof in profiles.items()}
         self._schemes = [(sc, vendor) for vendor, prof in profiles.items() for sc in prof.topics]
         self.device_tz: dict[tuple[str, str], object] = dict(device_timezones or {})  # (vendor, device id) -> tzinfo
@@ -662,18 +675,23 @@ class Codec:
         for i in np.flatnonzero(nonfin):
             keep[i] = False
             reject(int(mi[i]), "non_finite", lambda i=i: f"{METRICS[metric[i]].name} value {r_val[i]!r} is not finite")
-        rng = keep & ((val < METRIC_LO[metric]) | (val > METRIC_HI[metric]))
+        lo, hi = self._slo[spec], self._shi[spec]
+        rng = keep & ((val < lo) | (val > hi))
         for i in np.flatnonzero(rng):
             m = METRICS[metric[i]]
             keep[i] = False
-            reject(int(mi[i]), "out_of_range", lambda i=i: f"{m.name} = {val[i]:g} {m.unit} is outside [{m.lo:g}, {m.hi:g}]")
+            reject(int(mi[i]), "out_of_range", lambda i=i, m=m: f"{m.name} = {val[i]:g} {m.unit} is outside [{lo[i]:g}, {hi[i]:g}]"
+                   + ("" if (lo[i], hi[i]) == (m.lo, m.hi) else " (narrowed by the vendor's profile)"))
         if not keep.all():
             idx = np.flatnonzero(keep)
             dev, metric, ts, val, mi = dev[idx], metric[idx], ts[idx], val[idx], mi[idx]
             r_val = None
         series = self.directory.series_slots(dev, metric)
         keep = np.ones(series.shape[0], np.bool_)
-        if self.series_dups.apply(series, ts, keep):
+        marked = self.series_dups.apply(series, ts, keep)
+        if self.series_window is not None:
+            marked += self.series_window.apply(series, ts, keep, now_ms)
+        if marked:
             for i in np.flatnonzero(~keep):
                 reject(int(mi[i]), "duplicate", lambda i=i: f"{METRICS[metric[i]].name} of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
             idx = np.flatnonzero(keep)
@@ -701,7 +719,10 @@ class Codec:
             reject(int(mi[i]), "out_of_range", lambda i=i: f"position lat={lat[i]:g} lon={lon[i]:g} speed={spd[i]:g} km/h is out of range")
         dev = np.array(p_dev, np.int32)
         before = keep.copy()
-        if self.position_dups.apply(dev, ts, keep):
+        marked = self.position_dups.apply(dev, ts, keep)
+        if self.position_window is not None:
+            marked += self.position_window.apply(dev, ts, keep, now_ms)
+        if marked:
             for i in np.flatnonzero(before & ~keep):
                 reject(int(mi[i]), "duplicate", lambda i=i: f"position of device {self.directory.device_id(int(dev[i]))!r} at ts {ts[i]} ms was already received")
         idx = np.flatnonzero(keep)

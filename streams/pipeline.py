@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,7 +70,8 @@ class Pipeline:
                            max_payload_bytes=cfg.ingest.max_payload_bytes,
                            max_future_skew_s=cfg.ingest.max_future_skew_s, max_age_s=cfg.ingest.max_age_s,
                            max_topic_bytes=cfg.ingest.max_topic_bytes,
-                           device_timezones={(d.vendor, d.id): parse_timezone(d.timezone) for d in cfg.devices if d.timezone})
+                           device_timezones={(d.vendor, d.id): parse_timezone(d.timezone) for d in cfg.devices if d.timezone},
+                           dedup_window_s=cfg.ingest.dedup_window_s, dedup_max_mb=cfg.ingest.dedup_max_mb)
         geo = None
         if cfg.regions.geojson:
             geo = json.loads(Path(cfg.resolve(cfg.regions.geojson)).read_text(encoding="utf-8"))
@@ -92,10 +94,28 @@ class Pipeline:
         # config's devices: new ones get the next slots, edited ones are updated, all are bound
         if store is not None:
             store.load_directory(self.directory)
+            self._seed_duplicate_window(store)
         for d in cfg.devices:
             self.directory.bind(d.id, d.vendor, d.kind, d.lat, d.lon, d.region)
         self.last_lat = np.full(0, np.nan)  # latest fix per device slot: places sensor warnings of moving devices
         self.last_lon = np.full(0, np.nan)
+
+    def _seed_duplicate_window(self, store: Store) -> None:
+        """Give the duplicate window what the store holds within it, so a vendor re-sending a
+        batch after a restart is still recognised. Read newest chunks first, no more than the
+        window's memory bound holds; the window is reckoned back from the newest stored time
+        (a replay of old data is covered too; what is older than the clock's window goes at the
+        first batch)."""
+        for kind, win in (("readings", self.codec.series_window), ("positions", self.codec.position_window)):
+            if win is None:
+                continue
+            t0 = time.monotonic()
+            key, ts, newest = store.recent_keys(kind, win.window_ms, win.max_entries)
+            if newest is None:
+                continue
+            win.seed(key, ts, newest)
+            log.info("duplicate window seeded from the store", extra={"fields": {
+                "kind": kind, "rows": int(key.shape[0]), "entries": win.count, "seconds": round(time.monotonic() - t0, 3)}})
 
     # --- rule binding ---------------------------------------------------------------------
     def _matches(self, r: RuleConfig, dev: int) -> bool:
@@ -175,6 +195,11 @@ class Pipeline:
         if len(s):
             c.set(src, "lag_ms", float(b.now_ms - s.ts.max()))
         c.add("warnings", "events", len(b.events))
+        for what, win in (("readings", self.codec.series_window), ("positions", self.codec.position_window)):
+            if win is not None:
+                c.set("dedup", f"{what}_window_entries", win.count)
+                c.set("dedup", f"{what}_window_bytes", win.nbytes)
+                c.set("dedup", f"{what}_evicted", win.evicted)
 
     def run_rules(self, s: SensorBatch, pos: PositionBatch) -> list[tuple[str, Warning]]:
         """Every rule over normalised batches -> warning events (shared with the cluster workers)."""
@@ -225,7 +250,7 @@ class Pipeline:
         """Load every compiled kernel now (from Numba's cache, or compile it), not on the first batch:
         throwaway copies of the rules process one reading and one fix."""
         from gridwatch.records import PositionBatch, SensorBatch
-        from gridwatch.streams.kernels.dedup import DuplicateFilter
+        from gridwatch.streams.kernels.dedup import DuplicateFilter, WindowFilter
 
         one = np.zeros(1, np.int32)
         sensor = SensorBatch(one, one, np.array([1], np.int64), np.array([1.0]))
@@ -242,7 +267,10 @@ class Pipeline:
         if together:
             FusedRules(together).process(sensor)
         DuplicateFilter().apply(one, sensor.ts, np.ones(1, np.bool_))
+        WindowFilter(1000, 2**16).apply(one, sensor.ts, np.ones(1, np.bool_), 1)
 
     def state_bytes(self) -> int:
-        return sum(p.nbytes for _, p, _ in self.rules) + self.codec.series_dups.nbytes + self.codec.position_dups.nbytes
+        c = self.codec
+        return (sum(p.nbytes for _, p, _ in self.rules) + c.series_dups.nbytes + c.position_dups.nbytes
+                + sum(w.nbytes for w in (c.series_window, c.position_window) if w is not None))
 

@@ -303,6 +303,32 @@ class Store:
                 break
         return out[::-1]
 
+    def recent_keys(self, kind: str, window_ms: int, max_rows: int) -> tuple[np.ndarray, np.ndarray, int | None]:
+        """(key, ts, newest) of the stored readings (``kind`` "readings": key = series slot) or
+        position fixes ("positions": device slot) within ``window_ms`` of the newest stored one
+        (``newest``; None when there are none), newest chunks first, at most about ``max_rows``
+        (reading stops at the chunk that passes it): what the duplicate window is seeded with at
+        startup. Chunks are found by their t_max index, so the cost is that of the rows read."""
+        table, col = {"readings": ("reading_chunks", "series"), "positions": ("position_chunks", "device")}[kind]
+        keys, tss, n = [], [], 0
+        con = self._db_ro()
+        try:
+            newest = con.execute(f"SELECT max(t_max) FROM {table}").fetchone()[0]
+            if newest is None:
+                return np.empty(0, np.int32), np.empty(0, np.int64), None
+            for k, t, m in con.execute(f"SELECT {col}, ts, n FROM {table} WHERE t_max >= ? ORDER BY id DESC",
+                                       (newest - window_ms,)):
+                if n >= max_rows:
+                    break
+                keys.append(np.frombuffer(k, "<i4"))
+                tss.append(np.frombuffer(t, "<i8"))
+                n += m
+        finally:
+            con.close()
+        key = np.concatenate(keys).astype(np.int32) if keys else np.empty(0, np.int32)
+        ts = np.concatenate(tss).astype(np.int64) if tss else np.empty(0, np.int64)
+        return key, ts, int(newest)
+
     def enforce_retention(self, now_ms: int | None = None) -> dict[str, int]:
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         cut = now_ms - self.retention_ms

@@ -74,3 +74,64 @@ def test_extra_profile_dirs_override_bundled(tmp_path):
     (tmp_path / "aq.toml").write_text('vendor = "aqualine"\ntimestamp = "ts"\n[fields]\nlvl = { metric = "water_level", unit = "mm" }\n')
     profs = load_profiles([tmp_path])
     assert profs["aqualine"].timestamp == "ts" and profs["aqualine"].fields["lvl"].factor == pytest.approx(0.001)
+
+
+# --- physical ranges: documented per metric, narrowed (never widened) by a profile -------------
+def _ranged(**spec) -> Profile:
+    return Profile.from_dict({"vendor": "lv", "timestamp": "t", "fields": {"lvl": {"metric": "water_level", "unit": "cm", **spec}}})
+
+
+def test_profile_narrows_a_metric_range_and_the_codec_uses_it_for_that_vendor_only():
+    import time
+
+    import orjson
+
+    from gridwatch.hw.profiles import generic_profile
+    from gridwatch.ingest.codec import Codec, Message
+    from gridwatch.ingest.devices import DeviceDirectory
+
+    prof = _ranged(min=0, max=3)  # canonical unit (m): this sensor cannot read below 0 or above 3 m
+    spec = prof.fields["lvl"]
+    assert (spec.lo, spec.hi) == (0.0, 3.0) and spec.narrowed
+    c = Codec({"lv": prof, "generic": generic_profile()}, DeviceDirectory())
+    now = int(time.time() * 1000)
+    # -0.5 m and 3.5 m are physically possible water levels, but not for this vendor's sensor
+    mine = orjson.dumps([{"t": now - 3000, "lvl": -50}, {"t": now - 2000, "lvl": 120}, {"t": now - 1000, "lvl": 350}])
+    other = orjson.dumps([{"ts": now - 3000, "water_level": -0.5}, {"ts": now - 1000, "water_level": 3.5}])
+    out = c.decode([Message("devices/lv/sewer_level/l-1", mine, now), Message("devices/generic/sewer_level/g-1", other, now)], now)
+    assert out.rejected == {"out_of_range": 2}
+    assert sorted(out.sensor.value.tolist()) == [-0.5, 1.2, 3.5]
+    [d] = out.dead
+    assert d.count == 2 and "[0, 3]" in d.detail and "narrowed by the vendor's profile" in d.detail
+
+
+@pytest.mark.parametrize("spec, words", [
+    ({"min": -100}, ["fields.lvl.min", "-100", "never widen"]),
+    ({"max": 501}, ["fields.lvl.max", "501", "never widen"]),
+    ({"min": 2, "max": 1}, ["fields.lvl.min", "above max"]),
+    ({"min": "0"}, ["fields.lvl.min", "expected a number"]),
+    ({"min": True}, ["fields.lvl.min", "expected a number"]),
+    ({"minimum": 0}, ["fields.lvl", "unknown keys", "minimum"]),
+])
+def test_a_range_that_widens_or_is_malformed_is_refused_with_the_key(spec, words):
+    with pytest.raises(ProfileError) as e:
+        _ranged(**spec)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_unnarrowed_fields_keep_the_metric_range():
+    spec = _ranged().fields["lvl"]
+    m = METRICS[METRIC_ID["water_level"]]
+    assert (spec.lo, spec.hi) == (m.lo, m.hi) and not spec.narrowed
+
+
+def test_readme_lists_every_canonical_metric_with_unit_and_range():
+    from pathlib import Path
+
+    from gridwatch.hw.profiles import metric_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    start, end = "<!-- metric table: generated from hw/profiles.py METRICS -->", "<!-- end of metric table -->"
+    assert start in readme and end in readme
+    assert readme.split(start)[1].split(end)[0].strip() == metric_table()
