@@ -85,6 +85,16 @@ class SmokeParams(DetectorParams):
                           "within the last growth_window_s (a ghost of something that left stops changing).")
     growth_window_s: float = Field(2.0, gt=0, description="Window of the growth test (seconds).")
     min_blocks: int = Field(8, ge=1, description="Smallest region (tiles) that can raise a warning.")
+    persist_frames: int = Field(3, ge=1, description="…and the tile must have been a candidate in this many analysed "
+                                "frames (observations), not only for persist_s: one frame every 2 s (keyframes) is one "
+                                "observation, not 2 s of continuous evidence.")
+    min_frames: int = Field(8, ge=1, description="The region must have been seen in this many analysed frames before a "
+                            "warning, however far apart they are (at 5 fps duration_s gives more; with keyframes every "
+                            "2 s this is what holds a warning back to ~16 s of growing smoke).")
+    growth_frames: int = Field(3, ge=2, description="The growth test compares the region with how it was at least this "
+                               "many observations back (and growth_window_s), so two keyframes cannot make a growth.")
+    max_step_s: float = Field(1.0, gt=0, description="Evidence one frame can add (seconds): frames further apart than "
+                              "this add only this much.")
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
     classifier_class: str = Field("smoke", description="Class name of the optional classifier that means smoke.")
     classifier_min: float = Field(0.5, ge=0, le=1, description="Classifier probability a region needs.")
@@ -111,6 +121,17 @@ class SmokeDetector(VideoDetector):
         self.sharp: np.ndarray | None = None  # tiles an opaque, sharp-edged thing covers in this frame
         self.classifier_runs = 0  # crops the classifier stage has seen
         self.classifier_probs: deque[float] = deque(maxlen=64)  # its latest verdicts (probability of smoke)
+        self.region_frames = 0  # analysed frames the current region has been seen in
+        self.resets = 0
+
+    def reset(self, ts_ms: int) -> None:
+        self.bg = None  # the next frame sets everything up afresh (background, evidence, flicker)
+        self.evidence = None
+        self.region = None
+        self.region_since = None
+        self.region_frames = 0
+        self.shape_history.clear()
+        self.resets += 1
 
     def busy(self) -> bool:
         return self.bg is None or self.active or bool(self.evidence.any())
@@ -146,6 +167,10 @@ class SmokeDetector(VideoDetector):
         if self.bg is None or self.bg.shape[:2] != (h, w) or f.motion.global_change:
             self.bg = work.astype(np.float32)
             self.evidence = np.zeros((nby, nbx), np.float32)
+            self.observed = np.zeros((nby, nbx), np.float32)  # candidate frames per tile (decays like evidence)
+            self.region_since = None
+            self.region_frames = 0
+            self.shape_history.clear()
             self.stats = np.zeros((nby, nbx, 6), np.float32)
             self.region = None
             self.watched = (polygons_mask(self.masks, nbx, nby, inside=0) if self.masks else np.ones((nby, nbx), np.uint8)) != 0
@@ -154,6 +179,7 @@ class SmokeDetector(VideoDetector):
             self.last_ts = f.ts_ms
             return self._maybe_clear(f)
         dt = max(0.0, min((f.ts_ms - self.last_ts) / 1000.0, 5.0))
+        step = min(dt, p.max_step_s)  # evidence per observation: a frame 2 s after the last is one frame
         self.last_ts = f.ts_ms
         luma = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
         change = cv2.resize(cv2.absdiff(luma, self.prev)[: nby * p.block, : nbx * p.block].astype(np.float32),
@@ -164,9 +190,13 @@ class SmokeDetector(VideoDetector):
         self.flicker[self.sharp] = 0.0  # a passer-by's movement is not smoke's
         cand &= self.flicker >= p.min_flicker
         ev = self.evidence
-        ev[cand] = np.minimum(ev[cand] + dt, p.duration_s + p.persist_s)
-        ev[~cand] = np.maximum(ev[~cand] - p.decay * dt, 0.0)
-        region = self._largest(ev >= p.persist_s)
+        ev[cand] = np.minimum(ev[cand] + step, p.duration_s + p.persist_s)
+        ev[~cand] = np.maximum(ev[~cand] - p.decay * step, 0.0)
+        obs = self.observed
+        obs[cand] = np.minimum(obs[cand] + 1.0, 4.0 * p.persist_frames)
+        obs[~cand] = np.maximum(obs[~cand] - p.decay, 0.0)
+        obs[ev <= 0] = 0.0
+        region = self._largest((ev >= p.persist_s) & (obs >= p.persist_frames))
         alpha = np.float32(1.0 - np.exp(-dt / p.background_tau_s))
         # not learnt: tiles building up evidence; learnt only slowly: tiles something opaque covers
         # (passers-by would drag the background towards their clothes, and the empty scene's
@@ -190,25 +220,32 @@ class SmokeDetector(VideoDetector):
         if self.region_since is None:
             self.region_since, self.start_area, self.start_top = f.ts_ms, n, top
             self.shape_history.clear()
+            self.region_frames = 0
+        self.region_frames += 1
         self.shape_history.append((f.ts_ms, n, top))
-        while len(self.shape_history) > 1 and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000:
+        while (len(self.shape_history) > p.growth_frames
+               and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000):
             self.shape_history.popleft()
         if self.active:  # still smoke: the warning's "updated" (region size; the classifier is not re-run)
             return [Hit(UPDATE, 0, f.ts_ms, float("nan") if self.model is not None else float(n), label="smoke")]
         t_then, n_then, top_then = self.shape_history[0]
-        grown = f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and (n >= p.growth * n_then or top < top_then)
-        if f.ts_ms - self.region_since < p.duration_s * 1000 or not grown or n < p.min_blocks:
+        grown = (f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and len(self.shape_history) >= p.growth_frames
+                 and (n >= p.growth * n_then or top < top_then))
+        if (f.ts_ms - self.region_since < p.duration_s * 1000 or self.region_frames < p.min_frames or not grown
+                or n < p.min_blocks):
             return []
         sx, sy = f.image.shape[1] / w, f.image.shape[0] / h
         box = (float(xs.min() * p.block * sx), float(ys.min() * p.block * sy),
                float((xs.max() + 1) * p.block * sx), float((ys.max() + 1) * p.block * sy))
         score = float(n)
         detail = {"blocks": n, "blocks_at_start": self.start_area, "blocks_before": n_then, "top_before": top_then, "top": top,
+                  "frames": self.region_frames,
                   "seconds": round((f.ts_ms - self.region_since) / 1000, 2)}
         if self.model is not None:
             prob = self._classify(f.image, box)
             if prob < p.classifier_min:
                 ev[region] = 0.0  # the classifier says no: start over
+                obs[region] = 0.0
                 self.region_since = None
                 return []
             score = prob
