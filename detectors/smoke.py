@@ -93,6 +93,12 @@ class SmokeParams(DetectorParams):
                             "2 s this is what holds a warning back to ~16 s of growing smoke).")
     growth_frames: int = Field(3, ge=2, description="The growth test compares the region with how it was at least this "
                                "many observations back (and growth_window_s), so two keyframes cannot make a growth.")
+    gain_window: int = Field(7, ge=0, le=15, description="Light changes are taken off before differencing: each "
+                             "tile's brightness ratio to the background, median-filtered over this many tiles "
+                             "(odd; 0 = off), is the scene's gain there. A cloud, the camera's exposure or headlights "
+                             "change whole regions alike (the median keeps their edges); smoke changes a patch "
+                             "smaller than half the window, which the median ignores.")
+    gain_min: float = Field(0.03, ge=0, description="Gains within this of 1 are left alone (sensor noise).")
     max_step_s: float = Field(1.0, gt=0, description="Evidence one frame can add (seconds): frames further apart than "
                               "this add only this much.")
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
@@ -142,11 +148,42 @@ class SmokeDetector(VideoDetector):
         wh = max(self.p.block, round(h * ww / w))
         return cv2.resize(img, (ww, wh), interpolation=cv2.INTER_AREA) if (ww, wh) != (w, h) else img
 
-    def candidates(self, work: np.ndarray) -> np.ndarray:
-        """bool[nby, nbx]: the tiles that look like smoke in this frame (against the background)."""
+    def gain(self, luma: np.ndarray) -> np.ndarray | None:
+        """float32[nby, nbx]: the scene's brightness gain against the background per tile (a
+        regional light change), or None where there is none to take off."""
+        p = self.p
+        if p.gain_window < 3:
+            return None
+        b = p.block
+        nby, nbx = self.evidence.shape
+        bl = cv2.cvtColor(self.bg, cv2.COLOR_BGR2GRAY)
+        lt = cv2.resize(luma[: nby * b, : nbx * b].astype(np.float32), (nbx, nby), interpolation=cv2.INTER_AREA)
+        bt = cv2.resize(bl[: nby * b, : nbx * b], (nbx, nby), interpolation=cv2.INTER_AREA)
+        ratio = np.clip((lt + 4.0) / (bt + 4.0) * 100.0, 0, 255).astype(np.uint8)
+        win = p.gain_window | 1
+        if min(nby, nbx) < win:
+            g = np.full((nby, nbx), np.median(ratio), np.float32) / 100.0
+        else:
+            g = cv2.medianBlur(ratio, win).astype(np.float32) / 100.0 if win <= 5 else \
+                _median_window(ratio, win).astype(np.float32) / 100.0
+        g[np.abs(g - 1.0) < p.gain_min] = 1.0
+        return None if (g == 1.0).all() else g
+
+    def candidates(self, work: np.ndarray, luma: np.ndarray | None = None) -> np.ndarray:
+        """bool[nby, nbx]: the tiles that look like smoke in this frame (against the background,
+        with the scene's regional gain taken off it first)."""
         p = self.p
         s = self.stats
-        k.block_stats(work, self.bg, p.block, s)
+        bg = self.bg
+        g = self.gain(luma) if luma is not None else None
+        if g is not None:
+            h, w = bg.shape[:2]
+            full = np.ones((h, w), np.float32)
+            nby, nbx = g.shape
+            full[: nby * p.block, : nbx * p.block] = np.repeat(np.repeat(g, p.block, 0), p.block, 1)
+            bg = np.ascontiguousarray(np.clip(bg * full[..., None], 0, 255), np.float32)
+        self.gains = g
+        k.block_stats(work, bg, p.block, s)
         changed = s[..., 4] >= p.min_diff
         # sensor noise alone gives the difference some gradient energy: measured in this frame's
         # unchanged tiles and taken off, so that a faint veil is not called sharp because of it
@@ -186,7 +223,7 @@ class SmokeDetector(VideoDetector):
                             (nbx, nby), interpolation=cv2.INTER_AREA)  # tile means
         self.prev = luma
         self.flicker += np.float32(1.0 - np.exp(-dt / 1.0)) * (change - self.flicker)
-        cand = self.candidates(work) & self.watched
+        cand = self.candidates(work, luma) & self.watched
         self.flicker[self.sharp] = 0.0  # a passer-by's movement is not smoke's
         cand &= self.flicker >= p.min_flicker
         ev = self.evidence
@@ -253,6 +290,8 @@ class SmokeDetector(VideoDetector):
         self.active = True
         return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image, detail=detail)]
 
+    gains: np.ndarray | None = None  # the last frame's regional gain per tile (None: none taken off)
+
     @staticmethod
     def _largest(region: np.ndarray) -> np.ndarray:
         """The largest 8-connected group of tiles (a plume is one connected patch; scattered tiles are not)."""
@@ -278,3 +317,12 @@ class SmokeDetector(VideoDetector):
             self.active = False
             return [Hit(CLEAR, 0, f.ts_ms, label="smoke")]
         return []
+
+
+def _median_window(a: np.ndarray, win: int) -> np.ndarray:
+    """Median over a ``win`` x ``win`` window (edges replicated) of a small uint8 array (tiles)."""
+    r = win // 2
+    pad = np.pad(a, r, mode="edge")
+    h, w = a.shape
+    stack = np.stack([pad[y:y + h, x:x + w] for y in range(win) for x in range(win)])
+    return np.median(stack, axis=0)

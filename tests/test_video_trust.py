@@ -187,3 +187,32 @@ def test_a_looping_file_cut_short_keeps_real_time_then_goes_offline(cut_mp4, tmp
     assert c["decoded"] <= 25 * elapsed + 10, (c["decoded"], elapsed)
     assert elapsed >= 3.0, elapsed
     assert c["discontinuities"] >= 3  # each pass is its own scene epoch
+
+
+# --- light changes are not smoke ----------------------------------------------------------------------
+def dimming_sky(n: int, fps: float = 5.0, seconds: float = 4.0, part: float = 0.45, seed: int = 0):
+    """A street under a bright, nearly saturated sky (mean luma ~250) that dims to ~185, the
+    dimming coming down from the top over ``seconds`` (a cloud): a change of a whole region, not smoke."""
+    img = testscenes.background(320, 240, seed).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    h = int(240 * part)
+    sky = 250.0 + rng.normal(0, 1.5, (h, 320, 1)).astype(np.float32)
+    img[:h] = np.clip(sky, 0, 255)
+    rows = np.arange(h, dtype=np.float32)[:, None, None] / h
+    for i in range(n):
+        t = i / fps  # the dimming comes down from the top of the sky over ``seconds``
+        g = 1.0 - 0.26 * np.clip((t - 2.0 - rows * seconds) / 2.0, 0.0, 1.0)
+        f = img.copy()
+        f[:h] *= g
+        yield np.clip(f + rng.normal(0, 2.0, f.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gap_ms", [200, 2000])
+def test_a_sky_dimming_is_not_smoke(gap_ms):
+    """A bright sky dimming over a few seconds passed every candidate test of the smoke rule (it
+    changed softly, is grey, has no edges to lose, kept changing, and the changed area grew as
+    the dimming crossed the threshold tile by tile). The rule now takes the scene's gain off
+    before differencing: what remains of a uniform dimming is not a change."""
+    frames = list(dimming_sky(60 if gap_ms == 200 else 30, fps=1000 / gap_ms))
+    det = create("smoke", "smoke", {"duration_s": 3.0})
+    assert _feed_every(det, frames, gap_ms) == []
