@@ -22,7 +22,7 @@ from gridwatch.config import (ConfigError, MetricsConfig, SiteConfig, explain, e
 DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
-                "fuzz": "gridwatch.benchmarks.fuzz"}
+                "fuzz": "gridwatch.benchmarks.fuzz", "false-alarms": "gridwatch.benchmarks.false_alarms"}
 
 
 class UserError(Exception):
