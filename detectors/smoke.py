@@ -164,8 +164,7 @@ class SmokeDetector(VideoDetector):
         if min(nby, nbx) < win:
             g = np.full((nby, nbx), np.median(ratio), np.float32) / 100.0
         else:
-            g = cv2.medianBlur(ratio, win).astype(np.float32) / 100.0 if win <= 5 else \
-                _median_window(ratio, win).astype(np.float32) / 100.0
+            g = cv2.medianBlur(ratio, win).astype(np.float32) / 100.0  # uint8: any odd window
         g[np.abs(g - 1.0) < p.gain_min] = 1.0
         return None if (g == 1.0).all() else g
 
@@ -318,11 +317,3 @@ class SmokeDetector(VideoDetector):
             return [Hit(CLEAR, 0, f.ts_ms, label="smoke")]
         return []
 
-
-def _median_window(a: np.ndarray, win: int) -> np.ndarray:
-    """Median over a ``win`` x ``win`` window (edges replicated) of a small uint8 array (tiles)."""
-    r = win // 2
-    pad = np.pad(a, r, mode="edge")
-    h, w = a.shape
-    stack = np.stack([pad[y:y + h, x:x + w] for y in range(win) for x in range(win)])
-    return np.median(stack, axis=0)
