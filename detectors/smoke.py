@@ -93,7 +93,7 @@ class SmokeParams(DetectorParams):
                             "2 s this is what holds a warning back to ~16 s of growing smoke).")
     growth_frames: int = Field(3, ge=2, description="The growth test compares the region with how it was at least this "
                                "many observations back (and growth_window_s), so two keyframes cannot make a growth.")
-    gain_window: int = Field(7, ge=0, le=15, description="Light changes are taken off before differencing: each "
+    gain_window: int = Field(11, ge=0, le=15, description="Light changes are taken off before differencing: each "
                              "tile's brightness ratio to the background, median-filtered over this many tiles "
                              "(odd; 0 = off), is the scene's gain there. A cloud, the camera's exposure or headlights "
                              "change whole regions alike (the median keeps their edges); smoke changes a patch "
