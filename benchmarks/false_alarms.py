@@ -174,7 +174,7 @@ def rules_config() -> list[dict]:
 
 
 def run_clip(stem: str, path: Path, mode: str, seconds: float, work: Path, analysis_fps: float, width: int,
-             held_out: bool, models: dict, progress=None) -> Result:
+             held_out: bool, models: dict, progress=None, loop_epochs: bool = True) -> Result:
     from gridwatch.config import parse
     from gridwatch.ingest.video import Frame
     from gridwatch.streams.video import VideoRuntime
@@ -197,7 +197,7 @@ def run_clip(stem: str, path: Path, mode: str, seconds: float, work: Path, analy
                 break
             fr = Frame(name, seq, int(T0 + offset + pts), offset + pts, img, img.shape[1] / width)
             try:
-                fr.epoch = p  # each pass of the loop is a new scene epoch, as for a looping file camera
+                fr.epoch = p if loop_epochs else 0  # each pass a new scene epoch, as for a looping file camera
             except AttributeError:  # code from before scene epochs (for the 'before' figures)
                 pass
             seq += 1
@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the transcoded clips are kept")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--no-loop-epochs", action="store_true", help="ablation: the loop's wrap is not a new scene epoch "
+                    "(the rules see the clip's end joined to its start, as they did before scene epochs)")
     ap.add_argument("--calibrate-smoke-cls", action="store_true", help="instead: choose smoke-cls's threshold on "
                     "the tuning clips' crops (at most 1 %% let through), report it on the held-out clips and plumes")
     ap.add_argument("--plumes", type=int, metavar="N", help="instead: the smoke rule (with smoke-cls) on N held-out "
@@ -384,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             path = transcode(src, Path(a.cache))
             for mode in a.modes:
                 r = run_clip(stem, path, mode, per_clip, work, a.analysis_fps, a.analysis_width,
-                             stem in a.held_out, models, progress)
+                             stem in a.held_out, models, progress, loop_epochs=not a.no_loop_epochs)
                 results.append(r)
                 if not a.quiet:
                     print(f"{stem:14} {mode:9} {r.seconds / 3600:6.2f} camera-h in {r.passes} passes, {r.frames} frames "
