@@ -252,6 +252,12 @@ class VideoDetector(ABC):
         up, a warning to clear). When no rule of a camera is busy, a still frame skips the rules."""
         return True
 
+    def reset(self, ts_ms: int) -> None:
+        """A discontinuity (reconnect, loop restart, gap, the whole picture changed): drop every
+        piece of temporal evidence, so that nothing seen before ``ts_ms`` counts towards a warning
+        after it. A warning already raised stays active and clears as usual. Every rule with
+        temporal state overrides this."""
+
     @abstractmethod
     def update(self, f: FrameInput) -> list[Hit]:
         """Advance the rule by one analysed frame."""

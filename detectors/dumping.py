@@ -60,6 +60,9 @@ class DumpingParams(DetectorParams):
     min_edge_ratio: float = Field(3.0, gt=0, description="An object has a crisp outline: its outline must be this many "
                                   "times sharper in the frame than in the long-term background.")
     before_s: float = Field(3.0, ge=0, description="The before snapshot is the frame this long before the blob appeared.")
+    min_frames: int = Field(10, ge=1, description="The blob must have been seen in this many analysed frames since it "
+                            "appeared (observations), not only for duration_s: with keyframes every few seconds, or a "
+                            "still scene's frame every still_recheck_s, a few frames are not a minute of watching.")
 
 
 class DumpingDetector(VideoDetector):
@@ -77,6 +80,14 @@ class DumpingDetector(VideoDetector):
         self.first_seen: dict[int, int] = {}  # rough blob position key -> first candidate ts
         self._next_key = 0
         self._names_cached: dict | None = None
+        self.resets = 0
+
+    def reset(self, ts_ms: int) -> None:
+        self.bg_long = None  # the next frame sets the backgrounds and the evidence up afresh
+        self.presence.clear()
+        self.first_seen.clear()
+        self.history.clear()
+        self.resets += 1
 
     def wants_model(self, ts_ms: int, motion) -> bool:
         # people arriving (motion) and a blob about to qualify (the veto) are what the model is for
@@ -95,6 +106,7 @@ class DumpingDetector(VideoDetector):
         self.activity = np.zeros((h, w), np.float32)
         self.grays: deque[tuple[int, np.ndarray]] = deque()
         self.static = np.zeros((h, w), np.uint8)
+        self.observed = np.zeros((h, w), np.uint16)  # frames in a row each pixel has had evidence
         self.mask = polygons_mask(self.masks, w, h, inside=0) if self.masks else np.ones((h, w), np.uint8)
 
     def update(self, f: FrameInput) -> list[Hit]:
@@ -119,6 +131,9 @@ class DumpingDetector(VideoDetector):
                               np.float32(p.threshold), a(p.long_tau_s), a(p.long_fg_tau_s), a(p.short_tau_s),
                               a(p.activity_tau_s), np.float32(dt),
                               np.float32(p.decay), np.float32(p.duration_s * 2), np.float32(p.duration_s), self.static)
+        has = self.evidence > 0
+        np.add(self.observed, 1, out=self.observed, where=has & (self.observed < 60000))
+        self.observed[~has] = 0
         self._near_threshold = bool((self.evidence >= 0.7 * p.duration_s).any())
         sx, sy = w0 / ww, h0 / wh
         blobs = self._blobs(self.static, sx, sy, w0, h0) if n else []
@@ -153,6 +168,8 @@ class DumpingDetector(VideoDetector):
             if drift > p.max_drift:
                 continue
             appeared = self._appeared_at(box, sx, sy, f.ts_ms)
+            if int(self.observed[sl].max()) < p.min_frames:
+                continue  # too few observations of it, however long ago it appeared
             if not self._presence_ok(box, appeared) or self._vetoed(f, box):
                 continue
             key = self._next_key

@@ -61,6 +61,9 @@ class EbikeDetector(VideoDetector):
         self.alerted: list[tuple[int, np.ndarray]] = []  # (ts, box) of raised tracks, for the cooldown
         self._last_model_ts = -10**15
 
+    def reset(self, ts_ms: int) -> None:
+        self.tracker.tracks.clear()  # k of n never joins frames from both sides of a discontinuity
+
     def wants_model(self, ts_ms: int, motion) -> bool:
         if len(motion.boxes) or self.tracker.tracks or self.zone_active:
             return True

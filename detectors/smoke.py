@@ -85,6 +85,22 @@ class SmokeParams(DetectorParams):
                           "within the last growth_window_s (a ghost of something that left stops changing).")
     growth_window_s: float = Field(2.0, gt=0, description="Window of the growth test (seconds).")
     min_blocks: int = Field(8, ge=1, description="Smallest region (tiles) that can raise a warning.")
+    persist_frames: int = Field(3, ge=1, description="…and the tile must have been a candidate in this many analysed "
+                                "frames (observations), not only for persist_s: one frame every 2 s (keyframes) is one "
+                                "observation, not 2 s of continuous evidence.")
+    min_frames: int = Field(8, ge=1, description="The region must have been seen in this many analysed frames before a "
+                            "warning, however far apart they are (at 5 fps duration_s gives more; with keyframes every "
+                            "2 s this is what holds a warning back to ~16 s of growing smoke).")
+    growth_frames: int = Field(3, ge=2, description="The growth test compares the region with how it was at least this "
+                               "many observations back (and growth_window_s), so two keyframes cannot make a growth.")
+    gain_window: int = Field(11, ge=0, le=15, description="Light changes are taken off before differencing: each "
+                             "tile's brightness ratio to the background, median-filtered over this many tiles "
+                             "(odd; 0 = off), is the scene's gain there. A cloud, the camera's exposure or headlights "
+                             "change whole regions alike (the median keeps their edges); smoke changes a patch "
+                             "smaller than half the window, which the median ignores.")
+    gain_min: float = Field(0.03, ge=0, description="Gains within this of 1 are left alone (sensor noise).")
+    max_step_s: float = Field(1.0, gt=0, description="Evidence one frame can add (seconds): frames further apart than "
+                              "this add only this much.")
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
     classifier_class: str = Field("smoke", description="Class name of the optional classifier that means smoke.")
     classifier_min: float = Field(0.5, ge=0, le=1, description="Classifier probability a region needs.")
@@ -111,6 +127,17 @@ class SmokeDetector(VideoDetector):
         self.sharp: np.ndarray | None = None  # tiles an opaque, sharp-edged thing covers in this frame
         self.classifier_runs = 0  # crops the classifier stage has seen
         self.classifier_probs: deque[float] = deque(maxlen=64)  # its latest verdicts (probability of smoke)
+        self.region_frames = 0  # analysed frames the current region has been seen in
+        self.resets = 0
+
+    def reset(self, ts_ms: int) -> None:
+        self.bg = None  # the next frame sets everything up afresh (background, evidence, flicker)
+        self.evidence = None
+        self.region = None
+        self.region_since = None
+        self.region_frames = 0
+        self.shape_history.clear()
+        self.resets += 1
 
     def busy(self) -> bool:
         return self.bg is None or self.active or bool(self.evidence.any())
@@ -121,11 +148,41 @@ class SmokeDetector(VideoDetector):
         wh = max(self.p.block, round(h * ww / w))
         return cv2.resize(img, (ww, wh), interpolation=cv2.INTER_AREA) if (ww, wh) != (w, h) else img
 
-    def candidates(self, work: np.ndarray) -> np.ndarray:
-        """bool[nby, nbx]: the tiles that look like smoke in this frame (against the background)."""
+    def gain(self, luma: np.ndarray) -> np.ndarray | None:
+        """float32[nby, nbx]: the scene's brightness gain against the background per tile (a
+        regional light change), or None where there is none to take off."""
+        p = self.p
+        if p.gain_window < 3:
+            return None
+        b = p.block
+        nby, nbx = self.evidence.shape
+        bl = cv2.cvtColor(self.bg, cv2.COLOR_BGR2GRAY)
+        lt = cv2.resize(luma[: nby * b, : nbx * b].astype(np.float32), (nbx, nby), interpolation=cv2.INTER_AREA)
+        bt = cv2.resize(bl[: nby * b, : nbx * b], (nbx, nby), interpolation=cv2.INTER_AREA)
+        ratio = np.clip((lt + 4.0) / (bt + 4.0) * 100.0, 0, 255).astype(np.uint8)
+        win = p.gain_window | 1
+        if min(nby, nbx) < win:
+            g = np.full((nby, nbx), np.median(ratio), np.float32) / 100.0
+        else:
+            g = cv2.medianBlur(ratio, win).astype(np.float32) / 100.0  # uint8: any odd window
+        g[np.abs(g - 1.0) < p.gain_min] = 1.0
+        return None if (g == 1.0).all() else g
+
+    def candidates(self, work: np.ndarray, luma: np.ndarray | None = None) -> np.ndarray:
+        """bool[nby, nbx]: the tiles that look like smoke in this frame (against the background,
+        with the scene's regional gain taken off it first)."""
         p = self.p
         s = self.stats
-        k.block_stats(work, self.bg, p.block, s)
+        bg = self.bg
+        g = self.gain(luma) if luma is not None else None
+        if g is not None:
+            h, w = bg.shape[:2]
+            full = np.ones((h, w), np.float32)
+            nby, nbx = g.shape
+            full[: nby * p.block, : nbx * p.block] = np.repeat(np.repeat(g, p.block, 0), p.block, 1)
+            bg = np.ascontiguousarray(np.clip(bg * full[..., None], 0, 255), np.float32)
+        self.gains = g
+        k.block_stats(work, bg, p.block, s)
         changed = s[..., 4] >= p.min_diff
         # sensor noise alone gives the difference some gradient energy: measured in this frame's
         # unchanged tiles and taken off, so that a faint veil is not called sharp because of it
@@ -146,6 +203,10 @@ class SmokeDetector(VideoDetector):
         if self.bg is None or self.bg.shape[:2] != (h, w) or f.motion.global_change:
             self.bg = work.astype(np.float32)
             self.evidence = np.zeros((nby, nbx), np.float32)
+            self.observed = np.zeros((nby, nbx), np.float32)  # candidate frames per tile (decays like evidence)
+            self.region_since = None
+            self.region_frames = 0
+            self.shape_history.clear()
             self.stats = np.zeros((nby, nbx, 6), np.float32)
             self.region = None
             self.watched = (polygons_mask(self.masks, nbx, nby, inside=0) if self.masks else np.ones((nby, nbx), np.uint8)) != 0
@@ -154,19 +215,24 @@ class SmokeDetector(VideoDetector):
             self.last_ts = f.ts_ms
             return self._maybe_clear(f)
         dt = max(0.0, min((f.ts_ms - self.last_ts) / 1000.0, 5.0))
+        step = min(dt, p.max_step_s)  # evidence per observation: a frame 2 s after the last is one frame
         self.last_ts = f.ts_ms
         luma = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
         change = cv2.resize(cv2.absdiff(luma, self.prev)[: nby * p.block, : nbx * p.block].astype(np.float32),
                             (nbx, nby), interpolation=cv2.INTER_AREA)  # tile means
         self.prev = luma
         self.flicker += np.float32(1.0 - np.exp(-dt / 1.0)) * (change - self.flicker)
-        cand = self.candidates(work) & self.watched
+        cand = self.candidates(work, luma) & self.watched
         self.flicker[self.sharp] = 0.0  # a passer-by's movement is not smoke's
         cand &= self.flicker >= p.min_flicker
         ev = self.evidence
-        ev[cand] = np.minimum(ev[cand] + dt, p.duration_s + p.persist_s)
-        ev[~cand] = np.maximum(ev[~cand] - p.decay * dt, 0.0)
-        region = self._largest(ev >= p.persist_s)
+        ev[cand] = np.minimum(ev[cand] + step, p.duration_s + p.persist_s)
+        ev[~cand] = np.maximum(ev[~cand] - p.decay * step, 0.0)
+        obs = self.observed
+        obs[cand] = np.minimum(obs[cand] + 1.0, 4.0 * p.persist_frames)
+        obs[~cand] = np.maximum(obs[~cand] - p.decay, 0.0)
+        obs[ev <= 0] = 0.0
+        region = self._largest((ev >= p.persist_s) & (obs >= p.persist_frames))
         alpha = np.float32(1.0 - np.exp(-dt / p.background_tau_s))
         # not learnt: tiles building up evidence; learnt only slowly: tiles something opaque covers
         # (passers-by would drag the background towards their clothes, and the empty scene's
@@ -190,31 +256,40 @@ class SmokeDetector(VideoDetector):
         if self.region_since is None:
             self.region_since, self.start_area, self.start_top = f.ts_ms, n, top
             self.shape_history.clear()
+            self.region_frames = 0
+        self.region_frames += 1
         self.shape_history.append((f.ts_ms, n, top))
-        while len(self.shape_history) > 1 and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000:
+        while (len(self.shape_history) > p.growth_frames
+               and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000):
             self.shape_history.popleft()
         if self.active:  # still smoke: the warning's "updated" (region size; the classifier is not re-run)
             return [Hit(UPDATE, 0, f.ts_ms, float("nan") if self.model is not None else float(n), label="smoke")]
         t_then, n_then, top_then = self.shape_history[0]
-        grown = f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and (n >= p.growth * n_then or top < top_then)
-        if f.ts_ms - self.region_since < p.duration_s * 1000 or not grown or n < p.min_blocks:
+        grown = (f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and len(self.shape_history) >= p.growth_frames
+                 and (n >= p.growth * n_then or top < top_then))
+        if (f.ts_ms - self.region_since < p.duration_s * 1000 or self.region_frames < p.min_frames or not grown
+                or n < p.min_blocks):
             return []
         sx, sy = f.image.shape[1] / w, f.image.shape[0] / h
         box = (float(xs.min() * p.block * sx), float(ys.min() * p.block * sy),
                float((xs.max() + 1) * p.block * sx), float((ys.max() + 1) * p.block * sy))
         score = float(n)
         detail = {"blocks": n, "blocks_at_start": self.start_area, "blocks_before": n_then, "top_before": top_then, "top": top,
+                  "frames": self.region_frames,
                   "seconds": round((f.ts_ms - self.region_since) / 1000, 2)}
         if self.model is not None:
             prob = self._classify(f.image, box)
             if prob < p.classifier_min:
                 ev[region] = 0.0  # the classifier says no: start over
+                obs[region] = 0.0
                 self.region_since = None
                 return []
             score = prob
             detail["classifier_prob"] = round(prob, 3)
         self.active = True
         return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image, detail=detail)]
+
+    gains: np.ndarray | None = None  # the last frame's regional gain per tile (None: none taken off)
 
     @staticmethod
     def _largest(region: np.ndarray) -> np.ndarray:
@@ -241,3 +316,4 @@ class SmokeDetector(VideoDetector):
             self.active = False
             return [Hit(CLEAR, 0, f.ts_ms, label="smoke")]
         return []
+

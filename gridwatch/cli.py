@@ -23,7 +23,8 @@ DEFAULT_DB = Path("var") / "gridwatch.db"
 BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwatch.benchmarks.mqtt",
                 "console": "gridwatch.benchmarks.console",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
-                "fuzz": "gridwatch.benchmarks.fuzz", "jt808": "gridwatch.benchmarks.jt808"}
+                "fuzz": "gridwatch.benchmarks.fuzz", "jt808": "gridwatch.benchmarks.jt808",
+                "false-alarms": "gridwatch.benchmarks.false_alarms"}
 
 
 class UserError(Exception):

@@ -129,7 +129,16 @@ class CameraConfig(BaseModel):
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
     backoff_jitter: float = Field(0.25, ge=0, le=1, description="Reconnect delays vary by up to this fraction, "
                                   "so cameras behind one failed switch do not reconnect in lockstep.")
-    offline_after_failures: int = Field(3, ge=1, description="Consecutive failed attempts before 'offline'.")
+    offline_after_failures: int = Field(3, ge=1, description="Consecutive failed attempts before 'offline'. A "
+                                        "connection that broke within min_session_s of its first frame, and a file "
+                                        "pass that broke off with a read error, count as failed attempts.")
+    min_session_s: float = Field(30.0, ge=0, description="A connection that delivered frames but broke within this "
+                                 "long counts as a failed attempt (backoff, then offline), so a camera that keeps "
+                                 "breaking right after it connects does not stay 'reconnecting' for ever.")
+    discontinuity_gap_s: float = Field(10.0, gt=0, description="Decoded frames further apart than this (in stream time "
+                                       "or wall time), or a stream clock that goes back, start a new scene epoch: the "
+                                       "rules then drop their evidence, so none spans an outage. Above the keyframe "
+                                       "interval for decode='keyframes'.")
 
     @model_validator(mode="after")
     def _check(self) -> "CameraConfig":
@@ -178,7 +187,7 @@ class Frame:
     """
 
     __slots__ = ("camera", "seq", "ts_ms", "pts_ms", "_image", "scale", "keyframe_only", "luma", "limited_range",
-                 "_convert", "size", "gate", "motion")
+                 "_convert", "size", "gate", "motion", "epoch")
 
     def __init__(self, camera: str, seq: int, ts_ms: int, pts_ms: float, image: np.ndarray | None, scale: float,
                  keyframe_only: bool = False, *, luma: np.ndarray | None = None, limited_range: bool = False,
@@ -197,6 +206,9 @@ class Frame:
         self.size = size if size is not None else (None if image is None else (image.shape[1], image.shape[0]))
         self.gate: np.ndarray | None = None  # the motion gate's small grey frame, if the capture thread made it
         self.motion = None  # the motion gate's result, if the capture thread ran it
+        # the camera's scene epoch: a new connection, a loop's restart, a jump or a gap in the stream
+        # starts a new one, and no evidence may join frames of two epochs (they are unrelated moments)
+        self.epoch = 0
 
     @property
     def image(self) -> np.ndarray:
@@ -219,11 +231,13 @@ class CameraCounters:
     analysed: int = 0  # taken by the consumer
     dropped: int = 0  # kept but replaced in the slot before the consumer took them
     reconnects: int = 0  # connection attempts after the first
+    discontinuities: int = 0  # scene epochs started: connections, loop restarts, jumps and gaps in the stream
     errors: Counter = field(default_factory=Counter)  # by reason code
 
     def as_dict(self) -> dict:
         return {"decoded": self.decoded, "skipped": self.skipped, "gated": self.gated, "analysed": self.analysed,
-                "dropped": self.dropped, "reconnects": self.reconnects, "errors": dict(self.errors)}
+                "dropped": self.dropped, "reconnects": self.reconnects, "discontinuities": self.discontinuities,
+                "errors": dict(self.errors)}
 
 
 def redact_url(url: str) -> str:
@@ -698,6 +712,13 @@ class Camera:
         self._seq = 0
         self._stale_requested = False
         self.last_frame_at = 0.0  # monotonic time of the last decoded frame
+        # scene epoch of the frames handed over (see Frame.epoch): a new one on every connection,
+        # every pass of a looping file, and a jump or a gap in the stream's clock or the decoding
+        self.epoch = 0
+        self._last_pts: float | None = None
+        self._last_decoded = 0.0  # monotonic time the previous frame of this epoch was decoded
+        self._first_frame_at = 0.0  # monotonic time the current connection's first frame was decoded
+        self._pump_error = False  # the last _pump ended on a read error
         self.heartbeat = time.monotonic()  # the capture thread's last sign of progress
         # called on the capture thread with each kept frame before it is handed over (the motion
         # gate, on the luma plane while it is still in this core's cache); True: the frame needs
@@ -723,6 +744,14 @@ class Camera:
     def _error(self, code: str) -> None:
         with self._lock:
             self.counters.errors[code] += 1
+
+    def _new_epoch(self) -> None:
+        """What comes next is not continuous with what came before (a reconnect, a loop's restart,
+        a jump or a gap): frames get a new epoch, and the rules drop their evidence at it."""
+        with self._lock:
+            self.epoch += 1
+            self.counters.discontinuities += 1
+        self._last_pts = None
 
     # thread control -------------------------------------------------------------------------
     def start(self, delay_s: float = 0.0) -> None:
@@ -825,6 +854,7 @@ class Camera:
     def _run(self, gen: int) -> None:
         lower_thread_priority(self.nice)
         failures = 0
+        broken_passes = 0  # passes of a looping file in a row that broke off with a read error
         first_attempt = True
         clock = PlayClock()  # pacing of a file (realtime), across the passes of a loop
         while self._alive(gen):
@@ -847,15 +877,30 @@ class Camera:
                 continue
             with self._lock:
                 self._src = src if gen == self._gen else None
+            self._new_epoch()  # a new connection (or the file opened again): not the moment before
             try:
                 while True:
                     delivered, end_reason, terminal = self._pump(src, gen, clock)
+                    broken = self._pump_error
                     looping = (self._alive(gen) and self.cfg.is_file and self.cfg.loop and delivered and not terminal
-                               and end_reason == _END_OF_FILE)
-                    if looping:
+                               and (end_reason == _END_OF_FILE or broken))
+                    if looping and broken:
+                        # the file breaks off part-way (cut short, corrupt): this pass counts as a
+                        # failure, and its own length paces the next (the container's duration
+                        # would claim the part that is missing)
+                        broken_passes += 1
+                        if broken_passes >= self.cfg.offline_after_failures:
+                            terminal, looping = True, False
+                            end_reason = (f"{end_reason}; the file broke off in {broken_passes} passes in a row "
+                                          "(truncated or corrupt file)")
+                        else:
+                            clock.next_pass(float("nan"), src.fps)
+                    elif looping:
+                        broken_passes = 0
                         clock.next_pass(getattr(src, "duration_ms", float("nan")), src.fps)
                     rewind = getattr(src, "rewind", None)
-                    if looping and rewind is not None and rewind():
+                    if looping and not broken and rewind is not None and rewind():
+                        self._new_epoch()  # the loop joins the clip's end to its start
                         continue  # loop: from the start again, without reopening
                     break
             finally:
@@ -872,10 +917,14 @@ class Camera:
                 first_attempt = True  # loop: reopen at the start; not a reconnect, no status change
                 continue  # (the clock goes on: the pass was counted above)
             clock = PlayClock()  # a new connection: its own clock
-            failures = 0 if delivered else failures + 1
-            if delivered:
+            lasted = time.monotonic() - self._first_frame_at
+            healthy = delivered and lasted >= self.cfg.min_session_s
+            failures = 0 if healthy else failures + 1
+            if healthy:
                 self._set_state(gen, CameraState.RECONNECTING, end_reason)
-                continue  # it worked a moment ago: retry at once
+                continue  # it worked for a while: retry at once
+            if delivered:  # it connects, then breaks: over and over, that is a failing camera
+                end_reason = f"{end_reason} {lasted:.1f} s after connecting"
             self._after_failure(gen, failures, end_reason)
 
     def _after_failure(self, gen: int, failures: int, reason: str) -> None:
@@ -893,6 +942,9 @@ class Camera:
         delivered = False
         clock = clock if clock is not None else PlayClock()
         keyframes = cfg.decode == "keyframes"
+        self._pump_error = False
+        frames = 0
+        gap_ms = cfg.discontinuity_gap_s * 1000.0
         while self._alive(gen):
             try:
                 pts = src.next()
@@ -901,9 +953,21 @@ class Camera:
                     return delivered, "stopped", False  # interrupted: given up on or stopped
                 e = _as_source_error(self.name, e)
                 self._error(e.code)
+                self._pump_error = True
+                if cfg.is_file and delivered:  # played a while, then broke off: cut short or corrupt
+                    at = f" at {pts_s:.1f} s" if (pts_s := (self._last_pts or float("nan")) / 1000.0) == pts_s else ""
+                    return True, f"{e} after {frames} frames{at}", not cfg.loop
                 return delivered, str(e), cfg.is_file and not delivered
             now = time.monotonic()
             self.heartbeat = now
+            if pts is not None:
+                last = self._last_pts
+                if (last is not None and pts == pts and (pts < last or pts - last > gap_ms)) or (
+                        last is not None and now - self._last_decoded > cfg.discontinuity_gap_s):
+                    self._new_epoch()  # the stream's clock went back or jumped, or decoding stalled
+                self._last_pts = pts if pts == pts else (last if last is not None else 0.0)
+                self._last_decoded = now
+                frames += 1
             if self._stale_requested:
                 with self._lock:
                     self._stale_requested = False
@@ -925,6 +989,7 @@ class Camera:
                 self._seq += 1
             if not delivered:
                 delivered = True
+                self._first_frame_at = now
                 w, h = src.size
                 self._set_state(gen, CameraState.ONLINE, f"receiving {w}x{h}")
             if cfg.is_file and cfg.realtime and pts == pts:
@@ -946,6 +1011,7 @@ class Camera:
                 extra = src.deferred(cfg.analysis_width)
                 frame = Frame(self.name, seq, int(time.time() * 1000), pts, None, extra["size"][0] / full_w, keyframes,
                               **extra)
+                frame.epoch = self.epoch
                 if self.prepare is not None:
                     try:
                         done = self.prepare(frame)
@@ -963,6 +1029,7 @@ class Camera:
                     self._error(e.code)
                     continue
                 frame = Frame(self.name, seq, int(time.time() * 1000), pts, img, img.shape[1] / full_w, keyframes)
+                frame.epoch = self.epoch
             if gen == self._gen and self.slot.put(frame):
                 with self._lock:
                     self.counters.dropped += 1

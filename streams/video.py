@@ -115,10 +115,39 @@ class CameraPipeline:
     # analysis for frames that came without a luma plane (and an abandoned capture thread that
     # comes back late must not race its replacement)
     gate_lock: threading.Lock = field(default_factory=threading.Lock)
+    gate_epoch: int = -1  # scene epoch of the frames the gate's background comes from
+    epoch: int = -1  # scene epoch of the frames the rules' evidence comes from
+    last_seen_ts: int = _NEVER  # capture time of the last frame analysis got from this camera
+    resets: int = 0  # times the rules dropped their evidence at a discontinuity
+
+    def discontinuity(self, fr: Frame, m: MotionResult | None, gap_s: float) -> str | None:
+        """Why ``fr`` cannot be joined to the frames before it (None when it can): a new scene
+        epoch (reconnect, loop restart, a jump or gap in the stream), a gap in what analysis got
+        from this camera, or a change of the whole picture."""
+        why = None
+        if fr.epoch != self.epoch:
+            why = "epoch" if self.epoch >= 0 else None
+            self.epoch = fr.epoch
+        elif self.last_seen_ts != _NEVER and fr.ts_ms - self.last_seen_ts > gap_s * 1000:
+            why = "gap"
+        elif m is not None and m.global_change:
+            why = "global_change"
+        self.last_seen_ts = fr.ts_ms
+        return why
+
+    def reset_rules(self, ts_ms: int) -> None:
+        """Every rule of this camera drops its temporal evidence (its active warnings still clear)."""
+        self.resets += 1
+        for r in self.rules:
+            r.detector.reset(ts_ms)
 
     def gate(self, fr: Frame) -> MotionResult:
-        """The motion gate on ``fr`` (its luma plane and prepared small frame when it has them)."""
+        """The motion gate on ``fr`` (its luma plane and prepared small frame when it has them).
+        A frame of a new scene epoch starts the gate's background afresh."""
         with self.gate_lock:
+            if fr.epoch != self.gate_epoch:
+                self.gate_epoch = fr.epoch
+                self.motion.reset()
             if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
                 return self.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
             return self.motion.detect(fr.image)
@@ -331,7 +360,7 @@ class VideoRuntime:
         self._emit(events)
         for name, c in self.collector.counters().items():
             src = f"camera/{name}"
-            for k in ("decoded", "skipped", "gated", "analysed", "dropped", "reconnects"):
+            for k in ("decoded", "skipped", "gated", "analysed", "dropped", "reconnects", "discontinuities"):
                 self.counters.set(src, k, float(c[k]))
             for code, n in c["errors"].items():  # camera errors by kind: frame_too_large, no_keyframe, ...
                 self.counters.set(src, f"camera_errors_{code}", float(n))
@@ -349,6 +378,10 @@ class VideoRuntime:
                 continue
             cam.last_frame = fr
             m = fr.motion if fr.motion is not None else cam.gate(fr)  # the capture thread's, if it ran it
+            why = cam.discontinuity(fr, m, cam.cfg.discontinuity_gap_s)
+            if why is not None:  # nothing seen before this frame counts towards a warning after it
+                cam.reset_rules(fr.ts_ms)
+                self.counters.add(f"camera/{cam.cfg.name}", f"evidence_resets_{why}")
             models = cam.models_due(fr.ts_ms, m)
             if cam.still(fr.ts_ms, m, models):
                 self._gated_here += 1

@@ -275,7 +275,9 @@ def test_rtsp_outage_goes_reconnecting_then_offline_and_recovers_on_restart(gstr
             log.wait_for("cam", CameraState.ONLINE, 15, after=mark)
             assert gather(video, 1.0)
             c = video.counters()["cam"]
-    assert c["reconnects"] >= 2 and c["errors"]["open_failed"] >= 2
+    # the session that broke within min_session_s of connecting counts as the first failed attempt,
+    # so with offline_after_failures = 2 one refused reconnect takes the camera offline
+    assert c["reconnects"] >= 2 and c["errors"]["open_failed"] >= 1
 
 
 def test_hung_camera_goes_stale_without_stalling_the_others(gstreamer, scene_mp4):
