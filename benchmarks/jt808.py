@@ -220,22 +220,10 @@ class _Bare(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
         out = []
-        pos = 0
-        while True:
-            s = buf.find(b"\x7e", pos)
-            if s < 0:
-                pos = len(buf)
-                break
-            e = buf.find(b"\x7e", s + 1)
-            if e < 0:
-                pos = s
-                break
-            if e == s + 1:
-                pos = e
-                continue
-            msg_id, version, phone_raw, serial, _, _, body = J.parse_frame(buf[s + 1:e])
+        frames, pos = _split(buf)
+        for raw in frames:
+            msg_id, version, phone_raw, serial, _, _, body = J.parse_frame(raw)
             J.phone_of(phone_raw)
-            pos = e + 1
             self.serial += 1
             if msg_id == J.T_LOCATION:
                 J.location(body, BEIJING)
@@ -250,6 +238,23 @@ class _Bare(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
 
+def _split(buf: bytes) -> tuple[list[bytes], int]:
+    """The complete 0x7e-delimited frames in ``buf`` (still escaped) and where the rest begins."""
+    frames, pos = [], 0
+    while True:
+        s = buf.find(b"\x7e", pos)
+        if s < 0:
+            return frames, len(buf)
+        e = buf.find(b"\x7e", s + 1)
+        if e < 0:
+            return frames, s
+        if e > s + 1:
+            frames.append(buf[s + 1:e])
+            pos = e + 1
+        else:
+            pos = e
+
+
 class _BareBulk(_Bare):
     """Parses each read's location reports in bulk with the same numpy decoder gridwatch uses
     (``jt808.decode_chunks``) and answers them at once: gridwatch's own parser, no pipeline behind it."""
@@ -261,21 +266,8 @@ class _BareBulk(_Bare):
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
         out, fast = [], []
-        pos = 0
-        while True:
-            s = buf.find(b"\x7e", pos)
-            if s < 0:
-                pos = len(buf)
-                break
-            e = buf.find(b"\x7e", s + 1)
-            if e < 0:
-                pos = s
-                break
-            if e == s + 1:
-                pos = e
-                continue
-            raw = buf[s + 1:e]
-            pos = e + 1
+        frames, pos = _split(buf)
+        for raw in frames:
             if raw[0] == 0x02 and raw[1] == 0x00 and not raw[2] & 0x3C:
                 fast.append(J.unescape(raw) if 0x7D in raw else raw)
                 continue
