@@ -24,7 +24,7 @@ BENCH_SUITES = {"processors": "gridwatch.benchmarks.processors", "mqtt": "gridwa
                 "console": "gridwatch.benchmarks.console",
                 "sustained": "gridwatch.benchmarks.sustained", "cluster": "gridwatch.benchmarks.cluster", "video": "gridwatch.benchmarks.video",
                 "fuzz": "gridwatch.benchmarks.fuzz", "jt808": "gridwatch.benchmarks.jt808",
-                "false-alarms": "gridwatch.benchmarks.false_alarms"}
+                "false-alarms": "gridwatch.benchmarks.false_alarms", "ebike": "gridwatch.benchmarks.ebike_rates"}
 
 
 class UserError(Exception):

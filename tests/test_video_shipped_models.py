@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import numpy as np
 import pytest
 
@@ -272,3 +273,16 @@ def test_real_footage_no_warning_with_the_shipped_models(objects_det, smoke_cls)
     assert hits == [], (hits, per_class)
     assert len(generic_hits) <= 1, generic_hits  # the documented limit of the generic defaults
     assert per_class["waste_pile"] >= frames // 2, per_class  # the false detections were there to resist
+
+
+def test_bench_ebike_tells_ebikes_from_bicycles_through_the_production_path(tmp_path):
+    """`gridwatch bench ebike` on a short cut: the rule alone and the runtime on decoded keyframes
+    (1 s GOP) raise on e-bike seeds 0-1 and on neither bicycle (the card's rates, docs/video.md)."""
+    from gridwatch.benchmarks import ebike_rates
+
+    out = tmp_path / "eb.json"
+    assert ebike_rates.main(["--seeds", "0", "2", "--ways", "rule", "keyframes", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    for way in ("rule", "keyframes"):
+        assert (got[way]["ebikes_raised"], got[way]["bicycles_raised"], got[way]["of"]) == (2, 0, 2), got[way]
+    assert got["keyframes"]["ebike_delay_s_median"] > got["rule"]["ebike_delay_s_median"]  # keyframes see it later
