@@ -15,7 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gridwatch.config import (ConfigError, MetricsConfig, SiteConfig, explain, explain_metrics, explain_rule_kinds,
+from gridwatch.config import (ConfigError, MetricsConfig, SiteConfig, experimental_rules, explain, explain_detector_kinds,
+                              explain_metrics, explain_rule_kinds,
                               explain_values, load, load_sections, preflight, secrets_world_readable, store_file_problem,
                               store_path)
 
@@ -118,6 +119,8 @@ def cmd_check_config(a) -> int:
         print()
         print("\n".join(explain_rule_kinds()))
         print()
+        print("\n".join(explain_detector_kinds()))
+        print()
         print("\n".join(explain_metrics()))
         if not a.file:
             return 0
@@ -125,6 +128,8 @@ def cmd_check_config(a) -> int:
     if secrets_world_readable(a.file):
         print(f"warning: {a.file} holds a secret and is readable by every user (chmod 600 it, or use ${{ENV}} substitution)",
               file=sys.stderr)
+    for line in experimental_rules(cfg):
+        print(f"note: {line}", file=sys.stderr)
     print(f"{a.file}: ok — {len(cfg.rules)} rules, {len(cfg.devices)} devices, "
           f"mqtt={'%s:%d' % (cfg.mqtt.host, cfg.mqtt.port) if cfg.mqtt else 'off'}, store={os.path.normpath(cfg.data_dir / cfg.store.path)}")
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 import re
 import stat
 import tomllib
@@ -787,6 +788,33 @@ def explain_rule_kinds() -> list[str]:
             default = "required" if pf.is_required() else f"default {pf.get_default(call_default_factory=True)!r}"
             lines.append(f"    {pname}  [{param_unit(pname)}; {default}]  {pf.description or ''}")
     return lines
+
+
+def explain_detector_kinds() -> list[str]:
+    """Every video detector kind with how far it can be trusted (measured) and each parameter."""
+    from gridwatch.detectors.base import VideoDetector
+    from gridwatch.detectors.registry import STATUS
+
+    lines = ["Video detector kinds ([[video.rules]] kind = ...; parameters go in its params = { ... }):"]
+    for kind, cls in sorted(VideoDetector.registry.items()):
+        doc = next((d.strip().splitlines()[0] for d in (cls.__doc__, sys.modules[cls.__module__].__doc__)
+                    if d and d.strip()), "")
+        standing, measured = STATUS.get(kind, ("not measured", "no false-alarm figure on real footage"))
+        lines.append(f"  {kind}: {doc}")
+        lines.append(f"    status: {standing.upper() if standing == 'experimental' else standing} — {measured} (docs/video.md)")
+        for pname, pf in cls.Params.model_fields.items():
+            default = "required" if pf.is_required() else f"default {pf.get_default(call_default_factory=True)!r}"
+            lines.append(f"    {pname}  [{default}]  {pf.description or ''}")
+    return lines
+
+
+def experimental_rules(cfg: "GridwatchConfig") -> list[str]:
+    """One line per configured video rule whose kind is marked experimental."""
+    from gridwatch.detectors.registry import STATUS
+
+    rules = cfg.video.rules if getattr(cfg, "video", None) is not None else []
+    return [f"video rule '{r.name}' (kind {r.kind}) is experimental: {STATUS[r.kind][1]} (docs/video.md)"
+            for r in rules if STATUS.get(r.kind, ("",))[0] == "experimental"]
 
 
 def explain_metrics() -> list[str]:

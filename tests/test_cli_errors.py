@@ -190,6 +190,20 @@ def test_explain_file_shows_the_files_values_and_every_rule_kinds_parameters(tmp
     assert re.search(r"^  water_level +m +-50 \.\. 500 ", out, re.M)
 
 
+def test_explain_marks_the_smoke_rule_experimental_with_its_measured_rates(tmp_path, capsys):
+    assert main(["check-config", "--explain"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("dumping", "ebike", "smoke"):
+        assert re.search(rf"^  {kind}: \S", out, re.M), kind  # every video detector kind, with what it does
+    assert re.search(r"^  smoke: .*\n    status: EXPERIMENTAL — .*false alarms in .* camera-hours.*plumes", out, re.M)
+    assert re.search(r"^    classifier_min  \[default ", out, re.M)  # and its parameters
+    f = write(tmp_path, '[[video.rules]]\nname = "roof-smoke"\nkind = "smoke"\n'
+              '[[video.rules]]\nname = "lift"\nkind = "ebike"\n')
+    assert main(["check-config", str(f)]) == 0
+    err = capsys.readouterr().err
+    assert "note: video rule 'roof-smoke' (kind smoke) is experimental: " in err and "lift" not in err
+
+
 def test_unknown_key_lists_the_valid_ones_and_suggests_the_nearest(tmp_path, capsys):
     f = write(tmp_path, '[mqtt]\nhots = "broker"\n')
     assert main(["check-config", str(f)]) == 2
