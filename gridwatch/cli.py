@@ -1,4 +1,4 @@
-"""The ``gridwatch`` command line: demo, run, check-config, status, alerts, dead-letters, bench.
+"""The ``gridwatch`` command line: demo, run, check-config, status, alerts, dead-letters, devices, bench.
 
 A user's mistake (a missing or broken file, a config error, a damaged store) ends in one line on
 stderr saying what is wrong, where, and what to do, with exit status 2 - never a traceback.
@@ -316,6 +316,17 @@ def cmd_dead_letters(a) -> int:
     return 0
 
 
+@_reading_store
+def cmd_devices(a) -> int:
+    st = _open_store_ro(a)
+    rows = st.devices(vendor=a.vendor, kind=a.kind)
+    print(f"{'device':24} {'vendor':10} {'kind':18} {'gateway':24} region")
+    for r in rows[:a.limit]:
+        print(f"{r['id']:24} {r['vendor']:10} {r['kind']:18} {r['gateway'] or '-':24} {r['region'] or '-'}")
+    print(f"{len(rows)} device(s)" + (f", {a.limit} shown" if len(rows) > a.limit else ""))
+    return 0
+
+
 def scrape(url: str, timeout: float = 3.0) -> dict[str, list[tuple[dict[str, str], float]]]:
     """Prometheus text from ``url`` -> metric name -> [(labels, value)]."""
     import urllib.request
@@ -469,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_check_config)
 
     for name, fn, helptext in (("alerts", cmd_alerts, "list stored warnings"),
-                               ("dead-letters", cmd_dead_letters, "list rejected inputs and why")):
+                               ("dead-letters", cmd_dead_letters, "list rejected inputs and why"),
+                               ("devices", cmd_devices, "list known devices: kind and gateway (a DJI aircraft's dock)")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("-c", "--config", help="config file (its store is read)")
         s.add_argument("--db", default=str(DEFAULT_DB), help=f"store file (default {DEFAULT_DB})")
@@ -482,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
             s.add_argument("--severity", choices=["info", "minor", "major", "critical"])
             s.add_argument("--since", help="e.g. 2h, 30m, 1d or an ISO time")
             s.add_argument("--json", action="store_true", help="one JSON object per line")
+        elif name == "devices":
+            s.add_argument("--vendor")
+            s.add_argument("--kind")
         else:
             s.add_argument("--reason")
         s.set_defaults(fn=fn)

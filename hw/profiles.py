@@ -12,6 +12,8 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
     [[topics]]                 # optional: fixed topic schemes the vendor's devices publish on
     pattern = "thing/product/{device_id}/osd"   # {device_id} (required), {kind}, + (any one level)
     kind = "drone"             # the device kind when the pattern has no {kind}
+    message = "readings"       # readings (default) | changes (partial: may carry no mapped field)
+                               # | dji_topology (DJI update_topo: binds sub-devices to the gateway)
     root = ""                  # sub-object that holds the fields ("data" for DJI osd messages)
     device_id = ""             # payload field naming the device; "" = the topic names it
     [fields]
@@ -21,6 +23,9 @@ A new vendor is a TOML file in ``hw/profiles/`` (or a folder given in the config
     lat = "lat"
     lon = "lng"
     speed = { field = "spd", unit = "km/h" }
+    [gateway]                  # optional: devices that speak through another one (DJI docks)
+    field = "gateway"          # item field naming the gateway the device's message came through
+    sub_device = "sub_device.device_sn"   # (under root) the device a gateway's message says it hosts
 
 Canonical metrics, their units and physical ranges are listed in :data:`METRICS` (and in the
 README's table, :func:`metric_table`); values outside a metric's range are rejected as
@@ -174,6 +179,14 @@ class FieldSpec:
         return self.lo != m.lo or self.hi != m.hi
 
 
+# what a topic scheme's messages are: "readings" (each item carries at least one mapped field or a
+# position, else it is rejected as no_readings), "changes" (property changes, e.g. DJI ``state``:
+# partial objects; what maps is stored, the rest counted as unmapped, an item with nothing mapped is
+# not an error), "dji_topology" (DJI ``update_topo`` on ``sys/product/{gateway}/status``: binds the
+# listed sub-devices to the gateway and releases the others)
+MESSAGE_KINDS = ("readings", "changes", "dji_topology")
+
+
 @dataclass(frozen=True, slots=True)
 class TopicScheme:
     """A vendor's fixed topic layout, e.g. ``thing/product/{device_id}/osd`` (DJI Cloud API): one
@@ -184,14 +197,17 @@ class TopicScheme:
     kind: str
     regex: "re.Pattern[str]"
     filter: str
+    message: str = "readings"  # readings | changes | dji_topology (see MESSAGE_KINDS)
 
     @classmethod
     def parse(cls, d, where: str) -> "TopicScheme":
-        if not isinstance(d, dict) or not isinstance(d.get("pattern"), str) or set(d) - {"pattern", "kind"}:
-            raise ProfileError(f"{where}: expected a table with pattern (and kind)")
-        pattern, kind = d["pattern"], d.get("kind", "")
+        if not isinstance(d, dict) or not isinstance(d.get("pattern"), str) or set(d) - {"pattern", "kind", "message"}:
+            raise ProfileError(f"{where}: expected a table with pattern (and kind, message)")
+        pattern, kind, message = d["pattern"], d.get("kind", ""), d.get("message", "readings")
         if not isinstance(kind, str):
             raise ProfileError(f"{where}.kind: expected a string")
+        if message not in MESSAGE_KINDS:
+            raise ProfileError(f"{where}.message: {message!r} is not one of {', '.join(MESSAGE_KINDS)}")
         levels = pattern.split("/")
         if levels[0] in ("devices", "") or levels[0].startswith("$"):
             raise ProfileError(f"{where}.pattern: {pattern!r} must not start with 'devices/' (gridwatch's own scheme), '/' or '$'")
@@ -219,7 +235,7 @@ class TopicScheme:
             raise ProfileError(f"{where}.pattern: {pattern!r} has no {{device_id}} level")
         if "{kind}" not in seen and not kind:
             raise ProfileError(f"{where}: a pattern without {{kind}} needs kind = \"...\"")
-        return cls(pattern, kind, re.compile("/".join(rx)), "/".join(flt))
+        return cls(pattern, kind, re.compile("/".join(rx)), "/".join(flt), message)
 
 
 @dataclass(slots=True)
@@ -236,11 +252,13 @@ class Profile:
     ignore: tuple[str, ...] = ()  # fields deliberately not stored (not counted as unmapped)
     tz: tzinfo | None = None  # parsed ``timezone``
     topics: tuple["TopicScheme", ...] = ()  # fixed topic schemes of the vendor's devices
+    gateway: str = ""  # item field naming the gateway a device speaks through ([gateway] field)
+    sub_device: str = ""  # field (under root) naming the device a gateway hosts ([gateway] sub_device)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "profile") -> "Profile":
         known = {"vendor", "description", "timestamp", "timestamp_unit", "root", "device_id", "fields", "position",
-                 "timezone", "ignore", "topics"}
+                 "timezone", "ignore", "topics", "gateway"}
         extra = set(d) - known
         if extra:
             raise ProfileError(f"{where}: unknown keys {sorted(extra)}; expected {sorted(known)}")
@@ -337,8 +355,17 @@ class Profile:
         if not isinstance(topics, list):
             raise ProfileError(f"{where}.topics: expected an array of tables [[topics]] with pattern and kind")
         schemes = tuple(TopicScheme.parse(t, f"{where}.topics.{i}") for i, t in enumerate(topics))
+        gw = d.get("gateway", {})
+        if not isinstance(gw, dict) or set(gw) - {"field", "sub_device"}:
+            raise ProfileError(f"{where}.gateway: expected a table with field and/or sub_device")
+        for k in ("field", "sub_device"):
+            if k in gw:
+                if not isinstance(gw[k], str):
+                    raise ProfileError(f"{where}.gateway.{k}: expected a field name or dotted path")
+                split_path(gw[k], f"{where}.gateway.{k}")
         return cls(d["vendor"], d.get("description", ""), d.get("timestamp", "ts"), tu, d.get("root", ""),
-                   d.get("device_id", ""), fields, position, d.get("timezone", ""), tuple(ignore), tz, schemes)
+                   d.get("device_id", ""), fields, position, d.get("timezone", ""), tuple(ignore), tz, schemes,
+                   gw.get("field", ""), gw.get("sub_device", ""))
 
     @classmethod
     def load(cls, path: Path) -> "Profile":

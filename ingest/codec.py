@@ -16,12 +16,19 @@ becomes a :class:`~gridwatch.records.DeadLetter` with a reason code and an expla
 
 Reason codes: oversized, malformed_json, not_an_object, bad_topic, unknown_vendor, unknown_device,
 vendor_mismatch, device_limit, bad_device_id, missing_field, no_readings, wrong_type, bad_timestamp, non_finite,
-out_of_range, future_timestamp, stale_timestamp, duplicate; from the JT/T 808 collector also
-bad_checksum, bad_escape, bad_frame, bad_body, bad_subpackage, subpackage_incomplete,
+out_of_range, future_timestamp, stale_timestamp, duplicate, too_many_sub_devices, gateway_limit; from the
+JT/T 808 collector also bad_checksum, bad_escape, bad_frame, bad_body, bad_subpackage, subpackage_incomplete,
 unsynchronised, frame_timeout.
 
 Times: a zone-less ISO timestamp is read in the device's time zone (``[[devices]] timezone``), else
 its profile's, else UTC. Profile keys may be dotted paths into nested objects (see hw/profiles.py).
+
+Gateways (profile ``[gateway]``, topic schemes with ``message = "dji_topology"``): a DJI dock's
+``update_topo`` on ``sys/product/{gateway}/status`` binds the aircraft it lists to the dock and
+releases those it no longer lists (at most ``MAX_SUB_DEVICES`` per message); the dock's osd
+(``sub_device.device_sn``) and the aircraft's messages (``gateway``) bind known devices as they
+arrive. Each processed ``update_topo`` is answered (:attr:`Decoded.replies`, published by the
+runtime after the commit that stored the binding) on the same topic plus ``_reply``.
 
 JSON is parsed strictly (orjson): NaN/Infinity literals and numbers beyond float64 (1e999) are
 ``malformed_json``; ``non_finite`` catches values that overflow during unit conversion.
@@ -52,6 +59,8 @@ _NUMSET = frozenset(_NUM)
 _UNIT_CODE = {"auto": 0, "iso": 0, "s": 1, "ms": 2, "us": 3, "ns": 4}
 _UNIT_MULT = np.array([np.nan, 1e3, 1.0, 1e-3, 1e-6])
 _KEY = re.compile(rb'"([^"\\]*)"\s*:')
+MAX_SUB_DEVICES = 16  # sub-devices one update_topo may list (DJI docks list one aircraft)
+DJI_DOMAIN_KIND = {"0": "drone", "2": "remote_controller", "3": "dock"}  # update_topo domain -> kind of a new device
 
 
 @dataclass(slots=True)
@@ -83,6 +92,7 @@ class Decoded:
     rejected: Counter = field(default_factory=Counter)
     no_timestamp: int = 0
     unmapped: Counter = field(default_factory=Counter)  # (vendor, field name) -> items that carried it
+    replies: list = field(default_factory=list)  # (topic, payload) to publish once the batch is committed
 
 
 def _auto_ms(t: np.ndarray) -> np.ndarray:
@@ -135,7 +145,7 @@ class _Paths:
     """A profile's dotted paths, split once: timestamp, device id, position roles, nested fields,
     and the top-level keys the profile uses (the others are counted as unmapped)."""
 
-    __slots__ = ("ts", "idf", "pos", "deep", "used", "tz")
+    __slots__ = ("ts", "idf", "pos", "deep", "used", "tz", "gw", "sub")
 
     def __init__(self, prof: Profile, fmap: dict[str, int]) -> None:
         def split(k: str):
@@ -145,7 +155,10 @@ class _Paths:
         self.idf = split(prof.device_id) if prof.device_id else None
         self.pos = {role: split(key) for role, (key, _) in prof.position.items()}
         self.deep = [(k, tuple(k.split(".")), si) for k, si in fmap.items() if "." in k]
-        used = {prof.timestamp, prof.device_id, *fmap, *(k for k, _ in prof.position.values()), *prof.ignore}
+        self.gw = (prof.gateway, split(prof.gateway)) if prof.gateway else None  # (key, path or None)
+        self.sub = (prof.sub_device, split(prof.sub_device)) if prof.sub_device else None
+        used = {prof.timestamp, prof.device_id, *fmap, *(k for k, _ in prof.position.values()), *prof.ignore,
+                prof.gateway, prof.sub_device}
         self.used = frozenset(used | {k.split(".")[0] for k in used if k})
         self.tz = prof.tz
 
@@ -223,7 +236,7 @@ class Codec:
             elif parts[1] not in self.profiles:
                 r = ("unknown_vendor", f"no device profile for vendor {parts[1]!r} (topic {topic!r})")
             else:
-                r = (None, parts[1], parts[2], parts[3], self.profiles[parts[1]], self._fmap[parts[1]])
+                r = (None, parts[1], parts[2], parts[3], self.profiles[parts[1]], self._fmap[parts[1]], "readings")
             if r[0] is None:  # only routes that decode are remembered: rejected topics cost no memory
                 if len(self._topics) >= TOPIC_CACHE_MAX:
                     self._topics.clear()
@@ -273,6 +286,7 @@ class Codec:
         m_recv = np.empty(len(messages), np.float64)
         self._m_tz = m_tz = [None] * len(messages)
         unmapped: Counter = Counter()
+        replies: list = []
         device_tz = self.device_tz
         resolve = self.directory.resolve
         fast_of, fast = self._recognise(messages)
@@ -300,13 +314,16 @@ class Codec:
             if route[0] is not None:
                 reject(mi, route[0], route[1])
                 continue
-            _, vendor, kind, topic_dev, prof, fmap = route
+            _, vendor, kind, topic_dev, prof, fmap, mode = route
             paths = self._paths[vendor]
             m_tz[mi] = device_tz.get((vendor, topic_dev), paths.tz) if device_tz else paths.tz
             payload = msg.payload
             if len(payload) > self.max_payload:
                 size = msg.size if msg.size >= 0 else len(payload)
                 reject(mi, "oversized", f"payload is {size} bytes; the limit is {self.max_payload} (ingest.max_payload_bytes)")
+                continue
+            if mode == "dji_topology":
+                self._topology(mi, msg, vendor, kind, topic_dev, reject, unmapped, replies, now_ms)
                 continue
             ci = fast_of.get(mi, -1) if fast_of else -1
             if ci >= 0:  # valid JSON, a non-empty array of flat numeric objects: only the device to check
@@ -403,10 +420,13 @@ class Codec:
                         av = _lookup(body, al[0], pp["alt"]) if al else None
                         p_spd.append(sv * sp[1] if type(sv) in _NUM else (sv if sv is not None else np.nan))
                         p_alt.append(av * al[1] if type(av) in _NUM else (av if av is not None else np.nan))
-                if len(r_ts) == before and not got_pos:
+                if d >= 0 and (paths.gw or paths.sub):
+                    self._bind_gateway(d, it, body, vendor, paths)
+                if len(r_ts) == before and not got_pos and mode != "changes":
                     reject(mi, "no_readings", f"no field of profile {vendor!r} in item (keys: {sorted(body)[:10]})")
 
         out = Decoded(SensorBatch.empty(), np.empty(0, np.int16), PositionBatch.empty(), dead, rejected)
+        out.replies = replies
         if unmapped:
             out.unmapped = self._bound_unmapped(unmapped)
         slow = None
@@ -457,6 +477,77 @@ class Codec:
         p_spd.extend(spd)
         p_alt.extend(alt)
 
+    def _bind_gateway(self, d: int, it: dict, body: dict, vendor: str, paths: "_Paths") -> None:
+        """A message of device ``d`` naming its gateway (``[gateway] field``, e.g. an aircraft's
+        ``gateway``: its dock) or the device it hosts (``sub_device``, e.g. a dock's
+        ``sub_device.device_sn``): bind them, when both are known devices."""
+        directory = self.directory
+        if paths.gw is not None:
+            g = _lookup(it, *paths.gw)
+            if g is None and body is not it:
+                g = _lookup(body, *paths.gw)
+            if type(g) is str and g and g != directory.ids[d]:
+                gs = directory.get(g, vendor)
+                if gs >= 0:
+                    directory.set_gateway(d, gs)
+        if paths.sub is not None:
+            h = _lookup(body, *paths.sub)
+            if type(h) is str and h and h != directory.ids[d]:
+                hs = directory.get(h, vendor)
+                if hs >= 0:
+                    directory.set_gateway(hs, d)
+
+    def _topology(self, mi: int, msg: Message, vendor: str, kind: str, gateway: str, reject, unmapped: Counter,
+                  replies: list, now_ms: int) -> None:
+        """A DJI gateway's ``update_topo`` (``{tid, bid, timestamp, method, data: {domain, type, ...,
+        sub_devices: [{sn, domain, ...}]}}``): its sub-devices are bound to it (registered first if
+        new, by their domain's kind), devices it no longer lists are released; then the answer the
+        gateway expects is queued. Other methods on the topic are counted as unmapped, not rejected."""
+        try:
+            obj = orjson.loads(msg.payload)
+        except orjson.JSONDecodeError as e:
+            reject(mi, "malformed_json", f"not valid JSON: {e}")
+            return
+        if type(obj) is not dict:
+            reject(mi, "not_an_object", f"payload is {type(obj).__name__}, expected a JSON object")
+            return
+        method = obj.get("method")
+        if method != "update_topo":
+            unmapped[(vendor, f"method:{_short(method, 40)}")] += 1
+            return
+        data = obj.get("data")
+        subs = data.get("sub_devices") if type(data) is dict else None
+        if type(subs) is not list:
+            reject(mi, "missing_field", "update_topo: data.sub_devices is missing or not an array")
+            return
+        if len(subs) > MAX_SUB_DEVICES:
+            reject(mi, "too_many_sub_devices", f"update_topo lists {len(subs)} sub-devices; at most {MAX_SUB_DEVICES} are allowed, "
+                                                 "so none is bound")
+            return
+        resolve = self.directory.resolve
+        g, why = resolve(gateway, vendor, DJI_DOMAIN_KIND.get(str(data.get("domain")), kind))
+        if why is not None:
+            reject(mi, why, self._topic_device_refused(gateway, vendor, why))
+            return
+        slots = []
+        for sd in subs:
+            sn = sd.get("sn") if type(sd) is dict else None
+            if type(sn) is not str or not sn or "\0" in sn:
+                reject(mi, "bad_device_id", f"update_topo: sub-device sn must be a non-empty string without NUL, got {_short(sn, 200)}")
+                continue
+            s, why = resolve(sn, vendor, DJI_DOMAIN_KIND.get(str(sd.get("domain")), "drone"))
+            if why is not None:
+                reject(mi, why, self._topic_device_refused(sn, vendor, why))
+                continue
+            if s != g:
+                slots.append(s)
+        refused = self.directory.set_hosted(g, slots)
+        for _ in range(refused):
+            reject(mi, "gateway_limit", f"update_topo of {gateway!r}: {self.directory.gateway_bound} devices are bound "
+                                        f"to gateways already (the limit); the binding is not stored")
+        replies.append((msg.topic + "_reply", orjson.dumps({"tid": obj.get("tid"), "bid": obj.get("bid"), "timestamp": now_ms,
+                                                            "method": "update_topo", "data": {"result": 0}})))
+
     def topic_filters(self) -> list[str]:
         """MQTT subscriptions for the profiles' own topic schemes (``[[topics]]``)."""
         return sorted({sc.filter for sc, _ in self._schemes})
@@ -472,7 +563,7 @@ class Codec:
             if "\0" in dev:
                 return ("bad_device_id", f"device id {dev!r} in topic {topic!r} contains a NUL character")
             kind = m.group("kind") if "kind" in sc.regex.groupindex else sc.kind
-            return (None, vendor, kind, dev, self.profiles[vendor], self._fmap[vendor])
+            return (None, vendor, kind, dev, self.profiles[vendor], self._fmap[vendor], sc.message)
         return ("bad_topic", f"topic {topic!r} matches neither {TOPIC_ROOT}/<vendor>/<device_kind>/<device_id> "
                              f"nor a profile's topic scheme ({', '.join(sc.pattern for sc, _ in self._schemes)})")
 

@@ -14,6 +14,13 @@ Operators see a device by its id. Where two vendors use the same id, the device 
 on a warning always points at one device.
 
 Series (device, metric) get their own slots, because sensor rules keep state per series.
+
+**Gateways.** A device may speak through another one, its *gateway*: a DJI aircraft through the
+dock that hosts it (:meth:`DeviceDirectory.set_gateway`, from the dock's topology, its osd and the
+aircraft's own messages). Each device has at most one gateway (the slot of the gateway device, -1
+for none), saved with the device by the store. Bound: at most ``max_gateway_bindings`` devices
+have a gateway; past that, binding a device that has none is refused and counted
+(``gateway_refused``), while bound devices can still move to another gateway or be released.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ def device_key(vendor: str, device_id: str) -> str:
 
 
 class DeviceDirectory:
-    def __init__(self, unknown: str = "register", max_per_vendor: int = 0) -> None:
+    def __init__(self, unknown: str = "register", max_per_vendor: int = 0, max_gateway_bindings: int = 100_000) -> None:
         self.unknown = unknown
         self.max_per_vendor = max_per_vendor  # devices a vendor may register on first sight; 0 = no limit
         self.slots = SlotRegistry()  # key: device_key(vendor, id)
@@ -42,6 +49,11 @@ class DeviceDirectory:
         self.lat: list[float | None] = []
         self.lon: list[float | None] = []
         self.region: list[str | None] = []  # static region path, if configured
+        self.gateway: list[int] = []  # slot of the device's gateway (a DJI aircraft's dock), -1 = none
+        self.hosted: dict[int, set[int]] = {}  # gateway slot -> slots of the devices bound to it
+        self.max_gateway_bindings = max_gateway_bindings
+        self.gateway_bound = 0  # devices with a gateway
+        self.gateway_refused = 0  # bindings refused at max_gateway_bindings
         self.bound: dict[str, int] = {}  # id -> slot of the device the config binds it to
         self.first: dict[str, int] = {}  # id -> lowest slot with that id
         self.per_vendor: Counter = Counter()
@@ -65,6 +77,7 @@ class DeviceDirectory:
             self.lat.append(lat)
             self.lon.append(lon)
             self.region.append(region)
+            self.gateway.append(-1)
             self.first.setdefault(device_id, slot)
             self.per_vendor[vendor] += 1
             for cb in self.on_new_device:
@@ -88,10 +101,11 @@ class DeviceDirectory:
 
     def restore(self, keys: list[str], vendor: list[str], kind: list[str], lat: list, lon: list, region: list) -> None:
         """Replace the devices with a snapshot's (slot order kept, no callbacks: the rules restore
-        their own state). Bindings of ids the snapshot holds are kept."""
+        their own state). Bindings of ids the snapshot holds are kept; gateways are not part of it."""
         bound = {did: (self.vendor[s], self.kind[s], self.lat[s], self.lon[s], self.region[s]) for did, s in self.bound.items()}
         self.slots, self.ids, self.first, self.bound, self.per_vendor = SlotRegistry(), [], {}, {}, Counter()
         self.vendor, self.kind, self.lat, self.lon, self.region = list(vendor), list(kind), list(lat), list(lon), list(region)
+        self.gateway, self.hosted, self.gateway_bound = [-1] * len(keys), {}, 0
         for s, k in enumerate(keys):
             self.slots.add(k)
             did = k.split(SEP, 1)[1]
@@ -100,6 +114,45 @@ class DeviceDirectory:
             self.per_vendor[self.vendor[s]] += 1
         for did, (v, kd, la, lo, rg) in bound.items():
             self.bind(did, v, kd, la, lo, rg)
+
+    def set_gateway(self, slot: int, gateway: int) -> bool:
+        """Bind device ``slot`` to ``gateway`` (a slot; -1 releases it). Returns whether the
+        device's gateway is now ``gateway`` (False: refused at ``max_gateway_bindings``).
+        A change is saved by the store's next commit."""
+        old = self.gateway[slot]
+        if old == gateway or gateway == slot:
+            return old == gateway
+        if old < 0 and self.gateway_bound >= self.max_gateway_bindings:
+            self.gateway_refused += 1
+            return False
+        if old >= 0:
+            peers = self.hosted.get(old)
+            if peers is not None:
+                peers.discard(slot)
+                if not peers:
+                    del self.hosted[old]
+        if gateway >= 0:
+            self.hosted.setdefault(gateway, set()).add(slot)
+        self.gateway_bound += (gateway >= 0) - (old >= 0)
+        self.gateway[slot] = gateway
+        self.changed.add(slot)
+        return True
+
+    def set_hosted(self, gateway: int, slots: list[int]) -> int:
+        """A gateway's full topology: ``slots`` are bound to it, devices bound to it before and
+        not listed are released. Returns how many bindings were refused (bound)."""
+        refused = 0
+        for s in sorted(self.hosted.get(gateway, set()) - set(slots)):
+            self.set_gateway(s, -1)
+        for s in slots:
+            if not self.set_gateway(s, gateway):
+                refused += 1
+        return refused
+
+    def gateway_id(self, slot: int) -> str | None:
+        """The display id of the device's gateway, or None."""
+        g = self.gateway[slot] if 0 <= slot < len(self.gateway) else -1
+        return None if g < 0 else self.display_id(g)
 
     def get(self, device_id: str, vendor: str) -> int:
         return self.slots.get(device_key(vendor, device_id))

@@ -342,7 +342,8 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
     v19 = (attrs & ATTR_2019) != 0
     off = np.where(v19, 17, 12)
     blen = attrs & ATTR_LEN
-    ok_len = (off + blen + 1 == lens) & (blen >= 28)
+    len_ok = off + blen + 1 == lens
+    long_enough = blen >= 28
     at = np.minimum(starts + off, len(buf) - 28)
     L = buf[at[:, None] + np.arange(28)].astype(np.int64)
     status = (L[:, 4] << 24) | (L[:, 5] << 16) | (L[:, 6] << 8) | L[:, 7]
@@ -374,15 +375,27 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
         ph[r] = buf[(starts[r] + 5)[:, None] + np.arange(10)]
     keys, inv = np.unique(ph.view("V10").ravel(), return_inverse=True)
     dev_of, ts = [], np.empty(n, np.float64)
+    phone_ok = np.ones(n, np.bool_)
     for k, key in enumerate(keys.tolist()):
-        phone = phone_of(bytes(key))
-        dev_of.append(c.device_of(phone))
         rows = inv == k if len(keys) > 1 else slice(None)
+        try:
+            phone = phone_of(bytes(key))
+        except FrameError:  # not BCD: a bad frame, as on the frame-by-frame path (no answer)
+            dev_of.append("")
+            phone_ok[rows] = False
+            ts[rows] = 0.0
+            continue
+        dev_of.append(c.device_of(phone))
         ts[rows] = (local_s[rows] - _tz_offsets(c.tz_of(phone), local_s[rows], time_ok[rows])) * 1000.0
     dev_of = np.array(dev_of, dtype=object)
-    good = ok & ok_len
+    # what the frame-by-frame path does with each frame: a frame that does not parse (checksum,
+    # length, phone number) is not answered; one that parses is answered, "message error" when its
+    # body is too short or its time is not a time (as ``location`` raising in ``_dispatch``)
+    parsed = ok & len_ok & phone_ok
+    good = parsed & long_enough
     positioned = (status & 2) != 0
     time_ok |= ~positioned  # a report without a fix is not stored: its time does not matter
+    time_ok &= long_enough  # a short body's bytes after it belong to the next frame
     store = good & time_ok & positioned
     c.counters.add(c.source, "locations", int(store.sum()))
     unpos = int((good & ~positioned).sum())
@@ -393,11 +406,12 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
     scut = np.searchsorted(sidx, first).tolist()
     cols = [dev_of[inv[sidx]].tolist(), ts[sidx].tolist(), lat[sidx].tolist(), lon[sidx].tolist(), spd[sidx].tolist(),
             alt[sidx].tolist()]
-    # answers: OK for every good frame (stored or without a fix), "message error" for a bad time
-    gidx = np.flatnonzero(good)
+    # answers: OK for every good frame (stored or without a fix), "message error" for a short body
+    # or a bad time
+    gidx = np.flatnonzero(parsed)
     gcut = np.searchsorted(gidx, first).tolist()
     g_serial = serial[gidx]
-    g_result = np.where(time_ok[gidx], OK, MESSAGE_ERROR).astype(np.uint8)
+    g_result = np.where(good[gidx] & time_ok[gidx], OK, MESSAGE_ERROR).astype(np.uint8)
     change = np.flatnonzero((inv[1:] != inv[:-1]) | (v19[1:] != v19[:-1])) + 1  # a frame of another terminal
     bad: list[list] = [[] for _ in chunks]
     nbad = np.zeros(len(chunks), np.int64)
@@ -406,18 +420,24 @@ def decode_chunks(msgs: list[Message]) -> list[tuple]:
         j = i - int(first[k]) + 1
         if not ok[i]:
             bad[k].append((i, "bad_checksum", f"frame {j} of {chunks[k].n}: checksum does not match"))
-        elif blen[i] < 28:
-            bad[k].append((i, "bad_body", f"frame {j} of {chunks[k].n}: location report of {int(blen[i])} bytes; at least 28 expected"))
-        elif not ok_len[i]:
+        elif not len_ok[i]:
             bad[k].append((i, "bad_frame", f"frame {j} of {chunks[k].n}: body length {int(blen[i])} in the header, "
                                            f"{int(lens[i] - off[i] - 1)} in the frame"))
+        elif not phone_ok[i]:
+            bad[k].append((i, "bad_frame", f"frame {j} of {chunks[k].n}: terminal phone number {ph[i].tobytes().hex()!r} "
+                                           "is not BCD"))
+        elif not long_enough[i]:
+            bad[k].append((i, "bad_body", f"frame {j} of {chunks[k].n}: location report of {int(blen[i])} bytes; at least 28 expected"))
         else:
             bad[k].append((i, "bad_timestamp", f"frame {j} of {chunks[k].n}: BCD time {bytes(b[i].astype(np.uint8)).hex()!r} "
                                                "is not a valid time"))
-        if not good[i]:
+        if not parsed[i]:
             nbad[k] += 1
     if nbad.any():
         c.counters.add(c.source, "bad_frames", int(nbad.sum()))
+    nerr = int((g_result != OK).sum())
+    if nerr:  # the frame-by-frame path counts these as bad messages (parsed, answered "message error")
+        c.counters.add(c.source, "bad_messages", nerr)
     vendor, kind = c.cfg.vendor, c.cfg.device_kind
     out = []
     for k, ch in enumerate(chunks):

@@ -217,6 +217,17 @@ class MqttCollector:
         if stale:
             self.counters.add(self.source, "acks_skipped_after_reconnect", len(stale))
 
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        """Answers devices expect once what they sent is stored (a DJI dock's ``update_topo`` ->
+        ``.../status_reply``), on this connection, QoS 1; counted (``replies``, or dropped
+        ``reply_rc_<rc>`` when paho refuses one, e.g. while disconnected: the device asks again)."""
+        for topic, payload in messages:
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != 0:
+                self.counters.drop(self.source, f"reply_rc_{info.rc}")
+            else:
+                self.counters.add(self.source, "replies")
+
     def stop(self) -> None:
         self._stopping = True
         self.client.disconnect()

@@ -52,10 +52,13 @@ class _Active:
 
 class Lifecycle:
     def __init__(self, describe_source: Callable[[str, int], tuple[str, str | None]],
-                 region_of: Callable[[str, int, float, float], RegionPath], update_interval_s: float = 60.0) -> None:
+                 region_of: Callable[[str, int, float, float], RegionPath], update_interval_s: float = 60.0,
+                 tags_of: Callable[[str, int], dict] | None = None) -> None:
         """``describe_source(input, slot) -> (source id, metric or None)``;
-        ``region_of(input, slot, lat, lon) -> RegionPath``."""
+        ``region_of(input, slot, lat, lon) -> RegionPath``; ``tags_of(input, slot)``: more facts
+        about the source for the warning's evidence (e.g. ``gateway``: the dock of an aircraft)."""
         self.describe_source = describe_source
+        self.tags_of = tags_of
         self.region_of = region_of
         self.update_interval_ms = int(update_interval_s * 1000)
         self.active: dict[tuple[str, int, int], _Active] = {}
@@ -78,12 +81,16 @@ class Lifecycle:
                 lo = float(lon[row]) if lon is not None and row >= 0 else float("nan")
                 source, metric = self.describe_source(rule.input, slot)
                 zone = rule.zone_name(aux) if aux >= 0 else None
+                evidence = {k: v for k, v in (("metric", metric), ("lat", la), ("lon", lo)) if v == v and v is not None}
+                if self.tags_of is not None:
+                    evidence.update(self.tags_of(rule.input, slot))
                 w = Warning(
                     id=warning_id(source, rule.name, aux, ts), rule=rule.name, kind=rule.kind, severity=rule.severity,
                     source=source, region=self.region_of(rule.input, slot, la, lo), state="active",
                     start_ts=ts, last_ts=ts, cleared_ts=None, value=val,
-                    message=_fmt(rule.message, source=source, value=val, rule=rule.name, zone=zone or "", metric=metric or ""),
-                    zone=zone, evidence={k: v for k, v in (("metric", metric), ("lat", la), ("lon", lo)) if v == v and v is not None})
+                    message=_fmt(rule.message, source=source, value=val, rule=rule.name, zone=zone or "", metric=metric or "",
+                                 gateway=evidence.get("gateway", "")),
+                    zone=zone, evidence=evidence)
                 self.active[key] = _Active(w, slot, rule.input, rule.value_is_reading, suppressed, last_update_ms=ts)
                 self._count(rule.input, slot, +1)
                 if not suppressed:

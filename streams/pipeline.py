@@ -86,7 +86,7 @@ class Pipeline:
         # the series rules that can, run in one pass over each batch (state per slot in one record)
         members = [p for _, p, _ in self.rules if fusable(p)]
         self.fused = FusedRules(members) if len(members) > 1 else None
-        self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
+        self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s, self._tags)
         self.directory.on_new_device.append(self._enable_device)
         self.directory.on_new_series.append(self._enable_series)
         self.store = store
@@ -140,6 +140,14 @@ class Pipeline:
             return d.display_id(int(d.series_device[slot])), METRICS[int(d.series_metric[slot])].name
         return d.display_id(slot), None
 
+    def _tags(self, inp: str, slot: int) -> dict:
+        """Evidence facts of a warning's source: ``gateway``, the device it speaks through (a DJI
+        aircraft's dock), when it is bound to one."""
+        d = self.directory
+        dev = int(d.series_device[slot]) if inp == "series" else slot
+        g = d.gateway_id(dev)
+        return {} if g is None else {"gateway": g}
+
     def _region_of(self, inp: str, slot: int, lat: float, lon: float) -> RegionPath:
         d = self.directory
         dev = int(d.series_device[slot]) if inp == "series" else slot
@@ -192,6 +200,10 @@ class Pipeline:
             c.add(src, "readings_without_timestamp", dec.no_timestamp)
         for (vendor, name), n in dec.unmapped.items():  # fields no profile key maps: dropped, so counted
             c.drop(f"profile:{vendor}", f"unmapped:{name}", n)
+        d = self.directory
+        if d.gateway_bound or d.gateway_refused:
+            c.set("devices", "gateway_bound", d.gateway_bound)
+            c.set("devices", "gateway_refused", d.gateway_refused)
         if len(s):
             c.set(src, "lag_ms", float(b.now_ms - s.ts.max()))
         c.add("warnings", "events", len(b.events))

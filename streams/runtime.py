@@ -167,6 +167,8 @@ class EdgeRuntime:
             if blob:  # only what is stored counts as delivered (recognises redeliveries)
                 c.delivered.update(load_deliveries([blob]))
             c.ack(msgs)
+            if b.decoded is not None and b.decoded.replies:  # e.g. a DJI dock's topology, now stored
+                c.publish(b.decoded.replies)
         self._emit(b.events)
         return len(msgs)
 

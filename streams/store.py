@@ -11,7 +11,8 @@ Durability: every :meth:`Store.commit` is one transaction. With ``fsync="normal"
 MQTT messages only after the commit that holds their readings returned.
 
 The device and series tables persist the slots, so a restarted process gets the same slots back
-(:meth:`Store.load_directory`).
+(:meth:`Store.load_directory`), and each device's gateway (``devices.gateway``: the slot of the
+device it speaks through, e.g. a DJI aircraft's dock; NULL for none).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ log = logging.getLogger("gridwatch.streams.store")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL, vendor TEXT NOT NULL,
-    kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT, UNIQUE (vendor, id));
+    kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT, gateway INTEGER, UNIQUE (vendor, id));
 CREATE TABLE IF NOT EXISTS series (slot INTEGER PRIMARY KEY, device INTEGER NOT NULL, metric INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS reading_chunks (id INTEGER PRIMARY KEY, t_min INTEGER NOT NULL, t_max INTEGER NOT NULL,
     n INTEGER NOT NULL, series BLOB NOT NULL, ts BLOB NOT NULL, value BLOB NOT NULL);
@@ -171,12 +172,19 @@ class Store:
         first, config devices new since then get the next slots, edited ones are updated."""
         if len(directory):
             raise RuntimeError("load_directory needs an empty directory: bind the config's devices after it")
-        for slot, did, vendor, kind, lat, lon, region in self._db.execute(
-                "SELECT slot, id, vendor, kind, lat, lon, region FROM devices ORDER BY slot"):
+        gateways = []
+        for slot, did, vendor, kind, lat, lon, region, gateway in self._db.execute(
+                "SELECT slot, id, vendor, kind, lat, lon, region, gateway FROM devices ORDER BY slot"):
             got = directory.add(did, vendor, kind, lat, lon, region)
             if got != slot:
                 raise RuntimeError(f"store {self.path}: device {did!r} stored at slot {slot} but got {got}; "
                                    "the devices table has a gap (edited by hand?): restore it or move the store aside")
+            if gateway is not None:
+                gateways.append((slot, gateway))
+        for slot, gateway in gateways:
+            if 0 <= gateway < len(directory):
+                directory.set_gateway(slot, gateway)
+        directory.changed.difference_update(s for s, _ in gateways)  # as stored
         for slot, d, m in self._db.execute("SELECT slot, device, metric FROM series ORDER BY slot"):
             got = directory.series_slots(np.array([d], np.int32), np.array([m], np.int16))[0]
             if got != slot:
@@ -208,9 +216,10 @@ class Store:
             try:
                 db.execute("BEGIN")
                 if dev_new:
-                    db.executemany("INSERT INTO devices VALUES (?,?,?,?,?,?,?)", dev_new)
+                    db.executemany("INSERT INTO devices (slot, id, vendor, kind, lat, lon, region, gateway) "
+                                   "VALUES (?,?,?,?,?,?,?,?)", dev_new)
                 if dev_upd:
-                    db.executemany("UPDATE devices SET kind=?, lat=?, lon=?, region=? WHERE slot=?", dev_upd)
+                    db.executemany("UPDATE devices SET kind=?, lat=?, lon=?, region=?, gateway=? WHERE slot=?", dev_upd)
                 if ser_new:
                     db.executemany("INSERT INTO series VALUES (?,?,?)", ser_new)
                 if sensor is not None and len(sensor):
@@ -258,7 +267,7 @@ class Store:
             # committed: only now does the bookkeeping move
             self._devices_saved, self._series_saved = n_dev, n_ser
             if directory is not None and dev_upd:
-                directory.changed.difference_update(r[4] for r in dev_upd)
+                directory.changed.difference_update(r[5] for r in dev_upd)
             if deliveries is not None and deliveries[1]:
                 self._deliveries_since_prune = 0 if prune else self._deliveries_since_prune + 1
             self._dl_rows, self._dl_bytes = dl_rows, dl_bytes
@@ -286,9 +295,10 @@ class Store:
         """Rows for the devices and series the store has not saved yet, and updates of devices
         whose attributes the config changed; the counts to advance to once they are committed."""
         n, m = len(directory), len(directory.series)
+        gw = directory.gateway
         new = [(s, directory.ids[s], directory.vendor[s], directory.kind[s], directory.lat[s], directory.lon[s],
-                directory.region[s]) for s in range(self._devices_saved, n)]
-        upd = [(directory.kind[s], directory.lat[s], directory.lon[s], directory.region[s], s)
+                directory.region[s], None if gw[s] < 0 else gw[s]) for s in range(self._devices_saved, n)]
+        upd = [(directory.kind[s], directory.lat[s], directory.lon[s], directory.region[s], None if gw[s] < 0 else gw[s], s)
                for s in sorted(directory.changed) if s < self._devices_saved]
         ser = [(s, int(directory.series_device[s]), int(directory.series_metric[s])) for s in range(self._series_saved, m)]
         return new, upd, ser, n, m
@@ -418,6 +428,23 @@ class Store:
             out.append(d)
         return out
 
+    def devices(self, vendor: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:
+        """The device directory as stored: id, vendor, kind, region, and ``gateway`` (the id of the
+        device it speaks through, e.g. a DJI aircraft's dock; None), in slot order."""
+        con = self._db_ro()
+        try:
+            has_gw = "gateway" in [r[1] for r in con.execute("PRAGMA table_info(devices)")]  # a store not yet migrated
+            q = ("SELECT d.id, d.vendor, d.kind, d.region, " + ("g.id" if has_gw else "NULL") + " FROM devices d "
+                 + ("LEFT JOIN devices g ON g.slot = d.gateway " if has_gw else "") + "WHERE 1=1")
+            args: list = []
+            for col, val in (("d.vendor", vendor), ("d.kind", kind)):
+                if val is not None:
+                    q += f" AND {col} = ?"; args.append(val)
+            rows = con.execute(q + " ORDER BY d.slot", args).fetchall()
+        finally:
+            con.close()
+        return [dict(zip(("id", "vendor", "kind", "region", "gateway"), r)) for r in rows]
+
     def dead_letters(self, reason: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         q, args = "SELECT received_ms, source, reason, detail, payload, count FROM dead_letters", []
         if reason:
@@ -442,10 +469,18 @@ class Store:
 
 def _migrate(db: sqlite3.Connection) -> None:
     """Stores made before device ids were namespaced by vendor have ``devices.id`` UNIQUE on its
-    own: rebuild that table with UNIQUE (vendor, id), keeping every slot."""
+    own: rebuild that table with UNIQUE (vendor, id), keeping every slot. Stores made before
+    gateways were kept get the ``devices.gateway`` column (NULL: none)."""
     row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'devices'").fetchone()
-    if row is None or "UNIQUE (vendor, id)" in row[0]:
+    if row is None:
         return
+    if "UNIQUE (vendor, id)" not in row[0]:
+        _rebuild_devices(db)
+    if "gateway" not in [r[1] for r in db.execute("PRAGMA table_info(devices)")]:
+        db.execute("ALTER TABLE devices ADD COLUMN gateway INTEGER")
+
+
+def _rebuild_devices(db: sqlite3.Connection) -> None:
     db.execute("BEGIN")
     try:
         db.execute("ALTER TABLE devices RENAME TO devices_old")

@@ -333,6 +333,30 @@ def test_escaped_serials_and_a_bad_bcd_time(tmp_path):
         assert wait_until(lambda: gw.store.dead_letter_counts().get("bad_timestamp")) == 1
 
 
+def test_a_short_2019_location_body_is_answered_message_error(tmp_path):
+    """A 2019-edition terminal's location report whose body is 24 bytes (28 needed), sent in one
+    write with good reports (the bulk path takes such a read): it is answered 0x8001 result 2
+    ("message error") for its serial, like on the frame-by-frame path, and dead-lettered; the good
+    ones are stored and answered 0."""
+    with Gw(_cfg(tmp_path), tmp_path) as gw:
+        now = time.time()
+
+        async def go():
+            a = await Terminal("13800000061", v2019=True).connect(gw.port)
+            await a.login()
+            bodies = [location_body(now - 50, LAT, LON), location_body(now - 40, LAT, LON)[:24],
+                      location_body(now - 30, LAT, LON)]
+            serials = [a.next_serial() for _ in bodies]
+            a.writer.write(b"".join(frame(0x0200, body, a.phone, s, True) for body, s in zip(bodies, serials)))
+            got = sorted([await a.general_response() for _ in range(3)])
+            assert got == sorted([(serials[0], 0x0200, 0), (serials[1], 0x0200, 2), (serials[2], 0x0200, 0)])
+            await a.close()
+
+        asyncio.run(go())
+        assert len(gw.store.positions()["ts"]) == 2
+        assert wait_until(lambda: gw.store.dead_letter_counts().get("bad_body")) == 1
+
+
 def test_two_terminals_multiplexed_on_one_connection(tmp_path):
     """A gateway carrying a 2013 and a 2019 terminal on one connection, their reports in one write."""
 

@@ -142,3 +142,47 @@ def test_load_directory_restores_identical_slots(tmp_path):
     assert r["value"].tolist() == [9.0] and r["metric"].tolist() == ["flow"]
     assert s.readings(device="dev-3", metric="flow")["value"].tolist() == [1.0]
     s.close()
+
+
+def test_gateways_survive_a_reopen_and_stores_from_before_them_are_migrated(tmp_path):
+    """A store made before gateways were kept (devices without a gateway column, UNIQUE (vendor, id))
+    opens, keeps its slots, gets the column; bindings (new and moved) are saved and come back."""
+    import sqlite3
+
+    path = tmp_path / "gw.db"
+    db = sqlite3.connect(path)
+    db.executescript("CREATE TABLE devices (slot INTEGER PRIMARY KEY, id TEXT NOT NULL, vendor TEXT NOT NULL, "
+                     "kind TEXT NOT NULL, lat REAL, lon REAL, region TEXT, UNIQUE (vendor, id));"
+                     "INSERT INTO devices VALUES (0, 'dock-1', 'dji', 'dock', NULL, NULL, NULL);"
+                     "INSERT INTO devices VALUES (1, 'craft-1', 'dji', 'drone', NULL, NULL, NULL);")
+    db.close()
+    assert [r["gateway"] for r in Store(path).devices()] == [None, None]  # read-only, before any migration
+    s = Store(path)
+    d = DeviceDirectory()
+    s.load_directory(d)
+    assert d.gateway == [-1, -1]
+    d.set_gateway(1, 0)  # a stored device bound
+    d.add("dock-2", "dji", "dock")
+    d.add("craft-2", "dji", "drone")
+    d.set_gateway(3, 2)  # a new device bound before its first commit
+    s.commit(d)
+    d.set_gateway(1, 2)  # moved
+    d.set_gateway(3, -1)  # released
+    s.commit(d)
+    s.close()
+    fresh = DeviceDirectory()
+    Store(path).load_directory(fresh)
+    assert fresh.gateway == [-1, 2, -1, -1] and fresh.hosted == {2: {1}} and fresh.gateway_bound == 1
+    assert {r["id"]: r["gateway"] for r in Store(path).devices()} == {"dock-1": None, "craft-1": "dock-2",
+                                                                     "dock-2": None, "craft-2": None}
+
+
+def test_gateway_bindings_are_bounded():
+    d = DeviceDirectory(max_gateway_bindings=2)
+    for i in range(4):
+        d.add(f"d{i}", "dji", "drone")
+    assert d.set_gateway(1, 0) and d.set_gateway(2, 0)
+    assert not d.set_gateway(3, 0) and d.gateway_refused == 1 and d.gateway[3] == -1  # full: refused, counted
+    assert d.set_gateway(2, 3)  # a bound device may still move
+    assert d.set_gateway(1, -1) and d.set_gateway(3, 0)  # a release makes room
+    assert d.gateway_bound == 2 and d.hosted == {0: {3}, 3: {2}}
