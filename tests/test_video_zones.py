@@ -15,6 +15,8 @@ import pytest
 from gridwatch.cli import main
 from gridwatch.config import parse
 from gridwatch.detectors import testscenes
+from gridwatch.detectors.base import Zone, ZoneConfig
+from gridwatch.detectors.zones import CameraPolygons
 from gridwatch.ingest.video import CameraState, Frame
 from gridwatch.servers.rtsp import encode_h264
 from gridwatch.streams.video import VideoRuntime
@@ -154,6 +156,18 @@ def test_pixel_polygons_load_and_fractions_still_do(tmp_path):
                                         {"name": "b", "polygon": [[0.1, 0.2], [0.9, 0.2], [0.9, 1.0]]}]}]},
                 base_dir=tmp_path)
     assert cfg.cameras[0].zones[0].rules == ["smoke"] and cfg.cameras[0].masks[0][1] == (260.0, 0.0)
+
+
+def test_a_polygon_drawn_on_another_streams_picture_is_logged(caplog):
+    """Corners beyond the picture the camera sends (drawn on the main stream's snapshot, say, while
+    the camera analyses its sub stream): a warning naming the camera and the key."""
+    zone = Zone(ZoneConfig(name="bins", polygon=[[100, 100], [1800, 100], [1800, 1000]]), 0)
+    polys = CameraPolygons("gate-3", [[[0, 0], [300, 0], [300, 40]]], [zone])
+    with caplog.at_level("WARNING", logger="gridwatch.detectors.zones"):
+        assert polys.resolve(640, 360)
+    assert [r.getMessage()[:31] for r in caplog.records] == ["camera gate-3: zones.0 (bins) h"]
+    assert polys.masks[0][1].tolist() == [300 / 640, 0.0] and zone.poly[1].tolist() == [1800 / 640, 100 / 360]
+    assert not polys.resolve(640, 360)  # the same size again: nothing to do
 
 
 def test_camera_snapshot_writes_the_source_picture_and_its_size(blob_mp4, tmp_path, capsys):
