@@ -15,8 +15,9 @@ Adding a detector = one module with one subclass (registered by ``kind``, like F
 detector plugins) plus an import in :mod:`gridwatch.detectors.registry`.
 
 Shared helpers: :class:`Zone` (a named polygon, drawn in the camera's pixels and used as fractions
-of the picture, see :mod:`gridwatch.detectors.zones`), :class:`BoxFilter` (area and aspect limits), :class:`ScoreHistory` (median score over
-a short history) and :class:`IouTracker` (greedy IoU association, enough for k-of-n rules).
+of the picture, see :mod:`gridwatch.detectors.zones`), :class:`BoxFilter` (area and aspect
+limits), :class:`ScoreHistory` (median score over a short history) and :class:`IouTracker`
+(greedy IoU association, enough for k-of-n rules).
 """
 from __future__ import annotations
 
