@@ -14,9 +14,10 @@ into warnings through the same lifecycle, store and MQTT publisher as the sensor
 Adding a detector = one module with one subclass (registered by ``kind``, like Frigate's
 detector plugins) plus an import in :mod:`gridwatch.detectors.registry`.
 
-Shared helpers: :class:`Zone` (polygons in fractions of the frame, so one config fits main and
-sub streams), :class:`BoxFilter` (area and aspect limits), :class:`ScoreHistory` (median score over
-a short history) and :class:`IouTracker` (greedy IoU association, enough for k-of-n rules).
+Shared helpers: :class:`Zone` (a named polygon, drawn in the camera's pixels and used as fractions
+of the picture, see :mod:`gridwatch.detectors.zones`), :class:`BoxFilter` (area and aspect
+limits), :class:`ScoreHistory` (median score over a short history) and :class:`IouTracker`
+(greedy IoU association, enough for k-of-n rules).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .zones import Polygon, check_polygon, fraction_mask, is_fraction
 
 if TYPE_CHECKING:  # kept out of the import path of the config loader
     from .motion import MotionResult
@@ -43,23 +46,24 @@ class DetectorParams(BaseModel):
 
 
 class ZoneConfig(BaseModel):
-    """A named polygon on a camera's image, in fractions of width and height (0..1)."""
+    """A named polygon on a camera's picture, in its pixels (see :mod:`gridwatch.detectors.zones`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="Zone name, e.g. 'elevator-1'; appears in warnings.")
     kind: str = Field("area", description="What the zone is: elevator, corridor, stairwell, lobby_door, street, ...")
-    polygon: list[tuple[float, float]] = Field(description="Corners [[x, y], ...] as fractions of the image "
-                                               "width and height (so the same zone fits main and sub stream).")
+    polygon: Polygon = Field(description="Corners [[x, y], ...] in pixels of the camera's picture as it sends it "
+                             "(`gridwatch camera snapshot` writes one and prints its size); corners all within 0..1 "
+                             "are fractions of the width and height instead.")
+    rules: list[str] = Field(default_factory=list, description="Names of this camera's [[video.rules]] that work in "
+                             "this zone: a rule that has zones raises only inside them, and its warnings carry the "
+                             "zone's name; a rule without zones watches the whole picture. Empty = every rule of "
+                             "the camera.")
 
     @field_validator("polygon")
     @classmethod
     def _check(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
-        if len(v) < 3:
-            raise ValueError("a zone polygon needs at least 3 corners")
-        if any(not (-0.01 <= x <= 1.01 and -0.01 <= y <= 1.01) for x, y in v):
-            raise ValueError("zone corners are fractions of the image size (0..1)")
-        return v
+        return check_polygon(v, "zone polygon")
 
 
 class Zone:
@@ -67,10 +71,20 @@ class Zone:
 
     def __init__(self, cfg: ZoneConfig, index: int = 0) -> None:
         self.name, self.kind, self.index = cfg.name, cfg.kind, index
-        self.poly = np.asarray(cfg.polygon, np.float64)
+        self.rules = list(cfg.rules)
+        self.points = list(cfg.polygon)  # as configured: pixels of the source, or fractions
         self._masks: dict[tuple[int, int], np.ndarray] = {}
+        # fractions of the picture; corners in pixels are known as fractions once the source's size is
+        self.poly = np.asarray(self.points, np.float64) if is_fraction(self.points) else None
+
+    def resolve(self, poly: np.ndarray) -> None:
+        """The corners as fractions of the picture (see :class:`~gridwatch.detectors.zones.CameraPolygons`)."""
+        self.poly = np.asarray(poly, np.float64)
+        self._masks = {}
 
     def pixels(self, w: int, h: int) -> np.ndarray:
+        if self.poly is None:
+            raise RuntimeError(f"zone {self.name!r} is in pixels and the camera's picture size is not known yet")
         return np.round(self.poly * [w, h]).astype(np.int32)
 
     def mask(self, w: int, h: int) -> np.ndarray:
@@ -241,7 +255,16 @@ class VideoDetector(ABC):
         self.p = params if isinstance(params, DetectorParams) else self.Params.model_validate(params or {})
         self.zones = zones or []
         self.model = model  # a shared OnnxDetector / OnnxClassifier, or None
-        self.masks: list[list[tuple[float, float]]] = []  # polygons (fractions) this rule ignores
+        self.masks: list = []  # polygons (fractions of the picture) this rule ignores
+
+    def watch_mask(self, w: int, h: int) -> np.ndarray:
+        """uint8[h, w], 1 where this rule looks: inside its zones (everywhere when it has none),
+        never inside a mask. Rules that keep per-pixel or per-tile evidence build none elsewhere."""
+        if self.zones:
+            m = fraction_mask([z.poly for z in self.zones], w, h)
+        else:
+            m = np.ones((h, w), np.uint8)
+        return fraction_mask(self.masks, w, h, inside=0, base=m) if len(self.masks) else m
 
     def wants_model(self, ts_ms: int, motion: MotionResult) -> bool:
         """Whether this frame should go through the camera's detector model (batched across cameras)."""

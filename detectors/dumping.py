@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from . import video_kernels as k
-from .base import CLEAR, RAISE, UPDATE, BoxFilter, DetectorParams, FrameInput, Hit, VideoDetector, class_ids, polygons_mask
+from .base import CLEAR, RAISE, UPDATE, BoxFilter, DetectorParams, FrameInput, Hit, VideoDetector, class_ids
 
 
 class DumpingParams(DetectorParams):
@@ -107,7 +107,7 @@ class DumpingDetector(VideoDetector):
         self.grays: deque[tuple[int, np.ndarray]] = deque()
         self.static = np.zeros((h, w), np.uint8)
         self.observed = np.zeros((h, w), np.uint16)  # frames in a row each pixel has had evidence
-        self.mask = polygons_mask(self.masks, w, h, inside=0) if self.masks else np.ones((h, w), np.uint8)
+        self.mask = self.watch_mask(w, h)  # inside its zones, outside the masks
 
     def update(self, f: FrameInput) -> list[Hit]:
         p = self.p

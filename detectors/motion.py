@@ -72,6 +72,12 @@ class MotionDetector:
         """Forget the background; the next frame becomes it."""
         self.background = None
 
+    def set_mask(self, mask: np.ndarray | None) -> None:
+        """A new mask (any size, nonzero = watch; None = watch everything), rasterised at the motion
+        resolution with the next frame, which also starts the background afresh."""
+        self._user_mask = None if mask is None else np.asarray(mask)
+        self._shape = None
+
     def _setup(self, h: int, w: int) -> None:
         mh, mw = _motion_shape(h, w, self.params.frame_height)
         self._shape = (h, w)

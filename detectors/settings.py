@@ -21,7 +21,13 @@
     url = "rtsp://${CAM_USER}:${CAM_PASSWORD}@10.0.3.21:554/Streaming/Channels/102"
     region = "Jiangcheng/Riverside District/East Town/E-02"
     rules = ["ebike-lift"]
-    zones = [{ name = "lift car", kind = "elevator", polygon = [[0.1, 0.2], [0.9, 0.2], [0.9, 1.0], [0.1, 1.0]] }]
+    masks = [[[0, 0], [260, 0], [260, 30], [0, 30]]]       # pixels of the camera's picture
+
+    [[cameras.zones]]
+    name = "lift car"
+    kind = "elevator"
+    polygon = [[64, 72], [576, 72], [576, 360], [64, 360]]  # pixels of the camera's picture
+    rules = ["ebike-lift"]                                 # empty: every rule of the camera
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gridwatch.ingest.video import CameraConfig
 
 from .base import ZoneConfig
+from .zones import MaskPolygon
 
 
 class _M(BaseModel):
@@ -87,9 +94,14 @@ class VideoRuleConfig(_M):
 class VideoCameraConfig(CameraConfig):
     region: str = Field("", description="Region path 'city/county/town/grid' of this camera's warnings (default: regions.default).")
     rules: list[str] = Field(default_factory=list, description="Names of [[video.rules]] run on this camera (empty = all).")
-    zones: list[ZoneConfig] = Field(default_factory=list, description="Named polygons (fractions of the image).")
-    masks: list[list[tuple[float, float]]] = Field(default_factory=list, description="Polygons (fractions) to ignore: "
-                                                   "timestamps, trees, roads outside the watched area.")
+    zones: list[ZoneConfig] = Field(default_factory=list, description="Named polygons ([[cameras.zones]]: name, "
+                                    "polygon, rules, kind) in pixels of the camera's picture: a rule that has zones "
+                                    "raises only inside them, with the zone's name on its warnings.")
+    masks: list[MaskPolygon] = Field(default_factory=list, description="Polygons [[[x, y], ...], ...] to ignore, in pixels "
+                                 "of the camera's picture (`gridwatch camera snapshot` writes one and prints its size; "
+                                 "corners all within 0..1 are fractions instead): on-screen clocks, trees, a flag, a "
+                                 "road with traffic. Motion there does not wake the rules, and the smoke and dumping "
+                                 "rules build no evidence there.")
     motion: dict[str, Any] = Field(default_factory=dict, description="Motion gate settings (MotionParams) for this camera.")
     recheck_s: float = Field(30.0, gt=0, description="On a still scene, run the camera's model at least this often.")
     still_recheck_s: float = Field(5.0, gt=0, le=5.0, description="On a still scene (no motion, nothing building up), "
@@ -225,3 +237,15 @@ def check(cameras: list[VideoCameraConfig], video: VideoConfig, sensor_rules: li
         for rn in c.rules:
             if rn not in rule_names:
                 raise ValueError(f"cameras.{i}.rules: no video rule named {rn!r}")
+        runs = c.rules or [r.name for r in video.rules]
+        for j, z in enumerate(c.zones):
+            for rn in z.rules:
+                if rn not in runs:
+                    raise ValueError(f"cameras.{i}.zones.{j}.rules (camera {c.name!r}, zone {z.name!r}): "
+                                     f"{rn!r} is not a video rule this camera runs; it runs {', '.join(runs) or 'none'}")
+                r = next(x for x in video.rules if x.name == rn)
+                kinds = VideoDetector.registry[r.kind].Params.model_validate(r.params).model_dump().get("zone_kinds")
+                if kinds and z.kind not in kinds:
+                    raise ValueError(f"cameras.{i}.zones.{j}.kind (camera {c.name!r}, zone {z.name!r}): rule {rn!r} "
+                                     f"watches zones of kind {', '.join(kinds)} (its zone_kinds); this zone's kind "
+                                     f"is {z.kind!r}")

@@ -51,7 +51,7 @@ import numpy as np
 from pydantic import Field
 
 from . import video_kernels as k
-from .base import CLEAR, RAISE, UPDATE, DetectorParams, FrameInput, Hit, VideoDetector, polygons_mask
+from .base import CLEAR, RAISE, UPDATE, DetectorParams, FrameInput, Hit, VideoDetector
 
 
 class SmokeParams(DetectorParams):
@@ -209,7 +209,7 @@ class SmokeDetector(VideoDetector):
             self.shape_history.clear()
             self.stats = np.zeros((nby, nbx, 6), np.float32)
             self.region = None
-            self.watched = (polygons_mask(self.masks, nbx, nby, inside=0) if self.masks else np.ones((nby, nbx), np.uint8)) != 0
+            self.watched = self.watch_mask(nbx, nby) != 0  # inside its zones, outside the masks
             self.flicker = np.zeros((nby, nbx), np.float32)
             self.prev = cv2.cvtColor(work, cv2.COLOR_BGR2GRAY)
             self.last_ts = f.ts_ms

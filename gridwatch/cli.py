@@ -236,6 +236,40 @@ def cmd_worker(a) -> int:
     return run_worker(cfg, naive=a.naive, loglevel=cfg.log.level)
 
 
+def cmd_camera_snapshot(a) -> int:
+    """One frame of a configured camera, written at the size the camera sends it: an operator
+    reads the corners of masks and zones off it in any image editor."""
+    import cv2
+
+    from gridwatch.hw.cameras import draw_polygons, snapshot
+    from gridwatch.ingest.video import SourceError, redact_url
+
+    cfg = _load(a.config)
+    cams = {c.name: c for c in cfg.cameras}
+    cam = cams.get(a.name)
+    if cam is None:
+        raise UserError(f"{a.config}: no camera named {a.name!r} (cameras: {', '.join(cams) or 'none'})")
+    out = Path(a.output or f"{a.name}.jpg")
+    try:
+        img = snapshot(cam)
+    except SourceError as e:
+        raise UserError(f"camera {a.name!r} ({redact_url(cam.url)}): {e}") from None
+    h, w = img.shape[:2]
+    if a.draw:
+        img = draw_polygons(img, cam)
+    jpeg = out.suffix.lower() in ("", ".jpg", ".jpeg")
+    try:
+        ok, buf = cv2.imencode(out.suffix if not jpeg else ".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else [])
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise UserError(f"-o {out}: cannot write that image type (use .jpg or .png)")
+    out.write_bytes(buf.tobytes())
+    print(f"{out}: {w}x{h} pixels from camera {a.name!r}; masks and zone corners are [x, y] pixels of this picture "
+          f"(x from 0 to {w - 1} left to right, y from 0 to {h - 1} top to bottom)")
+    return 0
+
+
 def cmd_hw(a) -> int:
     from gridwatch.hw.cameras import report
 
@@ -506,6 +540,15 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--url", help="metrics endpoint to read instead, e.g. http://127.0.0.1:9464/metrics")
     st.add_argument("--interval", type=float, default=1.0, help="seconds between the two reads rates come from (default 1)")
     st.set_defaults(fn=cmd_status)
+
+    cam = sub.add_parser("camera", help="camera tools: snapshot (one frame, to draw masks and zones on)")
+    cam_sub = cam.add_subparsers(dest="camera_cmd", required=True)
+    snap = cam_sub.add_parser("snapshot", help="write one frame of a configured camera at its own size and print that size")
+    snap.add_argument("name", help="the camera's name in the config")
+    snap.add_argument("-c", "--config", required=True)
+    snap.add_argument("-o", "--output", help="image file to write, .jpg or .png (default: NAME.jpg)")
+    snap.add_argument("--draw", action="store_true", help="draw the configured masks (red) and zones (yellow) on it")
+    snap.set_defaults(fn=cmd_camera_snapshot)
 
     h = sub.add_parser("hw", help="what this box has for video: ONNX providers, hardware decoders, camera URL templates")
     h.set_defaults(fn=cmd_hw)

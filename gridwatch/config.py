@@ -402,10 +402,23 @@ def unknown_key_hint(key: str, valid: list[str]) -> str:
     return f"{hint}valid keys: {', '.join(valid)}"
 
 
-def _describe(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "") -> str:
+def _camera_name(data: Any, loc: tuple) -> str | None:
+    """The name of the camera at ``loc`` = ("cameras", index, ...) in the parsed file, if it has one."""
+    if not isinstance(data, dict) or len(loc) < 3 or loc[0] != "cameras" or not isinstance(loc[1], int):
+        return None
+    cams = data.get("cameras")
+    cam = cams[loc[1]] if isinstance(cams, list) and loc[1] < len(cams) else None
+    name = cam.get("name") if isinstance(cam, dict) else None
+    return name if isinstance(name, str) and name else None
+
+
+def _describe(err: ValidationError, model: type[BaseModel] | None = None, prefix: str = "", data: Any = None) -> str:
     parts = []
     for e in err.errors():
         loc = prefix + ".".join(str(p) for p in e["loc"])
+        cam = _camera_name(data, tuple(e["loc"]))
+        if cam is not None:  # operators know their cameras by name, not by position in the file
+            loc += f" (camera {cam!r})"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and model is not None:
             holder = _model_at(model, tuple(e["loc"][:-1]))
@@ -432,7 +445,7 @@ def parse(data: dict[str, Any], base_dir: str | Path = ".", env: dict[str, str] 
     try:
         return GridwatchConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_describe(e, GridwatchConfig)) from None
+        raise ConfigError(_describe(e, GridwatchConfig, data=data)) from None
 
 
 def load(path: str | Path, env: dict[str, str] | None = None) -> GridwatchConfig:

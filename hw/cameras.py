@@ -107,3 +107,53 @@ def report() -> str:
         lines.append(f"  {p.vendor:10} rtsp://HOST:{p.port}{p.main.format(channel=1)}  |  {p.sub.format(channel=1)}"
                      + (f"   ({p.note})" if p.note else ""))
     return "\n".join(lines)
+
+
+def snapshot(cam):
+    """One frame of a configured camera (a ``VideoCameraConfig``) at the size the source sends it,
+    as BGR uint8: what its masks' and zones' corners are drawn on. Raises ``SourceError`` when the
+    source cannot be opened or sends no frame within its open and read timeouts."""
+    import time
+
+    from gridwatch.ingest.video import SourceError, open_source
+
+    cfg = cam.model_copy(update={"analysis_width": None})
+    deadline = time.monotonic() + cam.open_timeout_s + cam.read_timeout_s
+    src = open_source(cfg)
+    try:
+        while time.monotonic() < deadline:
+            if src.next() is None:
+                raise SourceError("stream_ended", "the stream ended before its first frame")
+            try:
+                return src.image(None)
+            except SourceError:
+                continue  # a frame that could not be converted: the next one
+        raise SourceError("read_timeout", "no frame before the camera's open_timeout_s + read_timeout_s")
+    finally:
+        src.close()
+
+
+def draw_polygons(image, cam):
+    """A copy of ``image`` (the camera's picture at its own size) with the camera's masks (red) and
+    zones (yellow, named, with the rules they are for) drawn on it, to check them by eye."""
+    import cv2
+    import numpy as np
+
+    from gridwatch.detectors.zones import to_fractions
+
+    out = image.copy()
+    h, w = out.shape[:2]
+    px = lambda poly: np.round(to_fractions(poly, w, h) * [w, h]).astype(np.int32)  # noqa: E731
+    if cam.masks:
+        shade = out.copy()
+        cv2.fillPoly(shade, [px(p) for p in cam.masks], (0, 0, 200))
+        out = cv2.addWeighted(shade, 0.4, out, 0.6, 0)
+    thick = max(1, round(w / 640))
+    for z in cam.zones:
+        pts = px(z.polygon)
+        cv2.polylines(out, [pts], True, (0, 215, 255), 2 * thick)
+        label = z.name + (f" [{', '.join(z.rules)}]" if z.rules else "")
+        x, y = int(pts[:, 0].min()), int(pts[:, 1].min())
+        cv2.putText(out, label, (x + 4, max(14 * thick, y + 16 * thick)), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * thick,
+                    (0, 215, 255), thick, cv2.LINE_AA)
+    return out

@@ -44,7 +44,8 @@ import numpy as np
 import orjson
 
 from gridwatch.config import GridwatchConfig
-from gridwatch.detectors.base import UPDATE, FrameInput, Hit, RAISE, VideoDetector, Zone, polygons_mask
+from gridwatch.detectors.base import UPDATE, FrameInput, Hit, RAISE, VideoDetector, Zone
+from gridwatch.detectors.zones import CameraPolygons, source_size, zone_of, zones_for
 from gridwatch.detectors.evidence import EvidenceStore
 from gridwatch.detectors.motion import MotionDetector, MotionParams, MotionResult
 from gridwatch.detectors.registry import create
@@ -119,6 +120,9 @@ class CameraPipeline:
     epoch: int = -1  # scene epoch of the frames the rules' evidence comes from
     last_seen_ts: int = _NEVER  # capture time of the last frame analysis got from this camera
     resets: int = 0  # times the rules dropped their evidence at a discontinuity
+    # the operator's masks and zones (None: the camera has none, and nothing is checked per frame)
+    polygons: CameraPolygons | None = None
+    reshaped: bool = False  # the source's picture size changed the polygons: the rules start afresh
 
     def discontinuity(self, fr: Frame, m: MotionResult | None, gap_s: float) -> str | None:
         """Why ``fr`` cannot be joined to the frames before it (None when it can): a new scene
@@ -148,9 +152,22 @@ class CameraPipeline:
             if fr.epoch != self.gate_epoch:
                 self.gate_epoch = fr.epoch
                 self.motion.reset()
+            if self.polygons is not None:  # the decoder's plane has the source's size; else the scale says it
+                self._place_polygons((fr.luma.shape[1], fr.luma.shape[0]) if fr.luma is not None
+                                     else source_size(fr.size, fr.scale))
             if fr.luma is not None:  # the decoder's luminance: no colour conversion for the gate
                 return self.motion.detect(fr.luma, fr.size, fr.limited_range, small=fr.gate)
             return self.motion.detect(fr.image)
+
+    def _place_polygons(self, size: tuple[int, int]) -> None:
+        """Masks and zones as fractions of the source's picture, once its size is known (the first
+        frame; again when a reconnect brings another size): the gate's mask and the rules' masks."""
+        first = self.polygons.size is None
+        if self.polygons.resolve(*size):
+            self.motion.set_mask(self.polygons.motion_mask())
+            for r in self.rules:
+                r.detector.masks = self.polygons.masks
+            self.reshaped = not first  # analysis resets the rules (their masks are made at set-up)
 
     def advanced(self, prev: int, ts_ms: int) -> int:
         """``last_rules_ts`` / ``handed_ts`` after a frame at ``ts_ms`` went to the rules: the
@@ -227,13 +244,14 @@ class VideoRuntime:
         self.rule_info: dict[str, RuleInfo] = {}
         for slot, cam in enumerate(cfg.cameras):
             zones = [Zone(z, i) for i, z in enumerate(cam.zones)]
-            mask = polygons_mask(cam.masks, 1000, 1000, inside=0) if cam.masks else None
+            polys = CameraPolygons(cam.name, cam.masks, zones) if cam.masks or cam.zones else None
             rules = []
             for rn in cam.rules or list(rule_cfgs):
                 r = rule_cfgs[rn]
                 model_name = rule_model(r)
-                det = create(r.kind, r.name, r.params, zones, self.models[model_name] if model_name else None)
-                det.masks = list(cam.masks)
+                det = create(r.kind, r.name, r.params, zones_for(r.name, zones),
+                             self.models[model_name] if model_name else None)
+                det.masks = polys.masks if polys is not None else []
                 info = RuleInfo(r.name, r.kind, r.severity, int(r.cooldown_s * 1000), int(r.min_active_s * 1000),
                                 r.message or DEFAULT_MESSAGES.get(r.kind, "{rule} on camera {source}"), "device",
                                 lambda aux: None, value_is_reading=False)
@@ -243,9 +261,11 @@ class VideoRuntime:
             models = sorted({r.model for r in rules if r.model})
             region = parse_path(cam.region or cfg.regions.default)
             self.cameras.append(CameraPipeline(slot, cam, region, zones,
-                                               MotionDetector(MotionParams.model_validate(cam.motion), mask),
+                                               MotionDetector(MotionParams.model_validate(cam.motion),
+                                                              polys.motion_mask() if polys is not None else None),
                                                rules, models,
-                                               recheck_phase_ms=recheck_phase(slot, cam.still_recheck_s)))
+                                               recheck_phase_ms=recheck_phase(slot, cam.still_recheck_s),
+                                               polygons=polys))
         self.by_name = {c.cfg.name: c for c in self.cameras}
         self.lifecycle = Lifecycle(self._describe, self._region_of, cfg.alerts_mqtt.update_interval_s)
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
@@ -379,6 +399,9 @@ class VideoRuntime:
             cam.last_frame = fr
             m = fr.motion if fr.motion is not None else cam.gate(fr)  # the capture thread's, if it ran it
             why = cam.discontinuity(fr, m, cam.cfg.discontinuity_gap_s)
+            if cam.reshaped:  # the picture changed size: masks and zones were placed anew
+                cam.reshaped = False
+                why = why or "resized"
             if why is not None:  # nothing seen before this frame counts towards a warning after it
                 cam.reset_rules(fr.ts_ms)
                 self.counters.add(f"camera/{cam.cfg.name}", f"evidence_resets_{why}")
@@ -409,6 +432,9 @@ class VideoRuntime:
                 names = self.models[r.model].names if r.model else {}
                 fi = FrameInput(cam.cfg.name, fr.image, fr.ts_ms, m, d, names)
                 for h in r.detector.update(fi):
+                    if h.kind == RAISE and h.zone is None and r.detector.zones and not self._place(h, r, fr):
+                        self.counters.add(f"camera/{cam.cfg.name}", "outside_zones")
+                        continue
                     hits.append((cam, r, h))
         t3 = time.perf_counter()
         events = self._hits_to_events(hits) if hits else []
@@ -422,6 +448,17 @@ class VideoRuntime:
         self.counters.add("video", "frames_analysed", len(work))
         self._emit(events)
         return events
+
+    @staticmethod
+    def _place(h: Hit, r: _Rule, fr: Frame) -> bool:
+        """Name the zone of a raise from a rule that has zones; False when its evidence lies
+        outside all of them (the raise is then dropped)."""
+        size = fr.size or (fr.image.shape[1], fr.image.shape[0])
+        z = zone_of(h.boxes, r.detector.zones, *size)
+        if z is None:
+            return False
+        h.zone = z.name
+        return True
 
     def _hits_to_events(self, hits: list[tuple[CameraPipeline, _Rule, Hit]]) -> list[tuple[str, Warning]]:
         out: list[tuple[str, Warning]] = []
