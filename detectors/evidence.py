@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .base import Zone
 
@@ -75,9 +75,14 @@ class ClipConfig(BaseModel):
     def _check(self) -> "ClipConfig":
         if self.pre_s + self.post_s <= 0:
             raise ValueError("pre_s + post_s must be above 0 (or set enabled = false)")
-        if Path(self.dir).is_absolute() or ".." in Path(self.dir).parts:
-            raise ValueError(f"dir {self.dir!r} must be a folder inside site.data_dir (relative, without '..')")
         return self
+
+    @field_validator("dir")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError("must be a folder inside site.data_dir (relative, without '..')")
+        return v
 
 
 def prune(root: Path, suffixes: tuple[str, ...], retention_s: float, max_bytes: int, now: float | None = None) -> int:

@@ -532,6 +532,11 @@ class PacketRing:
         if done:
             self._finish(done)
 
+    @property
+    def collecting(self) -> bool:
+        """Some clip is being collected."""
+        return bool(self._requests)
+
     def __len__(self) -> int:
         return len(self._q)
 

@@ -126,8 +126,10 @@ class ClipWriter:
     def _run(self) -> None:
         next_retention = time.monotonic() + RETENTION_EVERY_S
         while True:
+            # woken for clips only; while some are being collected, every second for a stalled camera's
+            busy = any(ring.collecting for ring in self.rings.values())
             try:
-                r = self._q.get(timeout=0.5)
+                r = self._q.get(timeout=1.0 if busy else 5.0)
             except queue.Empty:
                 r = None
             if r is not None:

@@ -238,3 +238,15 @@ def test_a_hostile_source_with_huge_packets_keeps_the_ring_within_its_bound(gstr
         wait_until(lambda: done, timeout=30, what="the clip ended at its own bound")
     assert ring.peak_bytes <= bound  # (nothing at all here: every group of pictures is larger)
     assert done[0] is r and r.why == "max_bytes" and r.bytes <= limit and r.packets[0][1]
+
+
+@pytest.mark.parametrize("clips, words", [({"dir": "../elsewhere"}, "video.clips.dir: must be a folder inside"),
+                                          ({"pre_s": -1}, "video.clips.pre_s"),
+                                          ({"pre_s": 0, "post_s": 0}, "pre_s + post_s must be above 0"),
+                                          ({"ring_kb": 5}, "video.clips.ring_kb: unknown key")])
+def test_clip_settings_mistakes_are_one_clear_line(tmp_path, clips, words):
+    from gridwatch.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse({"site": {"data_dir": str(tmp_path)}, "video": {"clips": clips}}, base_dir=tmp_path)
+    assert words in str(e.value) and "\n" not in str(e.value)
