@@ -344,12 +344,17 @@ class ClipRequest:
         self.meta = meta  # the caller's (camera, rule, path, ...)
 
 
+# what a kept packet costs besides its payload (the Python objects and FFmpeg's packet around
+# it), counted against the bounds: a source sending floods of tiny packets is bounded as well
+PACKET_OVERHEAD = 256
+
+
 class PacketRing:
     """One camera's most recent compressed packets, starting at a keyframe: at least ``keep_s``
     seconds (the oldest group of pictures goes once the next keyframe is that old), and never more
     than ``max_bytes``: past it the oldest group of pictures is dropped, and a group larger than
     the whole bound drops everything until the next keyframe (``dropped`` counts the packets lost
-    either way). Pushed on the capture thread; :meth:`start_clip` on another one.
+    either way). Each packet counts as its size plus :data:`PACKET_OVERHEAD`. Pushed on the capture thread; :meth:`start_clip` on another one.
 
     A started clip takes the ring's packets from the last keyframe at or before its start and then
     every packet pushed until its end; at most ``max_requests`` at a time (each bounded by its own
@@ -391,7 +396,7 @@ class PacketRing:
     def push(self, data: Any, pts: int | None, dts: int | None, key: bool, size: int) -> None:
         """One demuxed packet (``data``: an av.Packet or bytes, kept by reference, not copied)."""
         wall = time.time() * 1000.0
-        e = (wall, key, pts, dts, data, size)
+        e = (wall, key, pts, dts, data, size + PACKET_OVERHEAD)
         done = None
         with self._lock:
             if self._requests:  # clips being collected take it whatever the ring keeps

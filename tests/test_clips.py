@@ -17,7 +17,7 @@ import pytest
 
 from gridwatch.config import parse
 from gridwatch.detectors.evidence import ClipConfig
-from gridwatch.ingest.video import CameraConfig, ClipTemplate, PacketRing, VideoCollector
+from gridwatch.ingest.video import PACKET_OVERHEAD, CameraConfig, ClipTemplate, PacketRing, VideoCollector
 from gridwatch.models import scenes
 from gridwatch.observability import Counters
 from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264
@@ -202,18 +202,28 @@ def test_retention_deletes_clips_past_the_age_then_the_oldest_past_the_size(tmp_
 
 
 def test_the_packet_ring_keeps_seconds_from_a_keyframe_and_its_byte_bound_against_huge_packets():
-    ring = PacketRing(keep_s=60, max_bytes=100_000)
+    cost = 5000 + PACKET_OVERHEAD
+    bound = 4 * 5 * cost  # four groups of five packets
+    ring = PacketRing(keep_s=60, max_bytes=bound)
     ring.attach(type("S", (), {"clip_template": lambda self: ClipTemplate(None, "h264", 1, False)})())
-    for i in range(50):  # groups of 5 packets of 5 kB: 25 kB a group
+    for i in range(50):
         ring.push(b"x" * 5000, i, i, i % 5 == 0, 5000)
-        assert ring.bytes <= 100_000
-    assert ring.bytes == 100_000 and ring.dropped == 30 and ring._q[0][1]  # whole groups went, a keyframe first
-    ring.push(b"x" * 200_000, 50, 50, True, 200_000)  # a keyframe larger than the whole bound
+        assert ring.bytes <= bound
+    assert ring.bytes == bound and ring.dropped == 30 and ring._q[0][1]  # whole groups went, a keyframe first
+    ring.push(b"x" * bound, 50, 50, True, bound)  # a keyframe larger than the whole bound
     assert ring.bytes == 0 and ring.dropped == 51
     ring.push(b"x" * 10, 51, 51, False, 10)  # nothing to decode it from: not kept
     assert ring.bytes == 0
     ring.push(b"x" * 10, 52, 52, True, 10)
-    assert ring.bytes == 10 and ring.peak_bytes == 100_000
+    assert ring.bytes == 10 + PACKET_OVERHEAD and ring.peak_bytes == bound
+
+
+def test_a_flood_of_tiny_packets_is_bounded_too():
+    ring = PacketRing(keep_s=60, max_bytes=64 * 1024)
+    ring.attach(type("S", (), {"clip_template": lambda self: ClipTemplate(None, "h264", 1, False)})())
+    for i in range(100_000):
+        ring.push(b"x", i, i, i % 10 == 0, 1)
+    assert ring.peak_bytes <= 64 * 1024 and len(ring) <= 64 * 1024 // PACKET_OVERHEAD and ring.dropped > 99_000
 
 
 def test_a_hostile_source_with_huge_packets_keeps_the_ring_within_its_bound(gstreamer, tmp_path):
