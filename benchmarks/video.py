@@ -21,7 +21,10 @@
    onnxruntime session on the same model and batch (pre-made input, target ≥ 0.9×), and the gain
    from batching 4 cameras' frames into one run. The model is a random-weight CNN with a YOLOv8
    head (``testkit.conv_yolov8``): real compute, meaningless detections.
-5. **Latency**: frame that satisfies the e-bike rule → warning received on a real Mosquitto,
+5. **Evidence clips** (``clips``): the cost of keeping each camera's packets for clips
+   (``[video.clips]``, on by default): the still 720p25 scene, full decode and keyframes only, with
+   clips on and off in interleaved rounds (ratios per round, medians), plus the ring's peak bytes.
+6. **Latency**: frame that satisfies the e-bike rule → warning received on a real Mosquitto,
    through a real RTSP server (skipped when GStreamer or Mosquitto is missing).
 
 CPU is process CPU time (all threads), so it counts decoding threads too. Bounded to a few minutes
@@ -97,7 +100,8 @@ def _pyav_decode_alone(path: Path, paced_fps: float = 0.0) -> float:
 
 
 def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict], decode: str = "all",
-                     fps: float = 5.0, zones=None, extra_models=None, realtime: bool = False, decoder: str = "pyav"):
+                     fps: float = 5.0, zones=None, extra_models=None, realtime: bool = False, decoder: str = "pyav",
+                     clips: bool = True):
     """Run the video runtime over one file camera, as fast as it decodes or (``realtime``) paced at
     its frame rate like a live camera; (cpu s, runtime)."""
     from gridwatch.config import parse
@@ -105,8 +109,8 @@ def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict
 
     cam = {"name": "bench", "url": str(path), "realtime": realtime, "analysis_fps": fps, "decode": decode, "decoder": decoder,
            "rules": [r["name"] for r in rules], "zones": zones or []}
-    cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)}, "video": {"rules": rules, "models": models},
-                 "cameras": [cam]}, base_dir=tmp)
+    cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)},
+                 "video": {"rules": rules, "models": models, "clips": {"enabled": clips}}, "cameras": [cam]}, base_dir=tmp)
     rt = VideoRuntime(cfg, models=extra_models)
     done = threading.Event()
     rt.on_status_cb = lambda ch: done.set() if ch.new.value == "offline" else None
@@ -233,6 +237,65 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
             f"whole pipeline {cpu_b / dec_cpu_b:.2f}x decode alone")
     return still
 
+
+def bench_clips(tmp: Path, seconds: float, out: dict, repeats: int = 5, still: Path | None = None) -> None:
+    """CPU of the still 720p25 scene with ``[video.clips]`` on vs off, full decode and keyframes
+    only, interleaved rounds (as fast as it decodes: the cost per packet, not per wall second), and the packet ring's peak
+    bytes in one run paced like a live camera per mode."""
+    from gridwatch.servers.rtsp import encode_h264
+
+    if still is None:
+        still = encode_h264(_frames_720p(int(25 * seconds), "still"), tmp / "still720.mp4", fps=25, keyint=50)
+        _runtime_on_file(still, tmp, [{"name": "dumping", "kind": "dumping"}], [])  # warm-up, not counted
+    street = [{"name": "smoke", "kind": "smoke"}, {"name": "dumping", "kind": "dumping"}]
+    runs: dict[str, list[float]] = {k: [] for k in ("all_off", "all_on", "key_off", "key_on")}
+    peak = {}
+    for _ in range(repeats):
+        for mode, key in (("all", "all"), ("keyframes", "key")):
+            runs[f"{key}_off"].append(_runtime_on_file(still, tmp, street, [], decode=mode, clips=False)[0])
+            runs[f"{key}_on"].append(_runtime_on_file(still, tmp, street, [], decode=mode, clips=True)[0])
+    for mode in ("all", "keyframes"):  # the ring's memory, paced like a live camera (its bound is in seconds)
+        peak[mode] = _runtime_on_file(still, tmp, street, [], decode=mode, realtime=True)[1].clips.rings["bench"].peak_bytes
+    per_s = seconds
+    res = {}
+    for key in ("all", "key"):
+        r = [on / off for on, off in zip(runs[f"{key}_on"], runs[f"{key}_off"])]
+        res[key] = (float(np.median(r)), float(min(r)), float(max(r)))
+        out[f"clips_{key}_ratio_on_vs_off"], out[f"clips_{key}_ratio_range"] = res[key][0], res[key][1:]
+        out[f"clips_{key}_cpu_per_stream_s"] = {k: float(np.median(runs[f"{key}_{k}"])) / per_s for k in ("off", "on")}
+    out["clips_ring_peak_bytes"] = peak
+    # the ring's own cost per packet: demuxing the file with and without pushing each packet
+    import av
+
+    from gridwatch.ingest.video import PacketRing
+
+    def demux(ring) -> tuple[float, int]:
+        with av.open(str(still)) as c:
+            c0, n = _cpu(), 0
+            for pk in c.demux(video=0):
+                if pk.size:
+                    n += 1
+                    if ring is not None:
+                        ring.push(pk, pk.pts, pk.dts, pk.is_keyframe, pk.size)
+            return _cpu() - c0, n
+    pairs = []
+    for _ in range(repeats * 4):
+        off, n = demux(None)
+        on, _ = demux(PacketRing(6.0, 2 << 20))
+        pairs.append((on - off) / n)
+    push_us = float(np.median(pairs)) * 1e6
+    out["clips_push_us_per_packet"] = push_us
+    out["clips_cpu_s_runs"] = runs
+    ms = lambda k: f"{np.median(runs[k]) / per_s * 1000:.1f} ms"  # noqa: E731
+    print(f"[evidence clips: still 720p25, 5 fps analysis, smoke+dumping, as fast as it decodes; CPU per stream-second, "
+          f"medians of {repeats} interleaved rounds, ratios per round: median (range)]")
+    print(f"  full decode: clips off {ms('all_off')}, on {ms('all_on')}: {res['all'][0]:.3f}x "
+          f"(range {res['all'][1]:.3f}-{res['all'][2]:.3f}); ring peak (paced) {peak['all'] / 1024:.0f} KiB")
+    print(f"  keyframes only: clips off {ms('key_off')}, on {ms('key_on')}: {res['key'][0]:.3f}x "
+          f"(range {res['key'][1]:.3f}-{res['key'][2]:.3f}); ring peak (paced) {peak['keyframes'] / 1024:.0f} KiB")
+    print(f"  the ring alone: {push_us:.2f} us CPU per packet (demux with and without it, median of {len(pairs)} "
+          f"pairs): {push_us * 25 / 1000:.3f} ms per second of a 25 fps camera, {push_us * 0.5 / 1000:.4f} ms for "
+          f"its keyframes (GOP 2 s)")
 
 
 def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: float, warmup_s: float | None = None,
@@ -542,7 +605,7 @@ def bench_latency(tmp: Path, out: dict, cameras: int = 3) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gridwatch bench video")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the generated 720p25 clips")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "rtsp", "detector", "latency"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "clips", "rtsp", "detector", "latency"])
     ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds of the still-scene and keyframe "
                     "measurements (medians reported)")
     ap.add_argument("--max-cameras", action="store_true", help="also find the most cameras this box sustains "
@@ -568,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         still = None
         if "decode" not in a.skip:
             still = bench_decode_and_analysis(tmp, a.seconds, out, a.repeats)
+        if "clips" not in a.skip:
+            bench_clips(tmp, a.seconds, out, a.repeats, still)
         if "rtsp" not in a.skip:
             bench_rtsp(tmp, out, rounds=a.rtsp_rounds)
         if a.max_cameras:

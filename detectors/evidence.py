@@ -6,6 +6,8 @@
 
 Files live under ``<root>/<camera>/<YYYYMMDD>/``; :meth:`EvidenceStore.enforce_retention` deletes
 files older than the retention and then the oldest files until the folder fits ``max_mb``.
+Evidence clips (``[video.clips]``, :class:`ClipConfig`; written by :mod:`gridwatch.streams.clips`)
+use the same layout and the same retention (:func:`prune`) in their own folder.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .base import Zone
 
@@ -47,6 +50,82 @@ def draw(image: np.ndarray, boxes=(), zones: list[Zone] = (), label: str = "", s
     return out
 
 
+class ClipConfig(BaseModel):
+    """``[video.clips]``: a short clip around each raised video warning, besides its snapshot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Keep each camera's recent compressed packets and write a clip for every "
+                          "raised warning (no re-encoding; see docs/video.md, Evidence clips).")
+    dir: str = Field("clips", min_length=1, description="Clips folder, relative to site.data_dir.")
+    pre_s: float = Field(4.0, ge=0, le=30, description="Seconds before the warning's frame: the clip starts at the "
+                         "last keyframe at or before then.")
+    post_s: float = Field(4.0, ge=0, le=30, description="Seconds after the warning's frame the clip goes on.")
+    ring_max_kb: int = Field(2048, ge=64, le=64 * 1024, description="Per camera: most kilobytes of packets kept for "
+                             "the seconds before a warning (pre_s from a keyframe). Past it the oldest group of "
+                             "pictures is dropped (counted as clip_ring_dropped): the clip then starts later.")
+    clip_max_mb: float = Field(16.0, gt=0, le=1024, description="Most megabytes of packets in one clip; a clip that "
+                               "reaches it ends there.")
+    max_mb: float = Field(2000.0, gt=0, description="Oldest clips are deleted beyond this total size.")
+    max_age_days: float = Field(14.0, gt=0, description="Clips older than this are deleted.")
+    queue: int = Field(16, ge=1, le=1024, description="Clips waiting for the writer thread; past it a finished clip is "
+                       "dropped (counted as clips_failed).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClipConfig":
+        if self.pre_s + self.post_s <= 0:
+            raise ValueError("pre_s + post_s must be above 0 (or set enabled = false)")
+        return self
+
+    @field_validator("dir")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError("must be a folder inside site.data_dir (relative, without '..')")
+        return v
+
+
+def prune(root: Path, suffixes: tuple[str, ...], retention_s: float, max_bytes: int, now: float | None = None) -> int:
+    """Under ``root``: delete files (of these suffixes) older than ``retention_s``, then the oldest
+    until they fit ``max_bytes``, then empty folders; returns how many files were deleted."""
+    if not root.exists():
+        return 0
+    now = time.time() if now is None else now
+    files = []
+    for p in root.rglob("*"):
+        if p.suffix not in suffixes:
+            continue
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        files.append((st.st_mtime, st.st_size, p))
+    files.sort()
+    deleted = 0
+    total = sum(s for _, s, _ in files)
+    for mtime, size, p in files:
+        if now - mtime <= retention_s and total <= max_bytes:
+            break
+        try:
+            p.unlink()
+            deleted += 1
+            total -= size
+        except OSError:
+            pass
+    for d in sorted((d for d in root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+        try:
+            d.rmdir()  # only empty ones
+        except OSError:
+            pass
+    return deleted
+
+
+def evidence_path(camera: str, rule: str, ts_ms: int, ext: str, suffix: str = "") -> Path:
+    """``<camera>/<YYYYMMDD>/<ts_ms>-<rule>[-suffix].<ext>``, relative to an evidence folder."""
+    day = datetime.fromtimestamp(ts_ms / 1000, timezone.utc)
+    return Path(_safe(camera)) / day.strftime("%Y%m%d") / f"{ts_ms}-{_safe(rule)}{'-' + suffix if suffix else ''}.{ext}"
+
+
 class EvidenceStore:
     def __init__(self, root: str | Path, retention_days: float = 14.0, max_mb: float = 2000.0, quality: int = 85) -> None:
         self.root = Path(root)
@@ -72,31 +151,4 @@ class EvidenceStore:
 
     def enforce_retention(self, now: float | None = None) -> int:
         """Delete expired files, then the oldest until under ``max_mb``; returns how many were deleted."""
-        if not self.root.exists():
-            return 0
-        now = time.time() if now is None else now
-        files = []
-        for p in self.root.rglob("*.jpg"):
-            try:
-                st = p.stat()
-            except OSError:
-                continue
-            files.append((st.st_mtime, st.st_size, p))
-        files.sort()
-        deleted = 0
-        total = sum(s for _, s, _ in files)
-        for mtime, size, p in files:
-            if now - mtime <= self.retention_s and total <= self.max_bytes:
-                break
-            try:
-                p.unlink()
-                deleted += 1
-                total -= size
-            except OSError:
-                pass
-        for d in sorted((d for d in self.root.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
-            try:
-                d.rmdir()  # only empty ones
-            except OSError:
-                pass
-        return deleted
+        return prune(self.root, (".jpg",), self.retention_s, self.max_bytes, now)

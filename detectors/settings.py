@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gridwatch.ingest.video import CameraConfig
 
 from .base import ZoneConfig
+from .evidence import ClipConfig
 from .zones import MaskPolygon
 
 
@@ -114,6 +115,7 @@ class VideoConfig(_M):
     evidence_dir: str = Field("evidence", description="Snapshots folder, relative to site.data_dir.")
     evidence_retention_days: float = Field(14.0, gt=0, description="Snapshots older than this are deleted.")
     evidence_max_mb: float = Field(2000.0, gt=0, description="Oldest snapshots are deleted beyond this size.")
+    clips: ClipConfig = Field(default_factory=ClipConfig, description="Evidence clips around raised warnings.")
     gather_ms: float = Field(40.0, ge=0, description="After the first camera's frame arrives, wait this long for other "
                              "cameras' frames so their models run as one batch (adds at most this to latency).")
     capture_nice: int = Field(10, ge=0, le=19, description="Linux: camera capture threads (and their decoder "

@@ -30,6 +30,12 @@ How it behaves:
   (connecting → online → reconnecting → offline) goes to ``on_status`` with a reason string.
   After ``offline_after_failures`` failed attempts in a row a camera is *offline*; it keeps
   retrying at the longest backoff and comes back *online* with its first frame.
+* **Packets for evidence clips.** A camera given a :class:`PacketRing` (``Camera.packets``; the
+  video runtime does this when ``[video.clips]`` is on) keeps the compressed packets its source
+  demuxes anyway, from a keyframe on, for the last seconds (bounded by seconds and bytes, the
+  oldest group of pictures dropped first and counted). PyAV sources keep every packet they demux
+  (files in keyframe mode: the keyframes their demuxer returns); gridwatch's RTSP client keeps the
+  keyframes it assembles; OpenCV's backend hands over no packets and keeps none.
 * **Files** (a path or ``file://`` URL) replay a recording as a camera, optionally looping and
   paced at the file's own frame rate. A missing, corrupt or truncated file is a terminal error on
   that camera only (*offline*, with the reason).
@@ -58,12 +64,13 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from fractions import Fraction
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import cv2
@@ -308,6 +315,237 @@ class PlayClock:
         self.last_pts = None
 
 
+# --- packets kept for evidence clips -------------------------------------------------------------
+@dataclass(slots=True)
+class ClipTemplate:
+    """How to make the output stream of a clip from a source's packets: an open stream to copy the
+    codec parameters (extradata included) from, or, for gridwatch's RTSP client, the raw format
+    (``h264``/``hevc``) its Annex B keyframes are probed as. ``keyframes``: the source only ever
+    hands over keyframes (a clip of it is a sequence of keyframes)."""
+    stream: Any  # an av stream of a small in-memory container (never written), or None
+    raw_format: str | None
+    time_base: Fraction
+    keyframes: bool
+    holder: Any = None  # keeps the in-memory container of ``stream`` alive
+
+
+class ClipRequest:
+    """The packets of one clip: from the last keyframe at or before ``from_ms`` (wall clock) on,
+    up to the first packet at or after ``to_ms``, or until the source ends or ``max_bytes`` is reached."""
+
+    __slots__ = ("from_ms", "to_ms", "max_bytes", "packets", "bytes", "template", "why", "meta")
+
+    def __init__(self, from_ms: float, to_ms: float, max_bytes: int, template: ClipTemplate, meta: dict) -> None:
+        self.from_ms, self.to_ms, self.max_bytes = from_ms, to_ms, max_bytes
+        self.packets: list[tuple] = []  # (wall_ms, key, pts, dts, data, size)
+        self.bytes = 0
+        self.template = template
+        self.why = ""  # why it ended: "complete", "max_bytes", "source ended", "overdue"
+        self.meta = meta  # the caller's (camera, rule, path, ...)
+
+
+# what a kept packet costs besides its payload (the Python objects and FFmpeg's packet around
+# it), counted against the bounds: a source sending floods of tiny packets is bounded as well
+PACKET_OVERHEAD = 256
+
+
+class PacketRing:
+    """One camera's most recent compressed packets, starting at a keyframe: at least ``keep_s``
+    seconds (the oldest group of pictures goes once the next keyframe is that old), and never more
+    than ``max_bytes``: past it the oldest group of pictures is dropped, and a group larger than
+    the whole bound drops everything until the next keyframe (``dropped`` counts the packets lost
+    either way). Each packet counts as its size plus :data:`PACKET_OVERHEAD`. Pushed on the capture thread; :meth:`start_clip` on another one.
+
+    A started clip takes the ring's packets from the last keyframe at or before its start and then
+    every packet pushed until its end; at most ``max_requests`` at a time (each bounded by its own
+    ``max_bytes``). A finished clip goes to ``on_done`` (called on whichever thread finished it)."""
+
+    def __init__(self, keep_s: float, max_bytes: int, on_done: Callable[[ClipRequest], None] | None = None,
+                 max_requests: int = 2) -> None:
+        self.keep_ms = keep_s * 1000.0
+        self.max_bytes = max_bytes
+        self.max_requests = max_requests
+        self.on_done = on_done
+        self._lock = threading.Lock()
+        self._q: deque = deque()  # (wall_ms, key, pts, dts, data, size)
+        self._keys: deque = deque()  # wall_ms of the keyframes in _q, oldest first
+        self._need_key = True
+        self._requests: list[ClipRequest] = []
+        self.template: ClipTemplate | None = None
+        self.unavailable = "no source yet"  # why there is no template
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.dropped = 0  # packets dropped for the byte bound
+        self.refused = 0  # clips not started: too many at once, or no packets from this source
+
+    def attach(self, src: Any) -> None:
+        """A new source: its clip template (None when it hands over no packets), and ``src.ring``."""
+        make = getattr(src, "clip_template", None)
+        tmpl, why = None, "this source hands over no packets (decoder='opencv')"
+        if make is not None:
+            try:
+                tmpl = make()
+            except Exception as e:  # noqa: BLE001 - no clips from this source, capturing goes on
+                log.warning("clips: cannot copy the stream parameters: %s", e)
+                why = f"cannot copy the stream parameters: {type(e).__name__}"
+        with self._lock:
+            self.template, self.unavailable = tmpl, why
+        if tmpl is not None:
+            src.ring = self
+
+    def push(self, data: Any, pts: int | None, dts: int | None, key: bool, size: int) -> None:
+        """One demuxed packet (``data``: an av.Packet or bytes, kept by reference, not copied)."""
+        wall = time.time() * 1000.0
+        e = (wall, key, pts, dts, data, size + PACKET_OVERHEAD)
+        done = None
+        with self._lock:
+            if self._requests:  # clips being collected take it whatever the ring keeps
+                done = self._feed(e)
+            self._keep(e)
+        if done:
+            self._finish(done)
+
+    def _keep(self, e: tuple) -> None:
+        wall, key, size = e[0], e[1], e[5]
+        if self._need_key and not key:
+            return  # nothing to decode it from
+        if size > self.max_bytes:  # larger than the bound on its own
+            self._drop_all(1)
+            return
+        if key:
+            self._need_key = False
+            self._keys.append(wall)
+        self._q.append(e)
+        self.bytes += size
+        cut = wall - self.keep_ms
+        keys = self._keys
+        while len(keys) > 1 and keys[1] <= cut:  # the next group covers keep_s on its own
+            self._drop_gop(False)
+        while self.bytes > self.max_bytes:
+            if len(keys) > 1:
+                self._drop_gop(True)
+            else:  # one group of pictures larger than the bound: wait for the next keyframe
+                self._drop_all(0)
+        if self.bytes > self.peak_bytes:
+            self.peak_bytes = self.bytes
+
+    def _drop_gop(self, count: bool) -> None:
+        q = self._q
+        n = 0
+        while True:
+            _, _, _, _, _, size = q.popleft()
+            self.bytes -= size
+            n += 1
+            if not q or q[0][1]:
+                break
+        self._keys.popleft()
+        if count:
+            self.dropped += n
+
+    def _drop_all(self, extra: int) -> None:
+        self.dropped += len(self._q) + extra
+        self._q.clear()
+        self._keys.clear()
+        self.bytes = 0
+        self._need_key = True
+
+    def _feed(self, e: tuple) -> list[ClipRequest]:
+        done = []
+        for r in self._requests:
+            if not r.packets and not e[1]:
+                continue  # the clip starts at a keyframe
+            if r.bytes + e[5] > r.max_bytes:
+                r.why = "max_bytes"
+            else:
+                r.packets.append(e)
+                r.bytes += e[5]
+                if e[0] < r.to_ms:
+                    continue
+                r.why = "complete"  # the first packet at or after the end: the clip reaches it
+            done.append(r)
+        if done:
+            self._requests = [r for r in self._requests if not r.why]
+        return done
+
+    def _finish(self, done: list[ClipRequest]) -> None:
+        if self.on_done is not None:
+            for r in done:
+                try:
+                    self.on_done(r)
+                except Exception:  # noqa: BLE001 - never stop capturing for a clip
+                    log.exception("clips: handing over a clip failed")
+
+    def start_clip(self, from_ms: float, to_ms: float, max_bytes: int, meta: dict) -> ClipRequest | str:
+        """Start a clip of ``[from_ms, to_ms]`` (wall clock): the request, or why there is none."""
+        done = None
+        with self._lock:
+            tmpl = self.template
+            if tmpl is None:
+                self.refused += 1
+                return self.unavailable
+            if len(self._requests) >= self.max_requests:
+                self.refused += 1
+                return f"{len(self._requests)} clips of this camera are already being collected"
+            r = ClipRequest(from_ms, to_ms, max_bytes, tmpl, meta)
+            start = 0
+            for i, e in enumerate(self._q):
+                if e[0] > from_ms:
+                    break
+                if e[1]:
+                    start = i
+            for i, e in enumerate(self._q):
+                if i < start:
+                    continue
+                if r.bytes + e[5] > max_bytes:
+                    r.why = "max_bytes"
+                    break
+                r.packets.append(e)
+                r.bytes += e[5]
+                if e[0] >= to_ms:
+                    r.why = "complete"
+                    break
+            if r.why:
+                done = [r]
+            else:
+                self._requests.append(r)
+        if done:
+            self._finish(done)
+        return r
+
+    def finish_overdue(self, now_ms: float, grace_ms: float) -> int:
+        """Finish the clips whose end passed ``grace_ms`` ago without a packet (a stalled source)."""
+        with self._lock:
+            done = [r for r in self._requests if now_ms - r.to_ms > grace_ms]
+            for r in done:
+                r.why = "overdue"
+            if done:
+                self._requests = [r for r in self._requests if not r.why]
+        if done:
+            self._finish(done)
+        return len(done)
+
+    def reset(self) -> None:
+        """The source ended or jumped: the kept packets go, clips being collected end here."""
+        with self._lock:
+            self._q.clear()
+            self._keys.clear()
+            self.bytes = 0
+            self._need_key = True
+            done, self._requests = self._requests, []
+            for r in done:
+                r.why = "source ended"
+        if done:
+            self._finish(done)
+
+    @property
+    def collecting(self) -> bool:
+        """Some clip is being collected."""
+        return bool(self._requests)
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
 # --- decoders ------------------------------------------------------------------------------------
 class SourceError(Exception):
     """Opening or reading a source failed. ``code`` is the counter key; the message is for people."""
@@ -388,6 +626,8 @@ class DecodedFrames:
     (``deferred``: the luma plane as a view and a function that makes the BGR picture later). The
     decoder's frames are reference-counted, so a kept frame stays valid while the decoder goes on.
     Subclasses set ``_frame`` in ``next()``."""
+
+    ring: "PacketRing | None" = None  # keeps the demuxed packets for evidence clips (PacketRing.attach)
 
     def __init__(self) -> None:
         self._frame = None
@@ -480,6 +720,9 @@ class PyAvSource(DecodedFrames):
                 packet = next(self._packets, None)
                 if packet is None:
                     return None
+                ring = self.ring
+                if ring is not None and packet.size:
+                    ring.push(packet, packet.pts, packet.dts, packet.is_keyframe, packet.size)
                 # keyframes only: drop the others before the decoder; the empty packet flushes it
                 if not self.keyframes_only or packet.is_keyframe or packet.size == 0:
                     self._pending = list(self.stream.codec_context.decode(packet))
@@ -489,6 +732,15 @@ class PyAvSource(DecodedFrames):
         self.size = (f.width, f.height)
         pts = f.pts
         return pts * self._tb_ms if pts is not None and self._tb_ms else float("nan")
+
+    def clip_template(self) -> ClipTemplate:
+        """The stream's codec parameters (extradata included) copied into a small in-memory
+        container that outlives this source: what a clip's output stream is made from."""
+        import io
+
+        holder = self._av.open(io.BytesIO(), "w", format="mp4")
+        stream = holder.add_stream_from_template(self.stream)
+        return ClipTemplate(stream, None, Fraction(self.stream.time_base), self.keyframes_only, holder)
 
     def rewind(self) -> bool:
         """Back to the start of the file, for a looping file camera: a seek and a decoder flush
@@ -561,6 +813,9 @@ class RtpKeyframeSource(DecodedFrames):
                 raise SourceError(e.code, str(e)) from e
             if kf is None:
                 continue
+            ring = self.ring
+            if ring is not None:  # kept by the time it arrived (ms, the RTP clock unwrapped)
+                ring.push(kf.data, self._rtp_ms(kf.rtp_ts), None, True, len(kf.data))
             try:
                 frames = self.codec.decode(av.Packet(kf.data))
             except av.FFmpegError:
@@ -570,13 +825,22 @@ class RtpKeyframeSource(DecodedFrames):
                 continue
             self._frame = f = frames[-1]
             self.size = (f.width, f.height)
-            ts = kf.rtp_ts
-            if self._first is None:
-                self._first = ts
-            elif ts < self._last and self._last - ts > 1 << 31:  # the 32-bit RTP clock wrapped
-                self._wraps += 1
-            self._last = ts
-            return ((ts + (self._wraps << 32)) - self._first) * self._tick_ms
+            return self._rtp_ms(kf.rtp_ts)
+
+    def _rtp_ms(self, ts: int) -> float:
+        """The RTP timestamp ``ts`` of the newest keyframe in ms since the first one (the 32-bit
+        clock unwrapped; asking again for the same keyframe gives the same answer)."""
+        if self._first is None:
+            self._first = ts
+        elif ts < self._last and self._last - ts > 1 << 31:  # the 32-bit RTP clock wrapped
+            self._wraps += 1
+        self._last = ts
+        return ((ts + (self._wraps << 32)) - self._first) * self._tick_ms
+
+    def clip_template(self) -> ClipTemplate:
+        """Clips of this source: its Annex B keyframes (parameter sets in front), probed as raw
+        H.264/H.265 when the clip is written; timestamps in ms."""
+        return ClipTemplate(None, self.track.codec, Fraction(1, 1000), True)
 
     @staticmethod
     def _no_keyframe(wait: float, packets: int, undecodable: int) -> str:
@@ -724,6 +988,8 @@ class Camera:
         # gate, on the luma plane while it is still in this core's cache); True: the frame needs
         # no analysis (counted as gated, not handed over)
         self.prepare: Callable[[Frame], bool] | None = None
+        # the camera's recent compressed packets, for evidence clips (None: none kept)
+        self.packets: PacketRing | None = None
 
     # status ---------------------------------------------------------------------------------
     def _set_state(self, gen: int | None, new: CameraState, reason: str) -> None:
@@ -752,6 +1018,8 @@ class Camera:
             self.epoch += 1
             self.counters.discontinuities += 1
         self._last_pts = None
+        if self.packets is not None:  # no clip spans a discontinuity either
+            self.packets.reset()
 
     # thread control -------------------------------------------------------------------------
     def start(self, delay_s: float = 0.0) -> None:
@@ -817,6 +1085,8 @@ class Camera:
         with self._lock:
             self.counters.reconnects += 1
             src, self._src = self._src, None
+        if getattr(src, "ring", None) is not None:
+            src.ring = None  # the abandoned capture keeps no packets beside its replacement
         self._spawn()
         self._interrupt(src)  # it then ends and closes its connection instead of reading on beside the new one
 
@@ -877,6 +1147,8 @@ class Camera:
                 continue
             with self._lock:
                 self._src = src if gen == self._gen else None
+            if self.packets is not None and gen == self._gen:
+                self.packets.attach(src)
             self._new_epoch()  # a new connection (or the file opened again): not the moment before
             try:
                 while True:
@@ -907,6 +1179,10 @@ class Camera:
                 with self._lock:
                     if self._src is src:
                         self._src = None
+                if getattr(src, "ring", None) is not None:
+                    src.ring = None
+                    if gen == self._gen:
+                        self.packets.reset()  # clips being collected end with the connection
                 src.close()
             if not self._alive(gen):
                 return

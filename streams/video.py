@@ -18,7 +18,9 @@ Detector hits become warnings through the same :class:`~gridwatch.streams.lifecy
 rules as the sensors (deterministic ids, cooldown, minimum active time), with ``source`` = camera
 name and the camera's configured region; every raised warning gets a JPEG snapshot (boxes and
 zones drawn, plus a *before* snapshot for dumping) under ``<data_dir>/<video.evidence_dir>``,
-referenced from ``warning.evidence["snapshot"]``. While a detector still sees the cause of its
+referenced from ``warning.evidence["snapshot"]``, and, with ``[video.clips]`` on, a clip of a few
+seconds around it remuxed from the camera's own packets (:mod:`gridwatch.streams.clips`),
+referenced from ``warning.evidence["clip"]``. While a detector still sees the cause of its
 active warning it reports ``update`` hits; like a sensor's newer readings they make the lifecycle's
 once-a-second tick emit ``updated`` (latest time and value) at most every
 ``alerts_mqtt.update_interval_s``. Warnings are committed to the store and then
@@ -54,6 +56,7 @@ from gridwatch.ingest.video import CameraState, Frame, StatusChange, VideoCollec
 from gridwatch.observability import Counters
 from gridwatch.records import RegionPath, Warning
 from gridwatch.regions import parse_path
+from gridwatch.streams.clips import ClipWriter
 from gridwatch.streams.lifecycle import RAISED, Lifecycle, RuleInfo
 from gridwatch.streams.processor import CLEAR as EV_CLEAR, RAISE as EV_RAISE, Events
 
@@ -271,10 +274,14 @@ class VideoRuntime:
         self.collector = collector or VideoCollector(cfg.cameras, on_status=self._on_status,
                                                      capture_nice=cfg.video.capture_nice,
                                                      start_rate=cfg.video.start_rate)
+        clips = cfg.video.clips
+        self.clips = ClipWriter(cfg.data_dir / clips.dir, clips, self.counters) if clips.enabled else None
         for c in self.cameras:  # the motion gate on each kept frame, on its capture thread
             src = getattr(self.collector, "cameras", {}).get(c.cfg.name)
             if src is not None:
                 src.prepare = _capture_gate(c)
+                if self.clips is not None:  # and its packets kept for clips
+                    src.packets = self.clips.ring(c.cfg.name)
         self.stage_s: Counter = Counter()  # seconds spent per stage: gate, detectors, model, evidence
         self.frames_analysed = 0  # frames the rules saw
         self._gated_here = 0  # frames handed to analysis that only the gate saw
@@ -319,6 +326,8 @@ class VideoRuntime:
             self._cv_threads_before = cv2.getNumThreads()
             cv2.setNumThreads(self.cfg.video.opencv_threads)
         self._stop.clear()
+        if self.clips is not None:
+            self.clips.start()
         self.collector.start()
         self._thread = threading.Thread(target=self._loop, name="video-analysis", daemon=True)
         self._thread.start()
@@ -330,6 +339,8 @@ class VideoRuntime:
         if self._thread is not None:
             self._thread.join(10)
         self.collector.stop()
+        if self.clips is not None:  # after the cameras: their clips being collected end and are written
+            self.clips.stop()
         if self._switch_before is not None:
             sys.setswitchinterval(self._switch_before)
             self._switch_before = None
@@ -385,6 +396,8 @@ class VideoRuntime:
             for code, n in c["errors"].items():  # camera errors by kind: frame_too_large, no_keyframe, ...
                 self.counters.set(src, f"camera_errors_{code}", float(n))
         self.counters.set("video", "frames_gated", float(self.frames_gated))
+        if self.clips is not None:
+            self.clips.export()
         return events
 
     def analyse(self, frames: list[Frame]) -> list[tuple[str, Warning]]:
@@ -493,6 +506,8 @@ class VideoRuntime:
             except OSError as e:  # a full disk must not stop warnings
                 evidence["snapshot_error"] = str(e)
                 self.counters.add("video", "snapshot_errors")
+        if self.clips is not None:  # written off this thread once its last seconds have arrived
+            evidence.update(self.clips.request(cam.cfg.name, rule, h.ts_ms))
         w.zone = h.zone
         w.evidence = evidence
         w.message = r.info.message.format_map(_Fmt(source=cam.cfg.name, zone=h.zone or "-", rule=rule, value=w.value))

@@ -312,13 +312,14 @@ def create_app(console) -> FastAPI:
         dev = d["device"] or {}
         point = (dev["lat"], dev["lon"]) if dev.get("lat") is not None and dev.get("lon") is not None else None
         snaps = [k for k in ("before_snapshot", "snapshot") if isinstance(w["evidence"].get(k), str)]
+        clip = _clip_file(w) is not None  # else (not written yet, failed, deleted): the snapshots alone
         th = _thresholds(w["rule"])
         why = " or ".join(f"{k} {v:g}" for k, v in th if k != "clear_at")
         why += "".join(f" (clears at {v:g})" for k, v in th if k == "clear_at")
         return page(request, "warning.html", a, **d, chart=chart, metric=rd["metric"], n_readings=len(rd["ts"]), why=why,
-                    map=map_svg(console.geojson, w["region"], point), snaps=snaps, desks=desks_for(w),
+                    map=map_svg(console.geojson, w["region"], point), snaps=snaps, clip=clip, desks=desks_for(w),
                     action_id=uuid.uuid4().hex, error=error,
-                    evidence_items=[(k, v) for k, v in w["evidence"].items() if k not in ("snapshot", "before_snapshot", "evidence_dir", "metric")])
+                    evidence_items=[(k, v) for k, v in w["evidence"].items() if k not in ("snapshot", "before_snapshot", "evidence_dir", "metric", "clip")])
 
     def _within_evidence(rel: str, root: Path | None = None) -> Path:
         root = (root or console.evidence_root).resolve()
@@ -327,10 +328,25 @@ def create_app(console) -> FastAPI:
             raise NotFound("no such evidence file")
         return p
 
+    def _clip_file(w: dict[str, Any]) -> Path | None:
+        """The warning's clip file, inside the clips folder; None when there is none (yet)."""
+        rel = w["evidence"].get("clip")
+        if not isinstance(rel, str) or not rel.endswith(".mp4"):
+            return None
+        try:
+            return _within_evidence(rel, console.clip_root)
+        except NotFound:
+            return None
+
     @app.get("/w/{wid}/evidence/{which}", include_in_schema=False)
     def evidence(request: Request, wid: str, which: str):
         a = auth(request)
         w = cases.warning(a.user.scope_obj, wid)
+        if which == "clip":  # served with range requests (seeking), from the clips folder only
+            p = _clip_file(w)
+            if p is None:
+                raise NotFound("no such evidence")
+            return FileResponse(p, media_type="video/mp4", headers={"X-Content-Type-Options": "nosniff"})
         if which not in ("snapshot", "before_snapshot") or not isinstance(w["evidence"].get(which), str):
             raise NotFound("no such evidence")
         return FileResponse(_within_evidence(w["evidence"][which]), headers={"X-Content-Type-Options": "nosniff"})

@@ -111,6 +111,8 @@ class Console:
         self.evidence_root = Path(evidence_root) if evidence_root else cfg.data_dir / cfg.video.evidence_dir
         # operators' photos: their own evidence folder, out of reach of the video snapshots' retention
         self.case_photo_root = self.evidence_root.parent / "case-evidence"
+        # evidence clips of video warnings ([video.clips] dir), beside the snapshots' folder
+        self.clip_root = (self.evidence_root.parent if evidence_root else cfg.data_dir) / cfg.video.clips.dir
         self.geojson = self._load_geojson()
         self.publisher: CaseEventPublisher | None = None
         if mqtt and cfg.mqtt is not None and self.ccfg.cases_mqtt:
