@@ -48,6 +48,22 @@ changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written w
 partition (= the readings partition) and awaited before the batch's offsets are acknowledged, so
 a committed offset is never ahead of the stored state.
 
+Re-sent readings: the duplicate window per partition
+====================================================
+
+A vendor that re-publishes a batch (minutes or hours later) must not have it run through the
+rules and stored twice. As on the edge, every (series, ts) and (device, ts) of the last
+``ingest.dedup_window_s`` is remembered (the codec's ``WindowFilter``s, one pair per partition,
+each bounded by ``ingest.dedup_max_mb`` with the edge's full policy and ``evicted`` counter) and a
+row already seen is rejected as a duplicate (``duplicate_readings`` / ``duplicate_positions``): left
+out of the rules and of the time-series writes. "Now" for the window is the partition's stream
+time (event time), so a replay marks the same rows. The window is *not* in the snapshot (it would
+be rewritten per batch: tens of MiB against the snapshot's hundreds of kB); the readings
+partition already holds every row the window needs, so a partition restored from the changelog
+(a restart, a rebalance, a retried batch) reads it back from Kafka before its first batch
+(:meth:`WorkerCore.seed_window`: keys only, no rules, no effects; newest first, stopping when the
+bound is full). Retention of the readings topic shorter than the window shortens what is read back.
+
 Exactly-once effect for warnings
 ================================
 
@@ -501,6 +517,13 @@ class WorkerCore:
         st = self.states.get(p)
         if st is not None and blob is self.blobs.get(p):
             return st
+        if st is not None and blob is not None and blob == self.blobs.get(p):
+            # a rebalance left the partition here and the changelog restore put back the snapshot
+            # this worker wrote: the state in memory is that snapshot, and its duplicate window
+            # is still right (not read back from Kafka again)
+            self.blobs[p] = blob
+            self.stats["kept_partitions"] += 1
+            return st
         if blob is not None:  # recovered from the changelog (a rebalance moved the partition here)
             st = PartitionState.load(self.cfg, p, blob)
             self.stats["restored_partitions"] += 1
@@ -572,7 +595,9 @@ class WorkerCore:
         for k, win in ((wire.READINGS, st.series_window), (wire.POSITIONS, st.position_window)):
             parts = [(key, ts) for got in reversed(chunks) for kind, key, ts in got if kind == k]
             if parts:
-                win.seed(np.concatenate([x for x, _ in parts]), np.concatenate([t for _, t in parts]), st.stream_time)
+                # the newest rows the bound holds (more would make the table evict down to 3/4)
+                key, ts = (np.concatenate(x)[-want[k]:] for x in zip(*parts))
+                win.seed(key, ts, st.stream_time)
         st.needs_seed = False
         dt = time.monotonic() - t0
         s = self.stats

@@ -849,8 +849,10 @@ def test_a_batch_re_sent_after_its_partition_moved_to_another_worker_is_stored_o
         _wait(lambda: total("readings") + total("duplicate_readings") >= 35 * n, 180, "re-sent and new steps", procs)
         time.sleep(1.5)  # one more stats write: anything applied twice shows now
         assert total("readings") == 25 * n and total("duplicate_readings") == 10 * n, [_stats(s) for s in stats]
-        b = _stats(stats[1])
+        a, b = _stats(stats[0]), _stats(stats[1])
         assert b.get("restored_partitions", 0) >= 1 and b.get("dedup_seeds", 0) >= 1, b
+        # the partition that stayed with the first worker kept its window (nothing read back)
+        assert a.get("dedup_seeds", 0) == 0 and a.get("kept_partitions", 0) >= 1, a
         t = f"readings_{tag}"
         questdb_server.wait_rows(f"select count() from '{t}'", lambda r: bool(r) and r[0][0] >= 25 * n, timeout=60)
         questdb_server.wait_wal_applied(t)
