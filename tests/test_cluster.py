@@ -866,3 +866,49 @@ def test_a_batch_re_sent_after_its_partition_moved_to_another_worker_is_stored_o
                 pr.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(pr.pid, signal.SIGKILL)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_a_re_sent_position_fix_after_a_restart_is_applied_once(kafka_server):
+    """The same for position fixes: the (device, ts) window is read back too."""
+    from aiokafka import AIOKafkaProducer
+
+    from gridwatch.streams.cluster import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = make_cfg(kafka={"bootstrap_servers": kafka_server.bootstrap_servers, "readings_topic": f"pos-{tag}",
+                          "partitions": 1})
+    asyncio.run(ensure_topics(cfg))
+    devs = [DeviceInfo(f"bus-{i:02d}", "acme", "vehicle") for i in range(8)]
+    n = len(devs)
+
+    def fixes(step):
+        return wire.encode_positions(devs, np.arange(n), np.full(n, T0 + step * STEP), np.full(n, 30.0 + step / 1e3),
+                                     np.full(n, 114.0), np.full(n, 20.0), np.full(n, np.nan))
+
+    def produce(steps):
+        async def go():
+            prod = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
+            await prod.start()
+            try:
+                return [((await prod.send_and_wait(cfg.kafka.readings_topic, fixes(s), partition=0)).offset, fixes(s))
+                        for s in steps]
+            finally:
+                await prod.stop()
+        return asyncio.run(go())
+
+    async def run(c, msgs):
+        try:
+            await c.process_readings([_Event(0, o, v) for o, v in msgs])
+        finally:
+            await c.filler.close()
+
+    core = _core(cfg)
+    asyncio.run(run(core, produce(range(10))))
+    assert core.stats["positions"] == 10 * n
+    core2 = _core(cfg)
+    core2.state_table.data[b"0"] = core.state_table.data[b"0"]
+    asyncio.run(run(core2, produce([3, 4, 10])))  # two steps re-sent, one new
+    s = core2.stats
+    assert s["positions"] == n and s["duplicate_positions"] == 2 * n and s["dedup_seeds"] == 1, dict(s)
