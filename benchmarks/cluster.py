@@ -21,6 +21,12 @@
   same QuestDB, like for like: sink with gzip (level 1) vs raw bodies pre-compressed at level 1,
   and both without gzip; medians of interleaved rounds; client and server CPU per point.
   ``--only sink`` runs just this part (no Kafka).
+* **duplicate window** (``--only dedup``): 1-worker runs over the pre-loaded topic with
+  ``ingest.dedup_window_s`` = 24 h (the default) and 0, interleaved, medians; and the time a
+  restored partition takes to read its window back from Kafka (``WorkerCore.seed_window``) for a
+  partition of ``--seed-readings`` readings of ``--seed-devices`` sensors (one a minute each),
+  beside a plain fetch + decode of all its messages and the size/time of a per-batch snapshot
+  with the window inside it (the alternative not taken).
 
 Everything runs on this machine: Kafka's and QuestDB's JVMs share its cores with the workers and
 the producer, so the 2-vs-1 ratio is bounded by the cores left over (see the printed ``cpus``).
@@ -51,7 +57,7 @@ TARGETS = {"vs_naive": 10.0, "two_vs_one": 1.5, "sink_vs_raw": 0.8}
 
 
 def _cfg_text(bootstrap: str, qdb_url: str | None, tag: str, partitions: int, naive: bool,
-              readings_topic: str | None = None) -> str:
+              readings_topic: str | None = None, dedup_window_s: float | None = None) -> str:
     rules = ""
     for kind, params in STANDARD.items():
         rules += f'\n[[rules]]\nname = "{kind}"\nkind = "{kind}"\n'
@@ -60,7 +66,8 @@ def _cfg_text(bootstrap: str, qdb_url: str | None, tag: str, partitions: int, na
         rules += "[rules.params]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in params.items())
     influx = (f'\n[influx]\nurl = "{qdb_url}"\ntoken = "t"\nwarnings_measurement = "bench_warnings_{tag}"\n'
               f'questdb_dedup = true\n') if qdb_url else ""
-    return f"""
+    ingest = "" if dedup_window_s is None else f"\n[ingest]\ndedup_window_s = {dedup_window_s}\n"
+    return f"""{ingest}
 [kafka]
 bootstrap_servers = "{bootstrap}"
 readings_topic = "{readings_topic or f'bench-r-{tag}'}"
@@ -138,7 +145,7 @@ def preload(bootstrap: str, partitions: int, messages) -> tuple[str, float]:
 
 def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: int, messages, total: int,
                 naive: bool, workdir: Path, timeout: float, readings_topic: str | None = None,
-                broker_pgid: int | None = None) -> dict[str, Any]:
+                broker_pgid: int | None = None, dedup_window_s: float | None = None) -> dict[str, Any]:
     """``workers`` worker processes (a fresh consumer group and fresh warning topics).
 
     With ``readings_topic`` (pre-loaded by :func:`preload`) they read it from the start; the rate
@@ -152,7 +159,7 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
 
     tag = uuid.uuid4().hex[:8]
     cfg_path = workdir / f"bench-{tag}.toml"
-    cfg_path.write_text(_cfg_text(bootstrap, qdb_url, tag, partitions, naive, readings_topic))
+    cfg_path.write_text(_cfg_text(bootstrap, qdb_url, tag, partitions, naive, readings_topic, dedup_window_s))
     cfg = load(cfg_path)
     asyncio.run(ensure_topics(cfg))
     stats = [workdir / f"stats-{tag}-{i}.json" for i in range(workers)]
@@ -205,7 +212,9 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
                "per_worker": [s.get("readings", 0) for s in ss], "produce_s": prod_s,
                "warning_events": sum(s.get("warning_events_sent", 0) for s in ss),
                "snapshot_bytes": max((s.get("snapshot_bytes", 0) for s in ss), default=0),
-               "worker_cpu_s": sum(cpu_end), "window": None}
+               "worker_cpu_s": sum(cpu_end), "window": None,
+               "duplicate_readings": sum(s.get("duplicate_readings", 0) for s in ss),
+               "dedup_entries": sum(s.get("dedup_series_window_entries", 0) for s in ss)}
         if window is not None and last - window[0] > 1.0 and n - window[1] > 0:
             t0, r0, c0, b0, w0 = window
             out["window"] = {"seconds": last - t0, "readings": n - r0}
@@ -385,6 +394,94 @@ def _print_sink(sink: dict[str, Any], as_json: bool, wall_s: float) -> int:
     return 0
 
 
+def window_on_off(bootstrap: str, qdb: str, partitions: int, topic: str, n: int, repeats: int, work: Path,
+                  broker_pgid: int | None) -> dict[str, Any]:
+    """1-worker runs over the pre-loaded topic with the duplicate window on (the default 24 h)
+    and off (``dedup_window_s = 0``), interleaved, alternating which goes first; medians."""
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    for i in range(repeats):
+        for mode in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            runs[mode].append(run_workers(bootstrap, qdb, 1, partitions, None, n, False, work, 300, readings_topic=topic,
+                                          broker_pgid=broker_pgid, dedup_window_s=86400.0 if mode == "on" else 0.0))
+    on, off = _median_run(runs["on"]), _median_run(runs["off"])
+    return {"on": on, "off": off, "ratio": on["rate"] / off["rate"]}
+
+
+def seed_time(bootstrap: str, readings: int, devices: int, rows_per_message: int, repeats: int,
+              window_s: float = 86400.0, max_mb: float = 64.0) -> dict[str, Any]:
+    """Time to read a partition's duplicate window back on assignment (``WorkerCore.seed_window``):
+    one partition holding ``readings`` readings of ``devices`` sensors (one a minute each, in
+    ``rows_per_message``-row edge messages); its state is built by applying them all, then a
+    restored copy (what a new owner loads from the changelog) is seeded ``repeats`` times;
+    medians. Also: the same messages only fetched and decoded (the floor of reading them)."""
+    import statistics
+
+    from gridwatch.config import parse
+    from gridwatch.streams.cluster import PartitionState, WorkerCore
+
+    msgs, n = columnar_messages(readings, devices, 1, rows_per_message)
+    topic, preload_s = preload(bootstrap, 1, msgs)
+    cfg = parse({"kafka": {"bootstrap_servers": bootstrap, "readings_topic": topic, "partitions": 1},
+                 "ingest": {"dedup_window_s": window_s, "dedup_max_mb": max_mb},
+                 "rules": [{"name": k, "kind": k, **({} if k == "offline" else {"metrics": ["water_level"]}),
+                            "params": v} for k, v in STANDARD.items()]})
+    st = PartitionState(cfg, 0)
+    st.apply([(o, v) for o, (_, _, v) in enumerate(msgs)])
+    blob = st.dump()
+    del msgs
+
+    class _Tbl:
+        data: dict = {}
+
+    async def once() -> tuple[float, dict[str, Any], Any]:
+        core = WorkerCore(cfg, None, _Tbl(), _Tbl(), None, None)
+        s2 = PartitionState.load(cfg, 0, blob)
+        try:
+            t0 = time.perf_counter()
+            await core.seed_window(0, s2)
+            return time.perf_counter() - t0, dict(core.stats), s2.series_window
+        finally:
+            await core.filler.close()
+
+    async def fetch_only() -> float:
+        from gridwatch.ingest import wire
+        from gridwatch.streams.cluster import OffsetGapFiller
+
+        f = OffsetGapFiller(cfg)
+        try:
+            t0 = time.perf_counter()
+            nxt = 0
+            while nxt < st.offset + 1:
+                got, _ = await f.fetch(topic, 0, nxt, st.offset + 1)
+                for _, v in got:
+                    wire.decode(v)
+                nxt = got[-1][0] + 1
+            return time.perf_counter() - t0
+        finally:
+            await f.close()
+
+    secs, fetch, snap, snap_win = [], [], [], []
+    for _ in range(repeats):
+        dt, stats, win = asyncio.run(once())
+        secs.append(dt)
+        fetch.append(asyncio.run(fetch_only()))
+        # option (b), the window inside the per-batch snapshot: what one snapshot would cost
+        import pickle
+
+        t0 = time.perf_counter()
+        b0 = st.dump()
+        snap.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b1 = pickle.dumps((b0, win.table, win.base, win.count), protocol=5)
+        snap_win.append(time.perf_counter() - t0)
+    return {"readings": n, "devices": devices, "messages": st.offset + 1, "preload_s": preload_s,
+            "seed_s": statistics.median(secs), "runs": secs, "seed_messages": stats["dedup_seed_messages"],
+            "seed_bytes": stats["dedup_seed_bytes"], "entries": win.count, "window_bytes": win.nbytes,
+            "max_entries": win.max_entries, "fetch_all_s": statistics.median(fetch), "fetch_runs": fetch,
+            "snapshot_bytes": len(b0), "snapshot_s": statistics.median(snap),
+            "snapshot_with_window_bytes": len(b1), "snapshot_with_window_s": statistics.median(snap_win)}
+
+
 def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median rate (of an odd count; the lower middle otherwise), with every rate."""
     import statistics
@@ -399,6 +496,34 @@ def _median_run(rs: list[dict[str, Any]]) -> dict[str, Any]:
     return m
 
 
+def _print_dedup(onoff: dict[str, Any], seed: dict[str, Any], a, wall_s: float) -> int:
+    r = {"window_on_off": onoff, "seed": seed, "wall_s": wall_s}
+    if a.json:
+        print(json.dumps(r, indent=1, default=str))
+        return 0
+    on, off = onoff["on"], onoff["off"]
+    rates = lambda x: ", ".join(f"{v:,.0f}" for v in x["rates"])  # noqa: E731
+    print(f"duplicate window, 1 worker, {a.partitions} partitions, {a.devices:,} devices, standard rule set, "
+          f"{a.readings:,} readings; medians of {a.worker_repeats} interleaved runs each")
+    print(f"  window on (24 h) : {on['rate']:>12,.0f} readings/s  (runs {rates(on)}; workers "
+          f"{on.get('worker_cpu_s_per_m') or 0:.1f} CPU s/M readings; {on['dedup_entries']:,} window entries)")
+    print(f"  window off       : {off['rate']:>12,.0f} readings/s  (runs {rates(off)}; workers "
+          f"{off.get('worker_cpu_s_per_m') or 0:.1f} CPU s/M readings)")
+    print(f"  ratio on / off   : {onoff['ratio']:8.2f}x")
+    print(f"  read back on assignment: one partition of {seed['readings']:,} readings ({seed['devices']:,} devices, one a "
+          f"minute, {seed['messages']:,} messages): {seed['seed_s']:.2f} s median (runs "
+          f"{', '.join(f'{v:.2f}' for v in seed['runs'])}); read {seed['seed_messages']:,} messages "
+          f"({seed['seed_bytes'] / 2**20:.0f} MiB), window {seed['entries']:,} entries of at most {seed['max_entries']:,} "
+          f"({seed['window_bytes'] / 2**20:.0f} MiB)")
+    print(f"  fetch + decode of all {seed['messages']:,} messages (no window): {seed['fetch_all_s']:.2f} s median")
+    print(f"  per-batch snapshot of that partition: {seed['snapshot_bytes'] / 2**20:.2f} MiB in "
+          f"{seed['snapshot_s'] * 1e3:.1f} ms; with the window in it (option b): "
+          f"{seed['snapshot_with_window_bytes'] / 2**20:.1f} MiB in {seed['snapshot_with_window_s'] * 1e3:.1f} ms "
+          f"(pickling only, before the changelog write)")
+    print(f"  wall {wall_s:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="gridwatch bench cluster", description=__doc__.split("\n\n")[0])
     ap.add_argument("--readings", type=int, default=2_000_000)
@@ -411,7 +536,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-repeats", type=int, default=3, help="interleaved 1-worker / 2-worker runs (medians)")
     ap.add_argument("--bootstrap", help="use this Kafka instead of starting one")
     ap.add_argument("--questdb-url", help="use this QuestDB instead of starting one")
-    ap.add_argument("--only", choices=["sink"], help="run only this part (no Kafka is started)")
+    ap.add_argument("--only", choices=["sink", "dedup"],
+                    help="run only this part: sink (no Kafka is started), or dedup (duplicate window on vs off, "
+                         "and the time to read a partition's window back)")
+    ap.add_argument("--seed-readings", type=int, default=6_000_000, help="dedup: readings in the partition read back")
+    ap.add_argument("--seed-devices", type=int, default=8_000, help="dedup: devices of that partition")
+    ap.add_argument("--seed-repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     started = []
@@ -442,6 +572,14 @@ def main(argv: list[str] | None = None) -> int:
             sink = sink_vs_raw(qdb, a.sink_rows, a.devices, a.sink_repeats, server_pgid=qdb_pgid)
             return _print_sink(sink, a.json, time.monotonic() - t_start)
         work = Path(tempfile.mkdtemp(prefix="gw-bench-cluster-"))
+        if a.only == "dedup":
+            seed = seed_time(bootstrap, a.seed_readings, a.seed_devices, a.rows_per_message, a.seed_repeats)
+            msgs, n = columnar_messages(a.readings, a.devices, a.partitions, a.rows_per_message)
+            broker_pgid = started[0].proc.pid if started and not a.bootstrap else None
+            topic, _ = preload(bootstrap, a.partitions, msgs)
+            del msgs
+            onoff = window_on_off(bootstrap, qdb, a.partitions, topic, n, a.worker_repeats, work, broker_pgid)
+            return _print_dedup(onoff, seed, a, time.monotonic() - t_start)
         msgs, n = columnar_messages(a.readings, a.devices, a.partitions, a.rows_per_message)
         broker_pgid = started[0].proc.pid if started and not a.bootstrap else None
         topic, preload_s = preload(bootstrap, a.partitions, msgs)

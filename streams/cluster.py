@@ -48,6 +48,22 @@ changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written w
 partition (= the readings partition) and awaited before the batch's offsets are acknowledged, so
 a committed offset is never ahead of the stored state.
 
+Re-sent readings: the duplicate window per partition
+====================================================
+
+A vendor that re-publishes a batch (minutes or hours later) must not have it run through the
+rules and stored twice. As on the edge, every (series, ts) and (device, ts) of the last
+``ingest.dedup_window_s`` is remembered (the codec's ``WindowFilter``s, one pair per partition,
+each bounded by ``ingest.dedup_max_mb`` with the edge's full policy and ``evicted`` counter) and a
+row already seen is rejected as a duplicate (``duplicate_readings`` / ``duplicate_positions``): left
+out of the rules and of the time-series writes. "Now" for the window is the partition's stream
+time (event time), so a replay marks the same rows. The window is *not* in the snapshot (it would
+be rewritten per batch: tens of MiB against the snapshot's hundreds of kB); the readings
+partition already holds every row the window needs, so a partition restored from the changelog
+(a restart, a rebalance, a retried batch) reads it back from Kafka before its first batch
+(:meth:`WorkerCore.seed_window`: keys only, no rules, no effects; newest first, stopping when the
+bound is full). Retention of the readings topic shorter than the window shortens what is read back.
+
 Exactly-once effect for warnings
 ================================
 
@@ -109,6 +125,15 @@ class PartitionState:
         self.tick_ms = max(1, int(cfg.worker.tick_interval_s * 1000))
         self.skipped = 0  # messages at or below the snapshot offset (replays)
         self.bad = 0  # messages that were not valid batches
+        # the duplicate window of this partition's devices (ingest.dedup_window_s; None when 0):
+        # the codec's two WindowFilters, (series, ts) and (device, ts), reckoned in event time
+        # (the partition's stream time), so a replay marks the same rows. Not in the snapshot:
+        # a restored state is seeded from the readings partition itself (WorkerCore.seed_window).
+        self.series_window = self.pl.codec.series_window
+        self.position_window = self.pl.codec.position_window
+        self.needs_seed = False  # set by load(): the window has to be read back from Kafka
+        self.duplicate_readings = 0  # rows rejected as 'duplicate' (counted, not applied, not stored)
+        self.duplicate_positions = 0
 
     # -- applying messages ----------------------------------------------------------------
     def _slots(self, wb: wire.WireBatch) -> np.ndarray:
@@ -134,25 +159,76 @@ class PartitionState:
             slots[new] = d.series_slots((k // 256).astype(np.int32), k % 256)
         return slots[inv]
 
-    def _sensor(self, wb: wire.WireBatch) -> SensorBatch | None:
+    def _sensor(self, wb: wire.WireBatch, now: int) -> tuple[SensorBatch, np.ndarray | None]:
+        """The message's readings for the rules, less the duplicates, and which of its rows are
+        not duplicates (None: all of them)."""
         c = wb.cols
         mids = np.array([METRIC_ID.get(m, -1) for m in wb.metrics], np.int64)
         met = mids[c["metric"]] if len(mids) else np.empty(0, np.int64)
         dev = self._slots(wb)[c["device"]]
         ts, val = c["ts"], c["value"]
+        rows = None
         if (met < 0).any():
-            keep = met >= 0
-            dev, met, ts, val = dev[keep], met[keep], ts[keep], val[keep]
+            rows = np.flatnonzero(met >= 0)
+            dev, met, ts, val = dev[rows], met[rows], ts[rows], val[rows]
         series = self._series(dev, met)
-        return SensorBatch(series, dev, ts.astype(np.int64), val.astype(np.float64))
+        ts = ts.astype(np.int64)
+        fresh = None
+        if self.series_window is not None and series.shape[0]:
+            keep = np.ones(series.shape[0], np.bool_)
+            marked = self.series_window.apply(series, ts, keep, now)
+            if marked:
+                self.duplicate_readings += marked
+                series, dev, ts, val = series[keep], dev[keep], ts[keep], val[keep]
+                fresh = np.ones(len(wb), np.bool_)
+                fresh[np.flatnonzero(~keep) if rows is None else rows[~keep]] = False
+        return SensorBatch(series, dev, ts, val.astype(np.float64)), fresh
 
-    def _position(self, wb: wire.WireBatch) -> PositionBatch:
+    def _position(self, wb: wire.WireBatch, now: int) -> PositionBatch:
         c = wb.cols
         dev = self._slots(wb)[c["device"]]
-        return PositionBatch(dev, c["ts"].astype(np.int64), *(c[k].astype(np.float64) for k in ("lat", "lon", "speed_kmh", "alt_m")))
+        ts = c["ts"].astype(np.int64)
+        cols = [c[k].astype(np.float64) for k in ("lat", "lon", "speed_kmh", "alt_m")]
+        if self.position_window is not None and dev.shape[0]:
+            keep = np.ones(dev.shape[0], np.bool_)
+            marked = self.position_window.apply(dev, ts, keep, now)
+            if marked:
+                self.duplicate_positions += marked
+                dev, ts, cols = dev[keep], ts[keep], [x[keep] for x in cols]
+        return PositionBatch(dev, ts, *cols)
 
-    def apply(self, messages: list[tuple[int, bytes]]) -> tuple[list[tuple[str, Warning]], int, int]:
-        """Apply messages (offset, value) in offset order; returns (events, readings, fixes)."""
+    # -- the duplicate window, read back from the log -----------------------------------------
+    def window_keys(self, wb: wire.WireBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(window key, ts) of a message this partition already applied: series slots for
+        readings, device slots for fixes. Lookups only: nothing is registered, no rule runs."""
+        d = self.pl.directory
+        get = d.slots._slot.get
+        vendor = [v for v, _ in wb.classes]
+        slot = np.array([get(device_key(vendor[c], i), -1) for i, c in zip(wb.ids, wb.device_class.tolist())], np.int64)
+        c = wb.cols
+        dev = slot[c["device"]] if slot.shape[0] else np.empty(0, np.int64)
+        ts = c["ts"].astype(np.int64)
+        if wb.type != wire.READINGS:
+            ok = dev >= 0
+            return dev[ok].astype(np.int32), ts[ok]
+        mids = np.array([METRIC_ID.get(m, -1) for m in wb.metrics], np.int64)
+        met = mids[c["metric"]] if len(mids) else np.empty(0, np.int64)
+        ok = (dev >= 0) & (met >= 0)
+        keys = dev[ok] * 256 + met[ok]
+        uniq, inv = np.unique(keys, return_inverse=True)
+        sget = d.series._slot.get
+        slots = np.array([sget(k, -1) for k in uniq.tolist()], np.int64)[inv]
+        ts = ts[ok]
+        ok = slots >= 0
+        return slots[ok].astype(np.int32), ts[ok]
+
+    def apply(self, messages: list[tuple[int, bytes]],
+              rows: list | None = None) -> tuple[list[tuple[str, Warning]], int, int]:
+        """Apply messages (offset, value) in offset order; returns (events, readings, fixes).
+        Rows already seen within the duplicate window are left out (counted in
+        ``duplicate_readings`` / ``duplicate_positions``). ``rows``: a list that receives, per
+        readings message, (device ids, metric names, ts, values) of its rows that are not duplicates
+        (what the time-series sink writes)."""
         events: list[tuple[str, Warning]] = []
         sens: list[SensorBatch] = []
         poss: list[PositionBatch] = []
@@ -170,15 +246,23 @@ class PartitionState:
                 continue
             if len(wb) == 0:
                 continue
+            mx = int(wb.cols["ts"].max())
+            now = max(self.stream_time, mx)  # the window's "now": event time, the same on a replay
             if wb.type == wire.READINGS:
-                b = self._sensor(wb)
+                b, fresh = self._sensor(wb, now)
                 sens.append(b)
                 n_r += len(b)
+                if rows is not None:
+                    c = wb.cols
+                    dev, met, ts, val = c["device"], c["metric"], c["ts"], c["value"]
+                    if fresh is not None:
+                        dev, met, ts, val = dev[fresh], met[fresh], ts[fresh], val[fresh]
+                    if dev.shape[0]:
+                        rows.append((np.array(wb.ids, object)[dev], np.array(wb.metrics, object)[met], ts, val))
             else:
-                b = self._position(wb)
+                b = self._position(wb, now)
                 poss.append(b)
                 n_p += len(b)
-            mx = int(wb.cols["ts"].max())
             if mx > self.stream_time:
                 self.stream_time = mx
             g = (self.stream_time // self.tick_ms) * self.tick_ms
@@ -238,6 +322,7 @@ class PartitionState:
         lc._active_slots = slots
         pl.last_lat, pl.last_lon = state["last_pos"]
         self.offset, self.stream_time, self.last_tick = state["offset"], state["stream_time"], state["last_tick"]
+        self.needs_seed = self.series_window is not None and self.offset >= 0
         return self
 
 
@@ -354,6 +439,15 @@ class OffsetGapFiller:
         tp = TopicPartition(topic, partition)
         return (await c.beginning_offsets([tp]))[tp]
 
+    async def offset_for_time(self, topic: str, partition: int, ts_ms: int) -> int | None:
+        """The first offset whose message timestamp is at or after ``ts_ms`` (None: no such message)."""
+        from aiokafka import TopicPartition
+
+        c = await self._consumer()
+        tp = TopicPartition(topic, partition)
+        got = (await c.offsets_for_times({tp: max(0, int(ts_ms))}))[tp]
+        return None if got is None else got.offset
+
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     max_bytes: int = 64 * 1024 * 1024) -> tuple[list[tuple[int, bytes]], int]:
         """Messages ``start <= offset < end`` as (offset, value), in order, stopping after about
@@ -423,6 +517,13 @@ class WorkerCore:
         st = self.states.get(p)
         if st is not None and blob is self.blobs.get(p):
             return st
+        if st is not None and blob is not None and blob == self.blobs.get(p):
+            # a rebalance left the partition here and the changelog restore put back the snapshot
+            # this worker wrote: the state in memory is that snapshot, and its duplicate window
+            # is still right (not read back from Kafka again)
+            self.blobs[p] = blob
+            self.stats["kept_partitions"] += 1
+            return st
         if blob is not None:  # recovered from the changelog (a rebalance moved the partition here)
             st = PartitionState.load(self.cfg, p, blob)
             self.stats["restored_partitions"] += 1
@@ -431,6 +532,81 @@ class WorkerCore:
             st = PartitionState(self.cfg, p)
         self.states[p], self.blobs[p] = st, blob
         return st
+
+    async def seed_window(self, p: int, st: PartitionState) -> None:
+        """Give a restored partition its duplicate window back: the (key, ts) of the messages it
+        already applied whose timestamps fall in the window, read from the readings partition
+        itself (no rules, no effects). Read newest first, a growing range of offsets at a time,
+        until both windows hold as many entries as their memory bound allows (a kind of which
+        nothing was read while the other filled up counts as done: a partition of sensors only
+        does not read its whole window for fixes it never had) or the window's start is reached;
+        then inserted oldest first, as they were applied.
+
+        The window is reckoned back from the partition's stream time. The first offset read is
+        Kafka's for the message timestamp ``stream time - window - ingest.max_future_skew_s``:
+        an edge box stamps a message when it forwards it, after it rejected readings more than
+        the skew ahead of its clock, so no earlier message holds a reading inside the window."""
+        t0 = time.monotonic()
+        topic = self.cfg.kafka.readings_topic
+        wins = [w for w in (st.series_window, st.position_window) if w is not None]
+        if not wins or st.stream_time == np.iinfo(np.int64).min:  # nothing with a timestamp applied yet
+            st.needs_seed = False
+            return
+        hi = st.offset + 1
+        window_ms = wins[0].window_ms
+        start_ts = st.stream_time - window_ms - int(self.cfg.ingest.max_future_skew_s * 1000)
+        lo = await self.filler.offset_for_time(topic, p, start_ts)
+        lo = hi if lo is None else min(lo, hi)
+        lo = max(lo, await self.filler.log_start(topic, p))
+        want = {wire.READINGS: st.series_window.max_entries, wire.POSITIONS: st.position_window.max_entries}
+        have = {wire.READINGS: 0, wire.POSITIONS: 0}
+        chunks: list[list[tuple[int, np.ndarray, np.ndarray]]] = []
+        n_msgs = n_bytes = 0
+        step = 64
+        def done(k: int) -> bool:  # full, or none of this kind while the other kind's window filled up
+            other = wire.POSITIONS if k == wire.READINGS else wire.READINGS
+            return have[k] >= want[k] or (have[k] == 0 and have[other] >= want[other])
+
+        while hi > lo and not all(done(k) for k in have):
+            a = max(lo, hi - step)
+            got: list[tuple[int, np.ndarray, np.ndarray]] = []
+            nxt = a
+            while nxt < hi:
+                msgs, _ = await self.filler.fetch(topic, p, nxt, hi, self.max_fill_bytes)
+                if not msgs:  # deleted by retention meanwhile
+                    break
+                for _, v in msgs:
+                    n_bytes += len(v)
+                    try:
+                        wb = wire.decode(v)
+                    except wire.WireError:
+                        continue
+                    if len(wb) == 0 or have[wb.type] >= want[wb.type]:
+                        continue
+                    key, ts = st.window_keys(wb)
+                    got.append((wb.type, key, ts))
+                n_msgs += len(msgs)
+                nxt = msgs[-1][0] + 1
+            for k, key, _ in got:
+                have[k] += key.shape[0]
+            chunks.append(got)
+            hi = a
+            step *= 2
+        for k, win in ((wire.READINGS, st.series_window), (wire.POSITIONS, st.position_window)):
+            parts = [(key, ts) for got in reversed(chunks) for kind, key, ts in got if kind == k]
+            if parts:
+                # the newest rows the bound holds (more would make the table evict down to 3/4)
+                key, ts = (np.concatenate(x)[-want[k]:] for x in zip(*parts))
+                win.seed(key, ts, st.stream_time)
+        st.needs_seed = False
+        dt = time.monotonic() - t0
+        s = self.stats
+        s["dedup_seeds"] += 1
+        s["dedup_seed_messages"] += n_msgs
+        s["dedup_seed_bytes"] += n_bytes
+        s["dedup_seed_s"] = s.get("dedup_seed_s", 0.0) + dt
+        log.info("partition %d: duplicate window read back from offsets %d..%d (%d messages, %d readings, "
+                 "%d fixes) in %.2fs", p, hi, st.offset, n_msgs, have[wire.READINGS], have[wire.POSITIONS], dt)
 
     async def process_readings(self, events, *, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
         """:meth:`on_readings` until it succeeds: a failed try left no trace in memory (see
@@ -519,8 +695,14 @@ class WorkerCore:
         futs = []
         sent = 0
         n_r = n_p = 0
+        for q in [q for q in self.states if q not in by_p and not self.owns(q)]:
+            # a partition that moved away: its state (duplicate window included, up to
+            # ingest.dedup_max_mb) is released; if it comes back it is restored and read back
+            self.states.pop(q, None)
+            self.blobs.pop(q, None)
+            self.stats["released_partitions"] += 1
         applied: dict[str, int] = {}
-        skipped = 0
+        skipped = dup_r = dup_p = 0
         for p, msgs in by_p.items():
             # A batch taken before a rebalance can still hold messages of a partition that moved
             # (Faust does not wait for in-flight batches: stream_wait_empty = False). They are the
@@ -532,19 +714,23 @@ class WorkerCore:
                 continue
             msgs.sort(key=lambda m: m[0])
             st = self.state_for(p)
+            if st.needs_seed:
+                await self.seed_window(p, st)
             skipped0, off0 = st.skipped, st.offset
+            dup0 = st.duplicate_readings, st.duplicate_positions
             r = q = 0
             rest, seen = msgs, set()
             while rest:  # one round, unless a hole is read in several parts
                 chunk, rest = await self.complete(p, st, rest)
                 seen.update(o for o, _ in chunk if o > off0)
-                evs, cr, cq = st.apply(chunk)
+                rows = [] if self.sink is not None and self.cfg.influx.write_readings else None
+                evs, cr, cq = st.apply(chunk, rows)
                 r, q = r + cr, q + cq
                 for ev, w in evs:
                     futs.append(await self.events_topic.send(key=w.id.encode(), value=warning_event_payload(ev, w, self.origin)))
                 sent += len(evs)
-                if self.sink is not None and self.cfg.influx.write_readings and cr:
-                    await self._write_readings(st, chunk)
+                if rows:
+                    await self._write_readings(rows)
             if not self.owns(p):  # revoked while this batch was in flight: no snapshot, the new owner applies them
                 self._forget(p, before[p])
                 self.stats["revoked_messages_dropped"] += len(msgs)
@@ -555,6 +741,8 @@ class WorkerCore:
             n_r += r
             n_p += q
             skipped += st.skipped - skipped0
+            dup_r += st.duplicate_readings - dup0[0]
+            dup_p += st.duplicate_positions - dup0[1]
             key = str(p).encode()
             blob = st.dump()
             self.state_table.data[key] = blob
@@ -568,6 +756,14 @@ class WorkerCore:
         for k, v in applied.items():
             per_p[k] = per_p.get(k, 0) + v
         s["replayed_messages_skipped"] += skipped
+        s["duplicate_readings"] += dup_r  # the edge's reject reason 'duplicate', by kind
+        s["duplicate_positions"] += dup_p
+        for k in ("series_window", "position_window"):
+            wins = [getattr(st, k) for st in self.states.values() if getattr(st, k) is not None]
+            if wins:
+                s[f"dedup_{k}_entries"] = sum(w.count for w in wins)
+                s[f"dedup_{k}_bytes"] = sum(w.nbytes for w in wins)
+                s[f"dedup_{k}_evicted"] = sum(w.evicted for w in wins)
         s["readings"] += n_r
         s["positions"] += n_p
         s["messages"] += n_events
@@ -576,17 +772,8 @@ class WorkerCore:
         s.setdefault("first_batch_t", t0)
         s["last_batch_t"] = time.time()
 
-    async def _write_readings(self, st: PartitionState, msgs) -> None:
-        rows = []
-        for off, v in msgs:
-            try:
-                wb = wire.decode(v)
-            except wire.WireError:
-                continue
-            if wb.type == wire.READINGS:
-                ids = np.array(wb.ids, object)[wb.cols["device"]]
-                mets = np.array(wb.metrics, object)[wb.cols["metric"]]
-                rows.append((ids, mets, wb.cols["ts"], wb.cols["value"]))
+    async def _write_readings(self, rows: list) -> None:
+        """Rows (device ids, metric names, ts, values) of the readings applied, duplicates left out."""
         sink = self.sink
         done = [0]
 

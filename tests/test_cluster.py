@@ -705,3 +705,210 @@ def test_a_worker_does_not_apply_messages_of_a_partition_it_no_longer_owns():
     assert core.stats["revoked_messages_dropped"] == 2 * 19
     assert core.state_table.data[b"0"] is blob and core.state_table.sent == []  # no snapshot of it written
     assert core.state_for(0).offset == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The duplicate window across restarts and partition moves
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(240)
+def test_a_batch_re_sent_after_a_worker_restart_is_applied_once(kafka_server):
+    """Was: a worker started with an empty duplicate window (and the workers checked none at
+    all), so a vendor batch re-published after a restart went through the rules and the store
+    a second time. Now the restored partition reads its window back from the readings topic
+    and the re-sent rows are rejected as duplicates (counted); with ``dedup_window_s = 0`` the
+    old behaviour: applied again, nothing read back."""
+    from gridwatch.streams.cluster import ensure_topics
+
+    ids, vals = dataset(20, 40, seed=4)
+    vals[8:18, 0] = 9.5  # above the threshold for 100 s: raises, and clears at step 18
+    n = len(ids)
+    for window in (86400.0, 0.0):
+        tag = uuid.uuid4().hex[:8]
+        cfg = make_cfg(kafka={"bootstrap_servers": kafka_server.bootstrap_servers, "readings_topic": f"dup-{tag}",
+                              "partitions": 1}, ingest={"dedup_window_s": window})
+        asyncio.run(ensure_topics(cfg))
+        first = _produce_steps(cfg, ids, vals, range(20))
+        core = _core(cfg)
+
+        async def run(c, msgs):
+            try:
+                await c.process_readings([_Event(0, o, v) for o, v in msgs])
+            finally:
+                await c.filler.close()
+
+        asyncio.run(run(core, first))
+        assert core.stats["readings"] == 20 * n and core.stats["duplicate_readings"] == 0
+        # the worker restarts: a new process restores the partition's snapshot from the changelog
+        core2 = _core(cfg)
+        core2.state_table.data[b"0"] = core.state_table.data[b"0"]
+        resent = _produce_steps(cfg, ids, vals, range(5, 15))  # the vendor re-publishes steps 5..14
+        new = _produce_steps(cfg, ids, vals, range(20, 25))
+        asyncio.run(run(core2, resent + new))
+        s = core2.stats
+        if window:
+            assert s["readings"] == 5 * n and s["duplicate_readings"] == 10 * n, dict(s)
+            assert s["dedup_seeds"] == 1 and s["dedup_seed_messages"] == 20 and s["restored_partitions"] == 1
+            # the rules saw what a restart without the re-send sees: same warnings, same state
+            ref = PartitionState.load(cfg, 0, core.state_table.data[b"0"])
+            ref.offset = new[0][0] - 1
+            want, _, _ = ref.apply(new)
+            assert core2.events_topic.sent == len(want)
+            assert core2.states[0].dump() == ref.dump()
+        else:
+            assert s["readings"] == 15 * n and s["duplicate_readings"] == 0, dict(s)
+            assert s["dedup_seeds"] == 0 and s["dedup_seed_messages"] == 0
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(300)
+def test_a_window_larger_than_its_bound_is_read_back_newest_first(kafka_server):
+    """A restored partition reads back no more of its history than the window's memory bound
+    holds (newest first): re-sends of recent batches are recognised, the bound is kept, and the
+    oldest history is not read at all."""
+    from gridwatch.streams.cluster import ensure_topics
+    from gridwatch.streams.kernels.dedup import ENTRY_BYTES, LOAD
+
+    tag = uuid.uuid4().hex[:8]
+    ids = [f"big-{i:04d}" for i in range(500)]
+    n, steps = len(ids), 400
+    vals = np.full((steps, n), 3.0)
+    mb = 0.5  # readings get 3/4: 49,152 slots, 34,406 entries ~ 69 steps of 500 readings
+    cfg = make_cfg(kafka={"bootstrap_servers": kafka_server.bootstrap_servers, "readings_topic": f"big-{tag}",
+                          "partitions": 1}, ingest={"dedup_window_s": 86400.0, "dedup_max_mb": mb})
+    asyncio.run(ensure_topics(cfg))
+    first = _produce_steps(cfg, ids, vals, range(steps))
+    core = _core(cfg)
+
+    async def run(c, msgs):
+        try:
+            await c.process_readings([_Event(0, o, v) for o, v in msgs])
+        finally:
+            await c.filler.close()
+
+    asyncio.run(run(core, first))
+    core2 = _core(cfg)
+    core2.state_table.data[b"0"] = core.state_table.data[b"0"]
+    resent = _produce_steps(cfg, ids, vals, range(steps - 20, steps))
+    asyncio.run(run(core2, resent))
+    s = core2.stats
+    cap = int(int(mb * 2**20) * 3 // 4 // ENTRY_BYTES * LOAD) // n  # steps that fit in the bound
+    assert s["duplicate_readings"] == 20 * n and s["readings"] == 0, dict(s)
+    assert cap + 1 <= s["dedup_seed_messages"] <= 2 * cap + 64, (cap, dict(s))  # not all 400
+    win = core2.states[0].series_window
+    assert win.count <= win.max_entries and win.nbytes <= mb * 2**20 * 3 // 4
+
+
+@pytest.mark.kafka
+@pytest.mark.questdb
+@pytest.mark.timeout(420)
+def test_a_batch_re_sent_after_its_partition_moved_to_another_worker_is_stored_once(kafka_server, questdb_server,
+                                                                                    tmp_path):
+    """Two real worker processes: the first owns both partitions and stores 20 steps of
+    readings; a second joins and one partition moves to it (restored from the changelog, its
+    window read back from Kafka). Then the vendor re-publishes steps 5..14: every re-sent
+    reading is rejected as a duplicate on both partitions, and QuestDB holds each reading once.
+    Was: the re-sent steps were processed and stored a second time."""
+    tag = uuid.uuid4().hex[:8]
+    P = 2
+    cfg_path = _write_cfg(tmp_path / "cluster.toml", kafka_server.bootstrap_servers, questdb_server.url, tag, P)
+    text = cfg_path.read_text().replace("questdb_dedup = true\n", f'questdb_dedup = true\nwrite_readings = true\n'
+                                                                   f'readings_measurement = "readings_{tag}"\n')
+    cfg_path.write_text(text)
+    from gridwatch.config import load
+    from gridwatch.streams.cluster import ensure_topics
+
+    cfg = load(cfg_path)
+    assert cfg.influx.write_readings and cfg.ingest.dedup_window_s > 0
+    asyncio.run(ensure_topics(cfg))
+    ids, vals = dataset(30, 40, seed=9)
+    n = len(ids)
+
+    async def produce(steps):
+        async with KafkaForwarder(cfg.kafka.bootstrap_servers, readings_topic=cfg.kafka.readings_topic,
+                                  warning_events_topic=cfg.kafka.warning_events_topic, linger_ms=5) as fw:
+            for s in steps:
+                await fw.send_readings([DeviceInfo(i, "acme", "sewer_level") for i in ids], ["water_level"],
+                                       np.arange(n), np.zeros(n, np.int64), np.full(n, T0 + s * STEP), vals[s])
+
+    stats = [tmp_path / "a.json", tmp_path / "b.json"]
+    procs = [_start_worker(cfg_path, stats[0], tmp_path / "w0.log")]
+    try:
+        _wait(lambda: _stats(stats[0]).get("assigned") == [0, 1], 180, "the first worker owns both partitions", procs)
+        asyncio.run(produce(range(20)))
+        _wait(lambda: _stats(stats[0]).get("readings", 0) >= 20 * n, 120, "first 20 steps", procs)
+        procs.append(_start_worker(cfg_path, stats[1], tmp_path / "w1.log"))
+        _wait(lambda: len(_stats(stats[1]).get("assigned") or []) == 1 and len(_stats(stats[0]).get("assigned") or []) == 1,
+              240, f"one partition moved to the second worker ({tmp_path})", procs)
+        asyncio.run(produce(list(range(5, 15)) + list(range(20, 25))))
+
+        def total(k):
+            return sum(_stats(s).get(k, 0) for s in stats)
+
+        _wait(lambda: total("readings") + total("duplicate_readings") >= 35 * n, 180, "re-sent and new steps", procs)
+        time.sleep(1.5)  # one more stats write: anything applied twice shows now
+        assert total("readings") == 25 * n and total("duplicate_readings") == 10 * n, [_stats(s) for s in stats]
+        a, b = _stats(stats[0]), _stats(stats[1])
+        assert b.get("restored_partitions", 0) >= 1 and b.get("dedup_seeds", 0) >= 1, b
+        # the partition that stayed with the first worker kept its window (nothing read back)
+        assert a.get("dedup_seeds", 0) == 0 and a.get("kept_partitions", 0) >= 1, a
+        t = f"readings_{tag}"
+        questdb_server.wait_rows(f"select count() from '{t}'", lambda r: bool(r) and r[0][0] >= 25 * n, timeout=60)
+        questdb_server.wait_wal_applied(t)
+        assert questdb_server.query(f"select count() from '{t}'")[0][0] == 25 * n
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGTERM)
+        for pr in procs:
+            try:
+                pr.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(pr.pid, signal.SIGKILL)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+def test_a_re_sent_position_fix_after_a_restart_is_applied_once(kafka_server):
+    """The same for position fixes: the (device, ts) window is read back too."""
+    from aiokafka import AIOKafkaProducer
+
+    from gridwatch.streams.cluster import ensure_topics
+
+    tag = uuid.uuid4().hex[:8]
+    cfg = make_cfg(kafka={"bootstrap_servers": kafka_server.bootstrap_servers, "readings_topic": f"pos-{tag}",
+                          "partitions": 1})
+    asyncio.run(ensure_topics(cfg))
+    devs = [DeviceInfo(f"bus-{i:02d}", "acme", "vehicle") for i in range(8)]
+    n = len(devs)
+
+    def fixes(step):
+        return wire.encode_positions(devs, np.arange(n), np.full(n, T0 + step * STEP), np.full(n, 30.0 + step / 1e3),
+                                     np.full(n, 114.0), np.full(n, 20.0), np.full(n, np.nan))
+
+    def produce(steps):
+        async def go():
+            prod = AIOKafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
+            await prod.start()
+            try:
+                return [((await prod.send_and_wait(cfg.kafka.readings_topic, fixes(s), partition=0)).offset, fixes(s))
+                        for s in steps]
+            finally:
+                await prod.stop()
+        return asyncio.run(go())
+
+    async def run(c, msgs):
+        try:
+            await c.process_readings([_Event(0, o, v) for o, v in msgs])
+        finally:
+            await c.filler.close()
+
+    core = _core(cfg)
+    asyncio.run(run(core, produce(range(10))))
+    assert core.stats["positions"] == 10 * n
+    core2 = _core(cfg)
+    core2.state_table.data[b"0"] = core.state_table.data[b"0"]
+    asyncio.run(run(core2, produce([3, 4, 10])))  # two steps re-sent, one new
+    s = core2.stats
+    assert s["positions"] == n and s["duplicate_positions"] == 2 * n and s["dedup_seeds"] == 1, dict(s)
