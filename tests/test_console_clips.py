@@ -98,7 +98,7 @@ def test_a_clip_path_outside_the_clips_folder_is_not_served(site):
         assert r.status_code == 404 and "top secret" not in r.text
 
 
-def test_a_browser_plays_the_clip_on_the_warning_page(site, browser):
+def test_a_browser_plays_the_clip_on_the_warning_page(site, browser, tmp_path):
     """Debian's headless chromium loads the clip's metadata and decodes its first frame."""
     ctx = browser.new_context()
     try:
@@ -114,5 +114,7 @@ def test_a_browser_plays_the_clip_on_the_warning_page(site, browser):
         size = page.evaluate("[document.getElementById('clip').videoWidth, document.getElementById('clip').videoHeight]")
         assert size == [64, 48]
         assert abs(page.evaluate("document.getElementById('clip').duration") - 1.0) < 0.1
+        from tests.test_console_browser import shot
+        shot(page, tmp_path, "08-warning-clip")
     finally:
         ctx.close()
