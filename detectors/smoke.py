@@ -70,13 +70,14 @@ class SmokeParams(DetectorParams):
     min_edge_ratio: float = Field(0.35, ge=0, description="…but not below this: texture still shows through thin smoke, "
                                   "while a person or vehicle in front of it hides it completely.")
     edge_slack: float = Field(1.0, ge=0, description="Absolute allowance added to the edge test (flat backgrounds).")
-    max_sharpness: float = Field(0.6, ge=0, description="Gradient energy of the difference frame - background, per unit of "
+    max_sharpness: float = Field(0.55, ge=0, description="Gradient energy of the difference frame - background, per unit of "
                                  "mean difference, in a candidate tile, after the frame's sensor-noise floor is taken off: smoke "
                                  "changes a tile smoothly; a person or an object brings its own outline and texture. Not a "
                                  "clean split on its own (generated plumes: tile medians 0.1-0.55, dense textured ones "
                                  "higher; generated people 0.2-0.45; the other tests and the persistence do the rest). "
-                                 "0.45 dropped 4 of 19 visible tuning plumes here; at 0.8 the largest region on the tuning "
-                                 "clip vtest reached 8-10 tiles (min_blocks), at 0.6 2.")
+                                 "Chosen on the tuning plumes (seeds 0-29, 100-159: 0.45 raised 38 of 59 visible ones with "
+                                 "smoke-cls, 0.55 42, 0.6 43) and the tuning clip vtest (largest region, analysed at half "
+                                 "rate: 0.45 2 tiles, 0.55 4 = half of min_blocks, 0.6 5, 0.8 10).")
     sharpness_slack: float = Field(0.5, ge=0, description="Absolute allowance added to the sharpness test (what is left "
                                    "of the sensor noise after its floor is taken off).")
     min_flicker: float = Field(1.0, ge=0, description="Smoke keeps moving: a candidate tile's mean frame-to-frame luma "
