@@ -26,6 +26,7 @@ they were not looked at while choosing any threshold (the defaults held out ``tr
 
     gridwatch bench false-alarms --hours 10               # 10 camera-hours per decode mode
     gridwatch bench false-alarms --hours 0.05 --json out.json
+    gridwatch bench false-alarms --plumes 30 --plume-seconds 40   # generated plumes, both decode modes
 """
 from __future__ import annotations
 
