@@ -26,6 +26,7 @@ they were not looked at while choosing any threshold (the defaults held out ``tr
 
     gridwatch bench false-alarms --hours 10               # 10 camera-hours per decode mode
     gridwatch bench false-alarms --hours 0.05 --json out.json
+    gridwatch bench false-alarms --plumes 30 --plume-seconds 40   # generated plumes, both decode modes
 """
 from __future__ import annotations
 
@@ -296,11 +297,21 @@ def calibrate_smoke_cls(clips: dict[str, Path], held_out: list[str], cache: Path
             "per_clip_p99": {k: round(float(np.quantile(v, 0.99)), 3) for k, v in neg.items() if len(v)}}
 
 
-def plume_detection(n: int = 30, seed_base: int | None = None, params: dict | None = None) -> dict:
-    """The smoke rule with ``smoke-cls`` on ``n`` held-out generated plumes (``scenes.smoke_video``,
-    seeds from ``HELDOUT_SEED_BASE``, 150 frames at 15 fps analysed at 5 fps, 320x240, the set
-    ``python -m gridwatch.models.evaluate --smoke-rule`` reports on): which visible plumes raise,
-    and how long after the plume starts (detection delay)."""
+def plume_detection(n: int = 30, seed_base: int | None = None, params: dict | None = None, seconds: float = 10.0,
+                    mode: str = "all") -> dict:
+    """The smoke rule with ``smoke-cls`` on ``n`` generated plumes (``scenes.smoke_video``, seeds
+    from ``HELDOUT_SEED_BASE`` unless ``seed_base`` is given, 15 fps, 320x240; the set ``python -m
+    gridwatch.models.evaluate --smoke-rule`` reports on): which visible plumes raise, and how long
+    after the plume starts (detection delay).
+
+    ``seconds``: the clip's length (10 s by default, 150 frames; the plume grows over 60 % of it, so
+    a longer clip is a slower plume of the same shape). ``mode``: ``all`` analyses every third
+    frame (5 fps, as full decode does); ``keyframes`` one frame every 2 s (a camera's keyframes).
+    Whether a plume is *visible* is decided on its 10 s clip (``evaluate.plume_visible``), so every
+    length and mode counts over the same plumes. Each missed visible plume is put down to the stage
+    that dropped it: ``candidates`` (its largest region never reached ``min_blocks`` tiles),
+    ``temporal`` (it did, but the duration / frames / growth rules were never met while it was that
+    big) or ``classifier`` (the rule was met and ``smoke-cls`` said no)."""
     from gridwatch.detectors.base import FrameInput
     from gridwatch.detectors.models import shipped
     from gridwatch.detectors.motion import MotionDetector
@@ -309,26 +320,39 @@ def plume_detection(n: int = 30, seed_base: int | None = None, params: dict | No
     from gridwatch.models.evaluate import plume_visible
 
     base = scenes.HELDOUT_SEED_BASE if seed_base is None else seed_base
+    every = {"all": 3, "keyframes": 30}[mode]
+    frames_n = max(30, round(seconds * 15))
     cls = shipped("smoke-cls", intra_op_threads=1)
-    delays, missed, faint_raised = [], [], 0
+    delays, missed, faint_raised = [], {}, 0
     visible = 0
     for s in range(base, base + n):
         det, md = create("smoke", "smoke", {"duration_s": 3.0, **(params or {})}, model=cls), MotionDetector()
-        at = None
-        for i, (f, _) in enumerate(scenes.smoke_video(150, seed=s)):
-            if i % 3 == 0 and any(h.kind == "raise" for h in det.update(FrameInput("p", f, i * 200 // 3, md.detect(f)))):
+        at, largest = None, 0
+        for i, (f, _) in enumerate(scenes.smoke_video(frames_n, seed=s)):
+            if i % every:
+                continue
+            hits = det.update(FrameInput("p", f, i * 200 // 3, md.detect(f)))
+            largest = max(largest, int(det.region.sum()) if det.region is not None else 0)
+            if any(h.kind == "raise" for h in hits):
                 at = i / 15.0
                 break
         if plume_visible(s):
             visible += 1
-            (delays.append(at) if at is not None else missed.append(s))
+            if at is not None:
+                delays.append(at)
+            else:
+                stage = ("classifier" if det.classifier_runs else
+                         "candidates" if largest < det.p.min_blocks else "temporal")
+                missed[s] = {"stage": stage, "largest_region": largest,
+                             "classifier_probs": [round(x, 2) for x in det.classifier_probs]}
         elif at is not None:
             faint_raised += 1
-    return {"seeds": f"{base}..{base + n - 1}", "visible": visible, "raised": len(delays),
-            "recall": round(len(delays) / max(visible, 1), 3),
+    return {"seeds": f"{base}..{base + n - 1}", "plume_seconds": seconds, "mode": mode, "visible": visible,
+            "raised": len(delays), "recall": round(len(delays) / max(visible, 1), 3),
             "delay_s_median": round(float(np.median(delays)), 2) if delays else None,
             "delay_s_range": [round(min(delays), 2), round(max(delays), 2)] if delays else None,
-            "missed_seeds": missed, "faint_raised": faint_raised}
+            "missed_seeds": list(missed), "missed_by_stage": dict(Counter(m["stage"] for m in missed.values())),
+            "missed": missed, "faint_raised": faint_raised}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,10 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibrate-smoke-cls", action="store_true", help="instead: choose smoke-cls's threshold on "
                     "the tuning clips' crops (at most 1 %% let through), report it on the held-out clips and plumes")
     ap.add_argument("--plumes", type=int, metavar="N", help="instead: the smoke rule (with smoke-cls) on N held-out "
-                    "generated plumes: detection rate and delay")
+                    "generated plumes: detection rate and delay, and the stage that dropped each missed one")
+    ap.add_argument("--plume-seconds", type=float, default=10.0, help="with --plumes: length of each plume's clip "
+                    "(the plume grows over 60 %% of it; default 10)")
+    ap.add_argument("--plume-seed-base", type=int, help="with --plumes: first seed (default: the held-out "
+                    "1000000; the tuning plumes are 0..)")
+    ap.add_argument("--plume-smoke-params", type=json.loads, default={}, help="with --plumes: JSON object of smoke "
+                    "rule params over the defaults")
     a = ap.parse_args(argv)
     if a.plumes:
-        print(json.dumps(plume_detection(a.plumes), indent=1))
+        out = [plume_detection(a.plumes, a.plume_seed_base, a.plume_smoke_params, a.plume_seconds, m) for m in a.modes]
+        print(json.dumps(out if len(out) > 1 else out[0], indent=1))
         return 0
 
     clips = find_clips(a.clips)

@@ -31,8 +31,9 @@ that only smoke should supply.
 
 Evidence per tile accumulates in seconds while it is a candidate and decays otherwise; tiles with
 ``persist_s`` of evidence form the smoke region (someone walking through a tile never builds it
-up). The region is followed from frame to frame: a largest patch that does not touch the previous
-one is a new region (scattered patches appearing in turn are not one growing plume). A warning is
+up). The region is followed from frame to frame: a largest patch farther than ``link_tiles`` tiles
+from the previous one is a new region (scattered patches appearing in turn are not one growing
+plume; a plume's texture leaves holes, so its largest patch hops between neighbouring pieces). A warning is
 raised when the region has existed for ``duration_s`` and has grown (area × ``growth`` or its top
 risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
 With a classifier model (``model_kind = "classifier"``; by default the shipped ``smoke-cls``, a
@@ -69,11 +70,14 @@ class SmokeParams(DetectorParams):
     min_edge_ratio: float = Field(0.35, ge=0, description="…but not below this: texture still shows through thin smoke, "
                                   "while a person or vehicle in front of it hides it completely.")
     edge_slack: float = Field(1.0, ge=0, description="Absolute allowance added to the edge test (flat backgrounds).")
-    max_sharpness: float = Field(0.45, ge=0, description="Gradient energy of the difference frame - background, per unit of "
+    max_sharpness: float = Field(0.55, ge=0, description="Gradient energy of the difference frame - background, per unit of "
                                  "mean difference, in a candidate tile, after the frame's sensor-noise floor is taken off: smoke "
                                  "changes a tile smoothly; a person or an object brings its own outline and texture. Not a "
-                                 "clean split on its own (generated plumes: tile medians 0.1-0.55; generated people 0.2-0.45; "
-                                 "the other tests and the persistence do the rest).")
+                                 "clean split on its own (generated plumes: tile medians 0.1-0.55, dense textured ones "
+                                 "higher; generated people 0.2-0.45; the other tests and the persistence do the rest). "
+                                 "Chosen on the tuning plumes (seeds 0-29, 100-159: 0.45 raised 38 of 59 visible ones with "
+                                 "smoke-cls, 0.55 42, 0.6 43) and the tuning clip vtest (largest region, analysed at half "
+                                 "rate: 0.45 2 tiles, 0.55 4 = half of min_blocks, 0.6 5, 0.8 10).")
     sharpness_slack: float = Field(0.5, ge=0, description="Absolute allowance added to the sharpness test (what is left "
                                    "of the sensor noise after its floor is taken off).")
     min_flicker: float = Field(1.0, ge=0, description="Smoke keeps moving: a candidate tile's mean frame-to-frame luma "
@@ -85,6 +89,9 @@ class SmokeParams(DetectorParams):
                           "within the last growth_window_s (a ghost of something that left stops changing).")
     growth_window_s: float = Field(2.0, gt=0, description="Window of the growth test (seconds).")
     min_blocks: int = Field(8, ge=1, description="Smallest region (tiles) that can raise a warning.")
+    link_tiles: int = Field(2, ge=1, le=4, description="A largest patch within this many tiles of the previous "
+                            "frame's region is the same region grown (a plume's texture leaves holes in it, so its "
+                            "largest patch hops between neighbouring pieces); farther away it is a new region.")
     persist_frames: int = Field(3, ge=1, description="…and the tile must have been a candidate in this many analysed "
                                 "frames (observations), not only for persist_s: one frame every 2 s (keyframes) is one "
                                 "observation, not 2 s of continuous evidence.")
@@ -248,7 +255,8 @@ class SmokeDetector(VideoDetector):
         if n == 0:
             self.region_since = None
             return self._maybe_clear(f)
-        if previous is not None and not (cv2.dilate(previous.astype(np.uint8), np.ones((3, 3), np.uint8)) & region).any():
+        link = np.ones((2 * p.link_tiles + 1, 2 * p.link_tiles + 1), np.uint8)
+        if previous is not None and not (cv2.dilate(previous.astype(np.uint8), link) & region).any():
             self.region_since = None  # a patch elsewhere: a new region, not the old one grown
         self.last_region_ts = f.ts_ms
         ys, xs = np.nonzero(region)

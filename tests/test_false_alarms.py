@@ -53,3 +53,21 @@ def test_short_cut_of_real_footage_raises_no_false_alarm(tmp_path, capsys):
         assert r["resets"] >= r["passes"] - 1, r  # every wrap of the loop reset the evidence
         assert r["warnings"] == {}, r
     assert max(r["passes"] for r in results) >= 2  # the short clips looped
+
+
+def test_plume_harness_reports_delay_and_the_stage_that_drops_a_plume():
+    """``--plumes``: a visible tuning plume (seed 0) raises in full decode with a delay inside its
+    clip; the same plume is put down to the stage that was made to drop it; and with keyframes
+    every 2 s its 10 s clip cannot raise (the rule needs ``min_frames`` observations, ~16 s),
+    while the same plume grown over 40 s does, after at least 16 s."""
+    r = fa.plume_detection(1, seed_base=0)
+    assert (r["visible"], r["raised"], r["missed_seeds"]) == (1, 1, []), r
+    assert 2.0 <= r["delay_s_median"] <= 10.0, r
+    for params, stage in (({"min_blocks": 1000}, "candidates"), ({"duration_s": 60.0}, "temporal"),
+                          ({"classifier_min": 1.0, "classifier_class": "background"}, "classifier")):
+        r = fa.plume_detection(1, seed_base=0, params=params)
+        assert r["raised"] == 0 and r["missed"][0]["stage"] == stage, (params, r)
+    r = fa.plume_detection(1, seed_base=0, mode="keyframes")
+    assert r["raised"] == 0 and r["missed"][0]["stage"] != "classifier", r
+    r = fa.plume_detection(1, seed_base=0, mode="keyframes", seconds=40.0)
+    assert r["raised"] == 1 and 16.0 <= r["delay_s_median"] <= 40.0, r
