@@ -25,14 +25,15 @@ def kinds() -> list[str]:
 # target is not met. `gridwatch check-config --explain` prints it; `check-config FILE` notes it per rule.
 STATUS: dict[str, tuple[str, str]] = {
     "smoke": ("experimental",
-              "0 false alarms in 10 camera-hours per decode mode on 4 real clips (95 % upper bound 7.2 per "
-              "camera-day), but detects 11 of 20 held-out generated plumes (target 80 %) and smoke-cls lets "
-              "15 % of real background crops through; never validated on real smoke"),
+              "0 false alarms in 24 camera-hours per decode mode on 4 real clips (95 % upper bound 3.0 per "
+              "camera-day), but detects only 12 of 20 held-out generated plumes with full decode and 5 of 20 "
+              "(40 s plumes) with keyframes (target 80 %), and smoke-cls lets 14 % of real background crops "
+              "through; never validated on real smoke"),
     "dumping": ("generated scenes only",
-                "0 false alarms in 10 camera-hours per decode mode on 4 real clips (95 % upper bound 7.2 per "
+                "0 false alarms in 24 camera-hours per decode mode on 4 real clips (95 % upper bound 3.0 per "
                 "camera-day); detection measured on generated scenes only, never on real dumping"),
     "ebike": ("generated scenes only",
-              "0 false alarms in 10 camera-hours per decode mode on 4 real clips (95 % upper bound 7.2 per "
+              "0 false alarms in 24 camera-hours per decode mode on 4 real clips (95 % upper bound 3.0 per "
               "camera-day); 11 of 12 generated e-bikes and 0 of 12 bicycles (gridwatch bench ebike); never "
               "validated on real e-bikes"),
 }
