@@ -631,11 +631,15 @@ class DecodedFrames:
 
     def __init__(self) -> None:
         self._frame = None
+        self._layout_key: tuple | None = None
+        self._layout_value: tuple = ()
         # one scaler for this source's conversions: a fresh one per frame (what to_ndarray does)
         # costs its set-up every time, and its default of one thread per core buys nothing on
         # 640-pixel analysis frames but thread hand-offs
+        from av.video.plane import VideoPlane
         from av.video.reformatter import VideoReformatter
 
+        self._plane = VideoPlane
         self._reformatter = VideoReformatter()
         self._reformat_lock = threading.Lock()
 
@@ -651,15 +655,24 @@ class DecodedFrames:
     def deferred(self, width: int | None) -> dict:
         """The current frame unconverted: Frame keyword arguments (luma view, converter, size)."""
         f = self._frame
-        tw, th = _target_size(f.width, f.height, width)
+        luma_first, limited, (tw, th) = self._layout(f, width)
         luma = None
-        if f.format.name in _LUMA_FIRST:
-            p = f.planes[0]
-            luma = np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width]
-        # yuvj* and streams flagged full range (AVCOL_RANGE_JPEG = 2) carry 0-255 luma
-        limited = not f.format.name.startswith("yuvj") and getattr(f, "color_range", 1) != 2 and f.format.name != "gray"
+        if luma_first:  # the first plane only (``f.planes`` would build an object for each plane)
+            luma = np.frombuffer(self._plane(f, 0), np.uint8).reshape(f.height, -1)[:, : f.width]
         return {"luma": luma, "limited_range": limited, "size": (tw, th),
                 "convert": lambda: self._bgr(f, tw, th)}
+
+    def _layout(self, f, width: int | None) -> tuple[bool, bool, tuple[int, int]]:
+        """(luma plane first, limited range, analysis size) of frames like ``f``: the same for
+        every frame of a stream, so worked out again only when its size, format or range changes."""
+        key = (f.width, f.height, f.format.name, getattr(f, "color_range", 1), width)
+        if key != self._layout_key:
+            name = key[2]
+            # yuvj* and streams flagged full range (AVCOL_RANGE_JPEG = 2) carry 0-255 luma
+            limited = not name.startswith("yuvj") and key[3] != 2 and name != "gray"
+            self._layout_key = key
+            self._layout_value = (name in _LUMA_FIRST, limited, _target_size(f.width, f.height, width))
+        return self._layout_value
 
 
 class PyAvSource(DecodedFrames):
@@ -1221,6 +1234,12 @@ class Camera:
         self._pump_error = False
         frames = 0
         gap_ms = cfg.discontinuity_gap_s * 1000.0
+        # per-camera constants, read once (is_file is a property that parses the URL)
+        is_file = cfg.is_file
+        paced = is_file and cfg.realtime
+        gap_s = cfg.discontinuity_gap_s
+        width = cfg.analysis_width
+        deferred = isinstance(src, DecodedFrames)
         while self._alive(gen):
             try:
                 pts = src.next()
@@ -1230,16 +1249,16 @@ class Camera:
                 e = _as_source_error(self.name, e)
                 self._error(e.code)
                 self._pump_error = True
-                if cfg.is_file and delivered:  # played a while, then broke off: cut short or corrupt
+                if is_file and delivered:  # played a while, then broke off: cut short or corrupt
                     at = f" at {pts_s:.1f} s" if (pts_s := (self._last_pts or float("nan")) / 1000.0) == pts_s else ""
                     return True, f"{e} after {frames} frames{at}", not cfg.loop
-                return delivered, str(e), cfg.is_file and not delivered
+                return delivered, str(e), is_file and not delivered
             now = time.monotonic()
             self.heartbeat = now
             if pts is not None:
                 last = self._last_pts
                 if (last is not None and pts == pts and (pts < last or pts - last > gap_ms)) or (
-                        last is not None and now - self._last_decoded > cfg.discontinuity_gap_s):
+                        last is not None and now - self._last_decoded > gap_s):
                     self._new_epoch()  # the stream's clock went back or jumped, or decoding stalled
                 self._last_pts = pts if pts == pts else (last if last is not None else 0.0)
                 self._last_decoded = now
@@ -1251,10 +1270,10 @@ class Camera:
             if pts is None:
                 if not delivered:
                     self._error("no_frames")
-                    if cfg.is_file:
+                    if is_file:
                         return False, "no decodable frame (corrupt or truncated file)", True
                     return False, "stream ended before the first frame", False
-                if cfg.is_file:
+                if is_file:
                     return True, _END_OF_FILE, not cfg.loop
                 self._error("stream_ended")
                 return True, "stream ended (server closed the connection or read timed out)", False
@@ -1268,13 +1287,13 @@ class Camera:
                 self._first_frame_at = now
                 w, h = src.size
                 self._set_state(gen, CameraState.ONLINE, f"receiving {w}x{h}")
-            if cfg.is_file and cfg.realtime and pts == pts:
+            if paced and pts == pts:
                 ahead = clock.wait_s(pts, now)
                 if 0 < ahead < 0.25:  # one frame's wait: a plain sleep costs a third of an Event wait
                     time.sleep(ahead)  # and stops as promptly (the loop checks before the next frame)
                 elif ahead > 0:
                     self._wait(ahead, gen)
-            t = pts / 1000.0 if cfg.is_file and pts == pts else now
+            t = pts / 1000.0 if is_file and pts == pts else now
             if t < last_kept:  # the stream restarted its clock
                 last_kept = -1e18
             if t - last_kept < interval * 0.999:
@@ -1283,8 +1302,8 @@ class Camera:
                 continue
             last_kept = t
             full_w = src.size[0]
-            if isinstance(src, DecodedFrames):  # converted only if analysis needs the picture
-                extra = src.deferred(cfg.analysis_width)
+            if deferred:  # converted only if analysis needs the picture
+                extra = src.deferred(width)
                 frame = Frame(self.name, seq, int(time.time() * 1000), pts, None, extra["size"][0] / full_w, keyframes,
                               **extra)
                 frame.epoch = self.epoch
@@ -1300,7 +1319,7 @@ class Camera:
                         continue
             else:
                 try:
-                    img = src.image(cfg.analysis_width)
+                    img = src.image(width)
                 except SourceError as e:
                     self._error(e.code)
                     continue

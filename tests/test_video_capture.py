@@ -343,3 +343,42 @@ def test_kept_frames_are_prepared_on_the_capture_thread_and_a_failing_prepare_st
     assert threads and "MainThread" not in threads
     assert calls["n"] == 1 and frames["bad"] and all(f.gate is None for f in frames["bad"])
     assert video.counters()["bad"]["decoded"] == SCENE_FRAMES
+
+
+def test_deferred_luma_range_and_size_follow_each_frame():
+    """The luma view, the range flag and the analysis size of a decoded frame, with the per-stream
+    layout worked out once: a later frame of another size, format or range gets its own."""
+    av = pytest.importorskip("av")
+    from gridwatch.ingest.video import DecodedFrames
+
+    rng = np.random.default_rng(3)
+    src = DecodedFrames()
+
+    def frame(w: int, h: int, fmt: str, color_range: int | None = None):
+        if fmt == "gray":
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (h, w), dtype=np.uint8), format="gray")
+        else:
+            f = av.VideoFrame.from_ndarray(rng.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8), format=fmt)
+        if color_range is not None:
+            f.color_range = color_range
+        return f
+
+    cases = [  # (frame, limited range, analysis size for width 40)
+        (frame(90, 30, "yuv420p"), True, (40, 13)),  # 90 is not a multiple of the line alignment
+        (frame(90, 30, "yuv420p"), True, (40, 13)),
+        (frame(90, 30, "yuv420p", color_range=2), False, (40, 13)),  # flagged full range
+        (frame(90, 30, "yuvj420p"), False, (40, 13)),
+        (frame(64, 48, "yuv420p"), True, (40, 30)),
+        (frame(64, 48, "gray"), False, (40, 30)),
+    ]
+    for f, limited, size in cases:
+        src._frame = f
+        d = src.deferred(40)
+        assert f.planes[0].line_size > f.width or f.width == 64
+        expected = f.to_ndarray()[: f.height] if f.format.name != "gray" else f.to_ndarray()
+        np.testing.assert_array_equal(d["luma"], expected)
+        assert d["limited_range"] is limited and d["size"] == size
+        assert d["convert"]().shape == (size[1], size[0], 3)
+    src._frame = frame(64, 48, "yuv420p").reformat(format="rgb24")
+    d = src.deferred(None)
+    assert d["luma"] is None and d["size"] == (64, 48)  # no luminance plane first: the picture is converted
