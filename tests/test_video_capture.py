@@ -167,7 +167,8 @@ def test_a_looping_file_camera_plays_in_real_time_across_passes(gstreamer, tmp_p
     keyframe mode too, where the demuxer hands out nothing after the clip's last keyframe (here
     at 1.5 s of a 2 s clip), so without the clock carried over the next pass came 0.5 s early."""
     clip = encode_h264((f for f in scenes.empty_video(20, 160, 120, seed=3)), tmp_path / "c.mp4", fps=10, keyint=15)
-    cfg = fast("f", str(clip), loop=True, realtime=True, analysis_fps=None, decode=decode)
+    # stale_after_s above the clip's 1.5 s keyframe gap: a loaded box must not make the watchdog reconnect
+    cfg = fast("f", str(clip), loop=True, realtime=True, analysis_fps=None, decode=decode, stale_after_s=3.0)
     video = VideoCollector([cfg])
     starts: list[float] = []
     video.cameras["f"].prepare = lambda fr: (starts.append(time.monotonic()) if fr.pts_ms == 0 else None) or True
