@@ -22,3 +22,23 @@ def seed(path, warnings: list[Warning]) -> None:
     st = Store(path, retention_days=3650)
     st.commit(warnings=warnings)
     st.close()
+
+
+def serve(cfg) -> tuple[object, str]:
+    """A console for ``cfg`` on a free loopback port, answering: (console, base URL)."""
+    import time
+
+    import httpx
+
+    from gridwatch.console.server import Console
+
+    con = Console(cfg, mqtt=False)
+    base = f"http://127.0.0.1:{con.start_thread(port=0)}"
+    deadline = time.time() + 10
+    while True:
+        try:
+            httpx.get(base + "/api/health", timeout=1)
+            return con, base
+        except httpx.TransportError:
+            assert time.time() < deadline, "console did not start"
+            time.sleep(0.05)

@@ -184,6 +184,18 @@ def _start_worker(cfg_path: Path, stats: Path, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _stop_workers(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each worker's process group, then SIGKILL what has not exited 15 s later."""
+    for pr in procs:
+        if pr.poll() is None:
+            os.killpg(pr.pid, signal.SIGTERM)
+    for pr in procs:
+        try:
+            pr.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pr.pid, signal.SIGKILL)
+
+
 def _stats(p: Path) -> dict:
     try:
         return json.loads(p.read_text())
@@ -286,14 +298,7 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
         span = [w for w in want_final.values() if w.source == "lvl-001" and w.start_ts == T0 + 51 * STEP]
         assert len(span) == 1 and span[0].id in by_id
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                os.killpg(pr.pid, signal.SIGTERM)
-        for pr in procs:
-            try:
-                pr.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pr.pid, signal.SIGKILL)
+        _stop_workers(procs)
 
 
 @pytest.mark.kafka
@@ -658,14 +663,7 @@ level = "warning"
     finally:
         hog.kill()
         hog.wait()
-        for pr in procs:
-            if pr.poll() is None:
-                os.killpg(pr.pid, signal.SIGTERM)
-        for pr in procs:
-            try:
-                pr.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pr.pid, signal.SIGKILL)
+        _stop_workers(procs)
 
 
 def test_a_worker_does_not_apply_messages_of_a_partition_it_no_longer_owns():
@@ -858,14 +856,7 @@ def test_a_batch_re_sent_after_its_partition_moved_to_another_worker_is_stored_o
         questdb_server.wait_wal_applied(t)
         assert questdb_server.query(f"select count() from '{t}'")[0][0] == 25 * n
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                os.killpg(pr.pid, signal.SIGTERM)
-        for pr in procs:
-            try:
-                pr.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(pr.pid, signal.SIGKILL)
+        _stop_workers(procs)
 
 
 @pytest.mark.kafka

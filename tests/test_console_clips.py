@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from gridwatch.config import parse
-from gridwatch.console.server import Console
 from gridwatch.streams.cases import CaseStore
-from tests.console_seed import EAST, make_warning, seed
+from tests.console_seed import EAST, make_warning, seed, serve
 
 NOW = int(time.time() * 1000)
 PASSWORD = "east-password"
@@ -54,16 +53,7 @@ def site(tmp_path):
     db = data / "gridwatch.db"
     seed(db, list(ws.values()))
     CaseStore(db).add_user("east", PASSWORD, "operator", "Jiangcheng/Riverside District/East Town")
-    con = Console(cfg, mqtt=False)
-    base = f"http://127.0.0.1:{con.start_thread(port=0)}"
-    deadline = time.time() + 10
-    while True:
-        try:
-            httpx.get(base + "/api/health", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.time() < deadline, "console did not start"
-            time.sleep(0.05)
+    con, base = serve(cfg)
     c = httpx.Client(base_url=base, follow_redirects=False, timeout=10)
     assert c.post("/login", data={"name": "east", "password": PASSWORD, "next": "/"}).status_code == 303
     yield {"c": c, "ws": ws, "clip": clip, "base": base}

@@ -12,10 +12,9 @@ import pytest
 
 from gridwatch.config import parse
 from gridwatch.console.live import Broadcaster
-from gridwatch.console.server import Console
 from gridwatch.observability import Counters
 from gridwatch.streams.cases import CaseStore, Scope
-from tests.console_seed import EAST, WEST, make_warning, seed
+from tests.console_seed import EAST, WEST, make_warning, seed, serve
 
 NOW = int(time.time() * 1000)
 XSS = "<img src=x onerror=alert(1)>"
@@ -43,17 +42,7 @@ def site(tmp_path):
     cs.add_user("county", PASSWORDS["county"], "operator", "Jiangcheng/Riverside District")
     cs.add_user("city", PASSWORDS["city"], "supervisor", "Jiangcheng")
     token = cs.add_token("west", "hotline")
-    con = Console(cfg, mqtt=False)
-    port = con.start_thread(port=0)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 10
-    while True:
-        try:
-            httpx.get(base + "/api/health", timeout=1)
-            break
-        except httpx.TransportError:
-            assert time.time() < deadline, "console did not start"
-            time.sleep(0.05)
+    con, base = serve(cfg)
     yield {"base": base, "ws": ws, "token": token, "db": db, "console": con}
     con.stop()
 
