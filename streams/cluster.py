@@ -46,7 +46,8 @@ The cost is that the whole partition state is rewritten per batch (pickled numpy
 for 10k devices under the five standard rules); size partitions so that this stays well under the
 changelog's ``max.message.bytes`` (see docs/cluster.md). A snapshot is written with an explicit
 partition (= the readings partition) and awaited before the batch's offsets are acknowledged, so
-a committed offset is never ahead of the stored state.
+a committed offset is never ahead of the stored state. A rebalance hands a partition over only
+after its last snapshot from this worker is acknowledged (:meth:`WorkerCore.on_revoked`).
 
 Re-sent readings: the duplicate window per partition
 ====================================================
@@ -509,6 +510,13 @@ class WorkerCore:
         self.stats["pid"] = os.getpid()
         self.filler = OffsetGapFiller(cfg)
         self.max_fill_bytes = 64 * 1024 * 1024  # a hole is read and applied this much at a time
+        # The hand-over of a partition (see on_revoked): partitions revoked and not yet assigned
+        # again get no snapshot from this worker; changelog records still on their way to Kafka;
+        # whether a readings batch is being applied.
+        self.fenced: set[int] = set()
+        self.pending_changelog: set[asyncio.Future] = set()
+        self._batch_idle = asyncio.Event()
+        self._batch_idle.set()
 
     # -- readings -------------------------------------------------------------------------
     def state_for(self, p: int) -> PartitionState:
@@ -661,6 +669,7 @@ class WorkerCore:
         for e in events:
             by_p[e.message.partition].append((e.message.offset, e.value))
         before = {p: self.state_table.data.get(str(p).encode()) for p in by_p}
+        self._batch_idle.clear()
         try:
             await self._on_readings(by_p, len(events), t0, before)
         except BaseException:
@@ -669,10 +678,71 @@ class WorkerCore:
             for p, blob in before.items():
                 self._forget(p, blob)
             raise
+        finally:
+            self._batch_idle.set()
+
+    def _changelog(self, table, p: int, key: bytes, value: bytes):
+        """Send a table record to its changelog, remembered until Kafka acknowledged it."""
+        fut = table.send_changelog(p, key, value)
+        self.pending_changelog.add(fut)
+        fut.add_done_callback(self.pending_changelog.discard)
+        return fut
+
+    async def on_revoked(self, revoked) -> None:
+        """A rebalance takes partitions away (called inside the consumer's revocation, before this
+        worker rejoins the group, so before any new owner can restore a partition).
+
+        The new owner restores a partition from the changelog as far as it reaches at that
+        moment: a snapshot this worker writes later is not in it, and the messages of that
+        snapshot are applied twice. Faust's own flush does not close this: its producer buffer
+        flush gives up after 0.1 s without a message sent (so a snapshot can still sit in the
+        buffer under load), and with ``stream_wait_empty`` off a batch taken before the
+        revocation can still be applied and snapshotted after it. So here, in order: the batch
+        being applied may finish (it snapshots while its partitions are still assigned); then
+        the revoked partitions are fenced (``owns`` is False for them until they are assigned
+        again: a batch arriving now drops their messages, the new owner applies them); then
+        every changelog record already sent is awaited until Kafka acknowledged it. Each wait
+        is bounded (half the session timeout), and one that runs out is counted
+        (``revocation_batch_waits_timed_out``, ``revocation_changelog_unflushed``): that is the
+        case in which a message can be applied twice."""
+        topic = self.cfg.kafka.readings_topic
+        ps = {tp.partition for tp in revoked if tp.topic == topic}
+        if not ps:
+            return
+        limit = max(0.5, self.cfg.worker.session_timeout_s * 0.5)
+        t0 = time.monotonic()
+        if not self._batch_idle.is_set():
+            try:
+                await asyncio.wait_for(self._batch_idle.wait(), limit)
+                self.stats["revocation_batch_waits"] += 1
+            except asyncio.TimeoutError:
+                self.stats["revocation_batch_waits_timed_out"] += 1
+                log.warning("partitions %s revoked while a readings batch was still being applied after %.1fs; "
+                            "it will not snapshot them", sorted(ps), limit)
+        self.fenced |= ps
+        pending = [f for f in self.pending_changelog if not f.done()]
+        if pending:
+            left = max(0.1, limit - (time.monotonic() - t0))
+            done, not_done = await asyncio.wait(pending, timeout=left)
+            self.stats["revocation_changelog_flushed"] += len(done)
+            if not_done:
+                self.stats["revocation_changelog_unflushed"] += len(not_done)
+                log.warning("%d changelog records not acknowledged by Kafka %.1fs into a rebalance; a new owner "
+                            "may restore an older snapshot and apply its messages again", len(not_done), limit)
+        self.stats["revocation_wait_s"] = self.stats.get("revocation_wait_s", 0.0) + time.monotonic() - t0
+
+    def on_assigned(self, assigned) -> None:
+        """The partitions assigned to this worker by a rebalance are its own again."""
+        topic = self.cfg.kafka.readings_topic
+        self.fenced -= {tp.partition for tp in assigned if tp.topic == topic}
 
     def owns(self, p: int) -> bool:
-        """Whether the readings partition ``p`` is assigned to this worker now (True when that
-        cannot be told: no consumer yet, or a test without one)."""
+        """Whether the readings partition ``p`` is this worker's to apply and snapshot now: assigned
+        and not revoked by a rebalance still under way (True when that cannot be told: no consumer
+        yet, or a test without one)."""
+        return p not in self.fenced and self._assigned(p)
+
+    def _assigned(self, p: int) -> bool:
         try:
             assigned = self.app.consumer.assignment()
         except Exception:  # noqa: BLE001 - not started
@@ -695,7 +765,7 @@ class WorkerCore:
         futs = []
         sent = 0
         n_r = n_p = 0
-        for q in [q for q in self.states if q not in by_p and not self.owns(q)]:
+        for q in [q for q in self.states if q not in by_p and not self._assigned(q)]:
             # a partition that moved away: its state (duplicate window included, up to
             # ingest.dedup_max_mb) is released; if it comes back it is restored and read back
             self.states.pop(q, None)
@@ -735,8 +805,8 @@ class WorkerCore:
                 self._forget(p, before[p])
                 self.stats["revoked_messages_dropped"] += len(msgs)
                 continue
-            # no await from the check to the enqueued snapshot: a revocation (which flushes the
-            # producer before the new owner restores) cannot come in between
+            # no await from the check to the enqueued snapshot: a revocation (which fences the
+            # partition, then waits for the records sent, see on_revoked) cannot come in between
             applied[str(p)] = len(seen)
             n_r += r
             n_p += q
@@ -747,7 +817,7 @@ class WorkerCore:
             blob = st.dump()
             self.state_table.data[key] = blob
             self.blobs[p] = blob
-            futs.append(self.state_table.send_changelog(p, key, blob))
+            futs.append(self._changelog(self.state_table, p, key, blob))
             self.stats["snapshot_bytes"] = len(blob)
         if futs:
             await asyncio.gather(*futs)  # stored before take_events acknowledges the offsets
@@ -861,7 +931,7 @@ class WorkerCore:
             for wid, (p, ver) in latest.items():
                 raw = orjson.dumps(list(ver))
                 self.seen_table.data[wid] = raw
-                futs.append(self.seen_table.send_changelog(p, wid, raw))
+                futs.append(self._changelog(self.seen_table, p, wid, raw))
             await asyncio.gather(*futs)
         self.stats["warnings_accepted"] += len(accepted)
         self.stats["warning_events_in"] += len(events)
@@ -933,6 +1003,14 @@ def build_app(cfg: GridwatchConfig, *, naive: bool = False):
     @app.timer(1.0)
     async def stats():
         core.write_stats()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender, revoked, **kwargs):
+        await core.on_revoked(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender, assigned, **kwargs):
+        core.on_assigned(assigned)
 
     @app.task
     async def open_sinks():
