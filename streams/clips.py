@@ -24,6 +24,9 @@ A clip that could not be written leaves no file (the console then shows the snap
   (``clip_kind = "keyframes"``), one picture per keyframe interval.
 * OpenCV (``decoder = "opencv"``): no packets, no clip (``clip_unavailable`` says why).
 
+H.264 and H.265 are both copied as they come (tested on files, every packet and keyframes only;
+RTSP with H.264).
+
 Retention: clips older than ``max_age_days`` are deleted, then the oldest until the folder fits
 ``max_mb`` (at start, then every minute, on the writer thread). Counters (``video`` source):
 ``clips_requested``, ``clips_written``, ``clips_failed``, ``clips_refused``, ``clips_truncated``

@@ -167,6 +167,50 @@ def test_an_rtsp_cameras_warning_gets_a_clip(rtsp_dumping, dumping_mp4, tmp_path
     _check_clip(w, path, dumping_mp4, "full" if decode == "all" else "keyframes")
 
 
+@pytest.fixture(scope="module")
+def dumping_hevc(tmp_path_factory) -> Path:
+    """The same scene in H.265 (many cameras send it): libx265, closed GOPs, a keyframe every 5
+    frames, crf 18. (At x265's default crf 28 this small 320x240 scene's pile did not raise the
+    dumping rule before the 10 s file ended: compression detail, not a clip matter.)"""
+    out = tmp_path_factory.mktemp("clip-hevc") / "dump-hevc.mp4"
+    with av.open(str(out), "w") as c:
+        s = c.add_stream("libx265", rate=FPS)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.options = {"x265-params": "keyint=5:min-keyint=5:scenecut=0:bframes=0:open-gop=0:crf=18:log-level=error"}
+        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return out
+
+
+@pytest.mark.parametrize("decode", ["all", "keyframes"])
+def test_an_h265_file_cameras_warning_gets_a_clip_of_its_own_packets(dumping_hevc, tmp_path, decode):
+    """H.265 as well as H.264: the clip is an MP4 with the source's parameter sets (hvcC) and a
+    run of its packets, byte for byte (every packet, or every keyframe), decodable, around t."""
+    w, path, _ = _raise_and_clip(tmp_path, {"url": str(dumping_hevc), "decode": decode})
+    with av.open(str(path)) as c, av.open(str(dumping_hevc)) as s:
+        cs, ss = c.streams.video[0], s.streams.video[0]
+        assert cs.codec_context.name == ss.codec_context.name == "hevc"
+        assert bytes(cs.codec_context.extradata) == bytes(ss.codec_context.extradata)
+        meta = json.loads(c.metadata["comment"])
+        clip = [(bytes(p), p.is_keyframe) for p in c.demux(cs) if p.size]
+        src = [(bytes(p), p.is_keyframe) for p in s.demux(ss) if p.size]
+    with av.open(str(path)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == len(clip) > 1
+    t = w.evidence["frame_ts"]
+    assert meta["kind"] == w.evidence["clip_kind"] == ("full" if decode == "all" else "keyframes")
+    assert meta["start_ms"] <= t - PRE * 1000 + 100 and meta["end_ms"] >= t + POST * 1000 - 100, (meta, t)
+    if decode == "all":
+        i = src.index(clip[0])
+        assert src[i:i + len(clip)] == clip and len(clip) >= (PRE + POST) * FPS - 2
+    else:
+        keys = [p for p in src if p[1]]
+        i = keys.index(clip[0])
+        assert keys[i:i + len(clip)] == clip
+
+
 def test_an_opencv_camera_says_why_it_has_no_clip(dumping_mp4, tmp_path):
     cfg = parse(_cfg(tmp_path, {"url": str(dumping_mp4), "decoder": "opencv"}), base_dir=tmp_path)
     events: list = []
