@@ -37,7 +37,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -59,6 +59,7 @@ from gridwatch.regions import parse_path
 from gridwatch.streams.clips import ClipWriter
 from gridwatch.streams.lifecycle import RAISED, Lifecycle, RuleInfo
 from gridwatch.streams.processor import CLEAR as EV_CLEAR, RAISE as EV_RAISE, Events
+from gridwatch.streams.store import StoreWriteError
 
 log = logging.getLogger("gridwatch.streams.video")
 EventSink = Callable[[list[tuple[str, Warning]]], None]
@@ -292,6 +293,12 @@ class VideoRuntime:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # emit path (analysis thread vs. tick from elsewhere)
         self.error: BaseException | None = None
+        # warning events the store has not taken yet (a full disk, a locked file): kept in order
+        # and committed, then published, once it takes them again (see _emit)
+        self._held: deque[list[tuple[str, Warning]]] = deque()
+        self._held_events = 0
+        self._emit_lock = threading.Lock()
+        self._store_failing = False
 
     # --- lifecycle plumbing ----------------------------------------------------------------
     def _describe(self, inp: str, slot: int) -> tuple[str, str | None]:
@@ -515,16 +522,47 @@ class VideoRuntime:
         if active is not None:
             active.warning.zone, active.warning.evidence, active.warning.message = w.zone, evidence, w.message
 
+    MAX_HELD_EVENTS = 10_000
+
     def _emit(self, events: list[tuple[str, Warning]]) -> None:
-        if not events:
-            return
-        if self.store is not None:
-            self.store.commit(warnings=[w for _, w in events])
-        if self.publisher is not None:
-            self.publisher.publish(events)
-        self.counters.add("warnings", "video_events", len(events))
-        if self.on_events is not None:
-            self.on_events(events)
+        """Commit ``events`` to the store, then publish them. A store that refuses a write (disk
+        full, read-only, locked) does not stop video analysis: the events are held, in order,
+        and tried again with the next events and at every tick (once a second); nothing is
+        published before it is stored. At most :attr:`MAX_HELD_EVENTS` are held; past that the
+        oldest held batch is published without being stored (counted as
+        ``video/events_not_stored``, logged) rather than lost."""
+        with self._emit_lock:
+            if events:
+                self._held.append(events)
+                self._held_events += len(events)
+            while self._held:
+                batch = self._held[0]
+                if self.store is not None:
+                    try:
+                        self.store.commit(warnings=[w for _, w in batch])
+                    except StoreWriteError as e:
+                        self.counters.add("video", "store_commit_failures")
+                        if not self._store_failing:
+                            self._store_failing = True
+                            log.error("video warnings held, not stored: %s; they are stored and published when the "
+                                      "store takes writes again (at most %d held)", e, self.MAX_HELD_EVENTS)
+                        if self._held_events <= self.MAX_HELD_EVENTS:
+                            break
+                        self.counters.add("video", "events_not_stored", len(batch))
+                        log.error("%d video warning events published without being stored: more than %d held",
+                                  len(batch), self.MAX_HELD_EVENTS)
+                    else:
+                        if self._store_failing:
+                            self._store_failing = False
+                            log.warning("the store takes writes again: held video warnings stored")
+                self._held.popleft()
+                self._held_events -= len(batch)
+                if self.publisher is not None:
+                    self.publisher.publish(batch)
+                self.counters.add("warnings", "video_events", len(batch))
+                if self.on_events is not None:
+                    self.on_events(batch)
+            self.counters.set("video", "events_held", float(self._held_events))
 
 
 class _Fmt(dict):

@@ -148,6 +148,59 @@ params = {{ above = 5.0, clear_at = 4.0 }}
 
 # --- the config and the stored directory merge in any order ------------------------------------
 
+def _dumping_mp4(path: Path) -> Path:
+    """10 s at 15 fps (libx264 through PyAV): a waste pile appears at 2 s and stays."""
+    import av
+
+    from gridwatch.models import scenes
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=15)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.options = {"g": "15", "bf": "0", "crf": "18"}
+        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_holds_video_warnings_and_analysis_goes_on(small_tmpfs, tmp_path):
+    """Was: the store's refusal (disk full) was raised on the video analysis thread, which died:
+    every camera's analysis stopped for good, and the warning was neither stored nor published.
+    Now the events are held in order (``video/events_held``, ``store_commit_failures``), analysis
+    goes on, nothing is published before it is stored, and once space is back the warning is
+    stored and then published."""
+    from gridwatch.config import parse
+    from gridwatch.streams.video import VideoRuntime
+
+    mp4 = _dumping_mp4(tmp_path / "dump.mp4")
+    cfg = parse({"site": {"name": "vfull", "data_dir": str(tmp_path / "var")},
+                 "regions": {"default": "Jiangcheng/Riverside District/East Town/E-02"},
+                 "video": {"rules": [{"name": "dumping", "kind": "dumping", "params": {"duration_s": 2.0}}]},
+                 "cameras": [{"name": "cam", "url": str(mp4), "loop": True, "analysis_fps": 5}]},
+                base_dir=tmp_path)
+    store = Store(small_tmpfs / "gw.db")
+    filler = _fill(small_tmpfs)
+    published: list = []
+    rt = VideoRuntime(cfg, store=store, on_events=published.extend)
+    with rt:
+        snap = lambda: rt.counters.snapshot().get("video", {})  # noqa: E731
+        wait_until(lambda: snap().get("events_held", 0) >= 1, 60, what="a video warning held by the full disk")
+        assert published == [] and snap().get("store_commit_failures", 0) >= 1
+        n = rt.frames_analysed + rt.frames_gated
+        wait_until(lambda: rt.frames_analysed + rt.frames_gated > n + 5, 20, what="analysis going on")
+        assert rt.error is None and rt._thread.is_alive()
+        filler.unlink()  # space again
+        wait_until(lambda: any(e == "raised" for e, _ in published), 20, what="the held warning published")
+        wait_until(lambda: snap().get("events_held", 1) == 0, 10, what="nothing held")
+    w = next(w for e, w in published if e == "raised")
+    assert w.id in {d["id"] for d in store.warnings(rule="dumping")}
+    assert rt.error is None
+
+
 def test_devices_added_to_the_config_after_devices_registered_themselves(mosquitto, tmp_path):
     t0 = int(time.time() * 1000) - 60_000
     with RuntimeThread(_cfg(mosquitto.port, tmp_path), tmp_path):  # devices register themselves
