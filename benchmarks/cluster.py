@@ -89,11 +89,31 @@ level = "warning"
 {rules}"""
 
 
-def _stats(p: Path) -> dict[str, Any]:
+def read_stats(p: Path) -> dict[str, Any]:
+    """A worker's stats file (``--stats-file``, rewritten every second); {} until it exists."""
     try:
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def start_worker(cfg_path: Path, stats: Path, log: Path, *args: str) -> subprocess.Popen:
+    """One ``gridwatch worker`` process in its own process group, writing ``stats`` and logging to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "gridwatch.cli", "worker", "-c", str(cfg_path), *args,
+                             "--stats-file", str(stats)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_workers(procs: list[subprocess.Popen], wait_s: float = 15.0) -> None:
+    """SIGTERM each worker's process group, then SIGKILL what has not exited ``wait_s`` later."""
+    for pr in procs:
+        if pr.poll() is None:
+            os.killpg(pr.pid, signal.SIGTERM)
+    for pr in procs:
+        try:
+            pr.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pr.pid, signal.SIGKILL)
 
 
 def _group_pids(pgid: int):
@@ -163,9 +183,8 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
     cfg = load(cfg_path)
     asyncio.run(ensure_topics(cfg))
     stats = [workdir / f"stats-{tag}-{i}.json" for i in range(workers)]
-    cmd = [sys.executable, "-m", "gridwatch.cli", "worker", "-c", str(cfg_path)] + (["--naive"] if naive else [])
-    procs = [subprocess.Popen(cmd + ["--stats-file", str(s)], stdout=open(workdir / f"log-{tag}-{i}.txt", "wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True) for i, s in enumerate(stats)]
+    procs = [start_worker(cfg_path, s, workdir / f"log-{tag}-{i}.txt", *(["--naive"] if naive else []))
+             for i, s in enumerate(stats)]
 
     def settled(ss) -> bool:
         owned = [set(s.get("assigned") or []) for s in ss]
@@ -176,18 +195,18 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
         prod_s = 0.0
         window = None  # (t, readings, worker cpu s, broker cpu s) when all workers run
         if readings_topic is None:
-            while not settled([_stats(s) for s in stats]):
+            while not settled([read_stats(s) for s in stats]):
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"a worker exited; see {workdir}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"workers did not take their partitions: {[_stats(s).get('assigned') for s in stats]}")
+                    raise TimeoutError(f"workers did not take their partitions: {[read_stats(s).get('assigned') for s in stats]}")
                 time.sleep(0.2)
             t_prod = time.time()
             asyncio.run(_produce(bootstrap, cfg.kafka.readings_topic, messages))
             prod_s = time.time() - t_prod
         deadline = time.monotonic() + timeout
         while True:
-            ss = [_stats(s) for s in stats]
+            ss = [read_stats(s) for s in stats]
             done = sum(s.get("readings", 0) for s in ss)
             if window is None and readings_topic is not None and settled(ss) and all(s.get("readings") for s in ss):
                 window = (max(s["t"] for s in ss), done, sum(_group_cpu_s(p.pid) for p in procs),
@@ -204,7 +223,7 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
         wait_end = sum(_group_wait_s(p.pid) for p in procs)
         broker_end = _group_cpu_s(broker_pgid) if broker_pgid else 0.0
         time.sleep(1.2)  # final stats
-        ss = [_stats(s) for s in stats]
+        ss = [read_stats(s) for s in stats]
         first = min(s["first_batch_t"] for s in ss if "first_batch_t" in s)
         last = max(s["last_batch_t"] for s in ss if "last_batch_t" in s)
         n = sum(s.get("readings", 0) for s in ss)
@@ -228,14 +247,7 @@ def run_workers(bootstrap: str, qdb_url: str | None, workers: int, partitions: i
             out["worker_runqueue_wait"] = (wait_end - w0) / (last - t0)
         return out
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_workers(procs, 20.0)
 
 
 async def _produce(bootstrap: str, topic: str, messages) -> None:

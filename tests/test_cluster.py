@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gridwatch.benchmarks.cluster import read_stats, start_worker, stop_workers
 from gridwatch.config import parse
 from gridwatch.ingest import wire
 from gridwatch.ingest.kafka_forward import KafkaForwarder, partition_for
@@ -178,31 +179,6 @@ level = "warning"
     return path
 
 
-def _start_worker(cfg_path: Path, stats: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "gridwatch.cli", "worker", "-c", str(cfg_path),
-                             "--stats-file", str(stats)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def _stop_workers(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM each worker's process group, then SIGKILL what has not exited 15 s later."""
-    for pr in procs:
-        if pr.poll() is None:
-            os.killpg(pr.pid, signal.SIGTERM)
-    for pr in procs:
-        try:
-            pr.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(pr.pid, signal.SIGKILL)
-
-
-def _stats(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _wait(cond, timeout, what, procs=()):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -237,9 +213,9 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
     assert any(w.source == "lvl-001" and w.start_ts == T0 + 51 * STEP for w in want_final.values())
 
     stats = [tmp_path / "a.json", tmp_path / "b.json"]
-    procs = [_start_worker(cfg_path, stats[i], tmp_path / f"w{i}.log") for i in range(2)]
+    procs = [start_worker(cfg_path, stats[i], tmp_path / f"w{i}.log") for i in range(2)]
     try:
-        _wait(lambda: all(_stats(s).get("partitions") is not None for s in stats), 180, "workers up", procs)
+        _wait(lambda: all(read_stats(s).get("partitions") is not None for s in stats), 180, "workers up", procs)
         # the group is balanced when each worker owns a partition; before that a worker owns none
         # (stats list partitions it has processed, so produce a first step to see the split)
 
@@ -260,11 +236,11 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
                     await fw.send_warnings([("cleared", dup), ("raised", own), ("raised", own)])
 
         def processed():
-            return sum(_stats(s).get("readings", 0) for s in stats)
+            return sum(read_stats(s).get("readings", 0) for s in stats)
 
         asyncio.run(produce(range(0, 50)))
         _wait(lambda: processed() >= 50 * len(ids), 180, "first half processed", procs)
-        owners = [_stats(s).get("partitions") or [] for s in stats]
+        owners = [read_stats(s).get("partitions") or [] for s in stats]
         assert sorted(owners[0] + owners[1]) == [0, 1], owners  # both workers own a partition
         victim = 0
         os.killpg(procs[victim].pid, signal.SIGKILL)
@@ -279,12 +255,12 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
                                                and want_final[x[0]].state == "cleared"),
             timeout=240)
         # the stats file is rewritten periodically: wait for it to catch up with what QuestDB shows
-        _wait(lambda: _stats(survivor).get("restored_partitions", 0) >= 1
-              and set(_stats(survivor).get("partitions") or []) == {0, 1}, 120, "survivor stats", procs[1 - victim:2 - victim])
-        s = _stats(survivor)
+        _wait(lambda: read_stats(survivor).get("restored_partitions", 0) >= 1
+              and set(read_stats(survivor).get("partitions") or []) == {0, 1}, 120, "survivor stats", procs[1 - victim:2 - victim])
+        s = read_stats(survivor)
         assert s.get("restored_partitions", 0) >= 1, s
         assert set(s["partitions"]) == {0, 1}
-        questdb_server.wait_wal_applied(t)
+        questdb_server.wait_wal_applied(t, timeout=60)
         got = questdb_server.query(f"select id, state, source, start_ts_ms, cleared_ts from "
                                    f"(select *, cast(timestamp as long) / 1000 start_ts_ms from '{t}')")
         by_id: dict[str, list] = {}
@@ -298,7 +274,7 @@ def test_two_workers_kill_one_no_warning_lost_or_duplicated(kafka_server, questd
         span = [w for w in want_final.values() if w.source == "lvl-001" and w.start_ts == T0 + 51 * STEP]
         assert len(span) == 1 and span[0].id in by_id
     finally:
-        _stop_workers(procs)
+        stop_workers(procs)
 
 
 @pytest.mark.kafka
@@ -334,9 +310,9 @@ def test_worker_warnings_reach_the_mqtt_operator_topics(kafka_server, mosquitto,
 
     sub = Subscriber("127.0.0.1", mosquitto.port, f"{prefix}/#", client_id=f"ops-{tag}")
     stats = tmp_path / "w.json"
-    proc = _start_worker(cfg_path, stats, tmp_path / "w.log")
+    proc = start_worker(cfg_path, stats, tmp_path / "w.log")
     try:
-        _wait(lambda: _stats(stats).get("assigned") == [0], 180, "worker owns the partition", [proc])
+        _wait(lambda: read_stats(stats).get("assigned") == [0], 180, "worker owns the partition", [proc])
 
         async def produce():
             async with KafkaForwarder(cfg.kafka.bootstrap_servers, readings_topic=cfg.kafka.readings_topic,
@@ -633,32 +609,32 @@ level = "warning"
     hog = _cpu_hog()
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(_start_worker(cfg_path, stats[0], tmp_path / "w0.log"))
+        procs.append(start_worker(cfg_path, stats[0], tmp_path / "w0.log"))
         prod_t.start()
-        _wait(lambda: _stats(stats[0]).get("readings", 0) > 0, 120, "the first worker processing", procs)
-        procs.append(_start_worker(cfg_path, stats[1], tmp_path / "w1.log"))  # rebalance mid-stream
-        _wait(lambda: _stats(stats[1]).get("assigned"), 120, "the second worker's partitions", procs)
-        procs.append(_start_worker(cfg_path, stats[2], tmp_path / "w2.log"))  # and another
+        _wait(lambda: read_stats(stats[0]).get("readings", 0) > 0, 120, "the first worker processing", procs)
+        procs.append(start_worker(cfg_path, stats[1], tmp_path / "w1.log"))  # rebalance mid-stream
+        _wait(lambda: read_stats(stats[1]).get("assigned"), 120, "the second worker's partitions", procs)
+        procs.append(start_worker(cfg_path, stats[2], tmp_path / "w2.log"))  # and another
         prod_t.join(120)
         assert not prod_t.is_alive()
         total = n_msgs * rows
 
         def counted():
-            return sum(_stats(s).get("readings", 0) for s in stats)
+            return sum(read_stats(s).get("readings", 0) for s in stats)
 
         try:
-            _wait(lambda: counted() >= total and _stats(stats[2]).get("assigned"), 120, f"{total} readings", procs)
+            _wait(lambda: counted() >= total and read_stats(stats[2]).get("assigned"), 120, f"{total} readings", procs)
         except AssertionError:
             raise AssertionError(f"only {counted()} of {total} readings; "
-                                 f"{[_stats(s).get('applied_messages') for s in stats]} of {per_p}") from None
+                                 f"{[read_stats(s).get('applied_messages') for s in stats]} of {per_p}") from None
         time.sleep(1.5)  # one more stats write: anything applied twice shows now
-        applied = {p: sum((_stats(s).get("applied_messages") or {}).get(str(p), 0) for s in stats) for p in range(P)}
-        assert applied == per_p, (applied, per_p, [_stats(s) for s in stats])
+        applied = {p: sum((read_stats(s).get("applied_messages") or {}).get(str(p), 0) for s in stats) for p in range(P)}
+        assert applied == per_p, (applied, per_p, [read_stats(s) for s in stats])
         assert counted() == total
-        assert sum(_stats(s).get("batch_failures", 0) for s in stats) == 0
-        gaps = sum(_stats(s).get("gap_messages", 0) for s in stats)
-        dropped = sum(_stats(s).get("revoked_messages_dropped", 0) for s in stats)
-        waits = {k: sum(_stats(s).get(k, 0) for s in stats) for k in
+        assert sum(read_stats(s).get("batch_failures", 0) for s in stats) == 0
+        gaps = sum(read_stats(s).get("gap_messages", 0) for s in stats)
+        dropped = sum(read_stats(s).get("revoked_messages_dropped", 0) for s in stats)
+        waits = {k: sum(read_stats(s).get(k, 0) for s in stats) for k in
                  ("revocation_batch_waits", "revocation_changelog_flushed", "revocation_batch_waits_timed_out",
                   "revocation_changelog_unflushed")}
         print(f"rebalances survived; messages the consumer skipped and the worker read itself: {gaps}; "
@@ -666,7 +642,7 @@ level = "warning"
     finally:
         hog.kill()
         hog.wait()
-        _stop_workers(procs)
+        stop_workers(procs)
 
 
 def test_a_worker_does_not_apply_messages_of_a_partition_it_no_longer_owns():
@@ -922,32 +898,32 @@ def test_a_batch_re_sent_after_its_partition_moved_to_another_worker_is_stored_o
                                        np.arange(n), np.zeros(n, np.int64), np.full(n, T0 + s * STEP), vals[s])
 
     stats = [tmp_path / "a.json", tmp_path / "b.json"]
-    procs = [_start_worker(cfg_path, stats[0], tmp_path / "w0.log")]
+    procs = [start_worker(cfg_path, stats[0], tmp_path / "w0.log")]
     try:
-        _wait(lambda: _stats(stats[0]).get("assigned") == [0, 1], 180, "the first worker owns both partitions", procs)
+        _wait(lambda: read_stats(stats[0]).get("assigned") == [0, 1], 180, "the first worker owns both partitions", procs)
         asyncio.run(produce(range(20)))
-        _wait(lambda: _stats(stats[0]).get("readings", 0) >= 20 * n, 120, "first 20 steps", procs)
-        procs.append(_start_worker(cfg_path, stats[1], tmp_path / "w1.log"))
-        _wait(lambda: len(_stats(stats[1]).get("assigned") or []) == 1 and len(_stats(stats[0]).get("assigned") or []) == 1,
+        _wait(lambda: read_stats(stats[0]).get("readings", 0) >= 20 * n, 120, "first 20 steps", procs)
+        procs.append(start_worker(cfg_path, stats[1], tmp_path / "w1.log"))
+        _wait(lambda: len(read_stats(stats[1]).get("assigned") or []) == 1 and len(read_stats(stats[0]).get("assigned") or []) == 1,
               240, f"one partition moved to the second worker ({tmp_path})", procs)
         asyncio.run(produce(list(range(5, 15)) + list(range(20, 25))))
 
         def total(k):
-            return sum(_stats(s).get(k, 0) for s in stats)
+            return sum(read_stats(s).get(k, 0) for s in stats)
 
         _wait(lambda: total("readings") + total("duplicate_readings") >= 35 * n, 180, "re-sent and new steps", procs)
         time.sleep(1.5)  # one more stats write: anything applied twice shows now
-        assert total("readings") == 25 * n and total("duplicate_readings") == 10 * n, [_stats(s) for s in stats]
-        a, b = _stats(stats[0]), _stats(stats[1])
+        assert total("readings") == 25 * n and total("duplicate_readings") == 10 * n, [read_stats(s) for s in stats]
+        a, b = read_stats(stats[0]), read_stats(stats[1])
         assert b.get("restored_partitions", 0) >= 1 and b.get("dedup_seeds", 0) >= 1, b
         # the partition that stayed with the first worker kept its window (nothing read back)
         assert a.get("dedup_seeds", 0) == 0 and a.get("kept_partitions", 0) >= 1, a
         t = f"readings_{tag}"
         questdb_server.wait_rows(f"select count() from '{t}'", lambda r: bool(r) and r[0][0] >= 25 * n, timeout=60)
-        questdb_server.wait_wal_applied(t)
+        questdb_server.wait_wal_applied(t, timeout=60)
         assert questdb_server.query(f"select count() from '{t}'")[0][0] == 25 * n
     finally:
-        _stop_workers(procs)
+        stop_workers(procs)
 
 
 @pytest.mark.kafka
