@@ -126,6 +126,13 @@ def within(path: str, prefix: str) -> bool:
     return p[:len(q)] == q
 
 
+def works_desk(scope: str, desk: str) -> bool:
+    """Whether a user whose scope is ``scope`` works cases at ``desk``: the desk itself or one
+    above it (a county user works the county's cases and its towns'; a town user not the
+    county's). Every other action than a comment needs this."""
+    return within(desk, scope)
+
+
 def default_desk(region: str, severity: str) -> str:
     levels = path_levels(region)
     return "/".join(levels[:OWNING_TIER.get(severity, 3)])
@@ -475,6 +482,9 @@ class CaseStore:
                     return rec, False
                 row = db.execute("SELECT state, desk, escalations FROM case_state WHERE id = ?", (case_id,)).fetchone()
                 state, cur_desk, escalations = row if row else ("new", default_desk(w["region"], w["severity"]), 0)
+                if action != "comment" and user.name != "system" and not works_desk(user.scope, cur_desk):
+                    raise Forbidden(f"the case is at the desk {cur_desk!r}; {user.name} works {user.scope!r} and may only "
+                                    f"comment on it (the desk itself or one above it may {action} it)")
                 if expect and expect != state:
                     raise Conflict(f"the case is {state} now, not {expect} (someone acted on it first); reload to see it")
                 if state not in starts:

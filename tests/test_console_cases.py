@@ -81,8 +81,13 @@ def test_roles_notes_and_desks_are_checked(db):
         cs.act(COUNTY, w.id, "dispatch", desk="Jiangcheng/Riverside District/West Town")
     rec, _ = cs.act(COUNTY, w.id, "dispatch")  # default: the owning tier of a major warning, the county
     assert rec["desk"] == "Jiangcheng/Riverside District"
+    with pytest.raises(Forbidden, match="at the desk 'Jiangcheng/Riverside District'"):
+        cs.act(EAST_TOWN, w.id, "start")  # the county's case: not the town's to work
     cs.act(COUNTY, w.id, "dispatch", desk="Jiangcheng")  # escalate up
-    cs.act(COUNTY, w.id, "dispatch", desk=EAST)  # hand down to the grid cell
+    with pytest.raises(Forbidden, match="may only comment"):  # now the city's: the county no longer works it
+        cs.act(COUNTY, w.id, "dispatch", desk=EAST)
+    cs.act(COUNTY, w.id, "comment", note="we can take it back if the city wants")  # but may comment
+    cs.act(CITY, w.id, "dispatch", desk=EAST)  # the city hands it down to the grid cell
     cs.act(EAST_TOWN, w.id, "handle", note="done")
     with pytest.raises(Forbidden, match="supervisor"):
         cs.act(EAST_TOWN, w.id, "close")

@@ -29,7 +29,7 @@ def site(tmp_path):
     (data / "evidence" / "cam-1").mkdir(parents=True)
     (data / "evidence" / "cam-1" / "snap.jpg").write_bytes(b"\xff\xd8\xff\xe0fake-jpeg")
     (tmp_path / "secret.txt").write_text("top secret")
-    ws = {"east": make_warning("aq-1", EAST, NOW - 60_000),
+    ws = {"east": make_warning("aq-1", EAST, NOW - 60_000, severity="minor"),  # the town's desk: east works it
           "west": make_warning("aq-2", WEST, NOW - 50_000),
           "xss": make_warning(XSS, EAST, NOW - 40_000, message=f"level {XSS} <script>alert(2)</script>",
                               evidence={"metric": "water_level", "note": XSS}),
@@ -108,6 +108,29 @@ def test_state_changes_need_the_csrf_token(site):
     assert r.status_code == 409 and "acknowledged now" in r.json()["error"]
 
 
+def test_a_town_desk_may_comment_on_but_not_work_a_case_at_the_county_desk(site):
+    """Was: any operator whose scope held a warning could acknowledge, dispatch, start, handle or
+    reject its case, also when it was at another desk (a town working the county's case). Now
+    only the case's desk or one above it works it; every desk that sees it may comment."""
+    wid = site["ws"]["cam"].id  # major: the county's desk, in East Town
+    east, csrf = login(site, "east")
+    page = east.get(f"/w/{wid}").text
+    assert "not-your-desk" in page and 'data-action="acknowledge"' not in page and 'data-action="comment"' in page
+    r = east.post(f"/api/warnings/{wid}/actions", json={"action": "acknowledge"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 403 and "may only comment" in r.json()["error"]
+    r = east.post(f"/api/warnings/{wid}/actions", json={"action": "comment", "note": "seen from the town"},
+                  headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201
+    county, ccsrf = login(site, "county")
+    assert 'data-action="acknowledge"' in county.get(f"/w/{wid}").text
+    r = county.post(f"/api/warnings/{wid}/actions", json={"action": "dispatch", "desk": "Jiangcheng/Riverside District/East Town"},
+                    headers={"X-CSRF-Token": ccsrf})
+    assert r.status_code == 201  # handed down: now the town's to work
+    assert 'data-action="start"' in east.get(f"/w/{wid}").text
+    r = east.post(f"/api/warnings/{wid}/actions", json={"action": "start"}, headers={"X-CSRF-Token": csrf})
+    assert r.status_code == 201
+
+
 def test_vendor_text_is_escaped_on_every_page(site):
     c, _ = login(site, "county")
     wid = site["ws"]["xss"].id
@@ -180,7 +203,7 @@ def test_live_events_reach_the_desks_in_scope_only(site):
     for t in ts:
         t.start()
     assert all(r.wait(10) for r in readies)
-    new_east = make_warning("aq-9", EAST, NOW)
+    new_east = make_warning("aq-9", EAST, NOW, severity="minor")
     t0 = time.time()
     seed(site["db"], [new_east])  # what a runtime in another process does; the console polls the store
     deadline = time.time() + 5

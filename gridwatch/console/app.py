@@ -24,7 +24,7 @@ from gridwatch.console.charts import funnel_svg, map_svg, readings_svg
 from gridwatch.console.live import SOURCE
 from gridwatch.records import SEVERITIES
 from gridwatch.streams.cases import (ACTIONS, OPEN_STATES, STATES, CaseError, NotFound, QueueFilter, Scope, User,
-                                      path_levels, role_at_least)
+                                      path_levels, role_at_least, works_desk)
 
 HERE = Path(__file__).parent
 COOKIE = "gw_session"
@@ -103,7 +103,8 @@ def create_app(console) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(fmt_ts=fmt_ts, fmt_dur=fmt_dur, SEVERITIES=SEVERITIES, STATES=STATES,
-                                 OPEN_STATES=OPEN_STATES, ACTIONS=ACTIONS, role_at_least=role_at_least)
+                                 OPEN_STATES=OPEN_STATES, ACTIONS=ACTIONS, role_at_least=role_at_least,
+                                 works_desk=works_desk)
 
     # --- who is asking -------------------------------------------------------------------------
     def auth(request: Request) -> Auth:
