@@ -76,9 +76,10 @@ def _decode_alone(path: Path, convert: bool = False, paced_fps: float = 0.0) -> 
     return cpu, n
 
 
-def _pyav_decode_alone(path: Path, paced_fps: float = 0.0) -> float:
+def _pyav_decode_alone(path: Path, paced_fps: float = 0.0, walls: list[float] | None = None) -> float:
     """CPU seconds for PyAV (FFmpeg) decoding every frame of ``path`` with the pipeline's default
-    decoder settings (``decode_threads``), nothing else; paced like a live camera with ``paced_fps``."""
+    decoder settings (``decode_threads``), nothing else; paced like a live camera with ``paced_fps``.
+    ``walls``: the wall-clock seconds it took are appended."""
     import av
 
     from gridwatch.ingest.video import CameraConfig
@@ -96,14 +97,18 @@ def _pyav_decode_alone(path: Path, paced_fps: float = 0.0) -> float:
                 ahead = n / paced_fps - (time.monotonic() - w0)
                 if ahead > 0:
                     time.sleep(ahead)
-    return _cpu() - c0
+    cpu = _cpu() - c0
+    if walls is not None:
+        walls.append(time.monotonic() - w0)
+    return cpu
 
 
 def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict], decode: str = "all",
                      fps: float = 5.0, zones=None, extra_models=None, realtime: bool = False, decoder: str = "pyav",
-                     clips: bool = True):
+                     clips: bool = True, walls: list[float] | None = None):
     """Run the video runtime over one file camera, as fast as it decodes or (``realtime``) paced at
-    its frame rate like a live camera; (cpu s, runtime)."""
+    its frame rate like a live camera; (cpu s, runtime). ``walls``: the wall-clock seconds from the
+    start to the end of the file are appended."""
     from gridwatch.config import parse
     from gridwatch.streams.video import VideoRuntime
 
@@ -113,10 +118,13 @@ def _runtime_on_file(path: Path, tmp: Path, rules: list[dict], models: list[dict
                  "video": {"rules": rules, "models": models, "clips": {"enabled": clips}}, "cameras": [cam]}, base_dir=tmp)
     rt = VideoRuntime(cfg, models=extra_models)
     done = threading.Event()
-    rt.on_status_cb = lambda ch: done.set() if ch.new.value == "offline" else None
-    c0 = _cpu()
+    ended: list[float] = []
+    rt.on_status_cb = lambda ch: (ended.append(time.monotonic()), done.set()) if ch.new.value == "offline" else None
+    c0, w0 = _cpu(), time.monotonic()
     rt.start()
     done.wait(180)
+    if walls is not None and ended:
+        walls.append(ended[0] - w0)
     time.sleep(0.3)  # the last frame's analysis
     cpu = _cpu() - c0
     rt.stop()
@@ -147,12 +155,13 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
     # round (pipeline / baseline of the same round) and their median and range reported.
     runs: dict[str, list[float]] = {k: [] for k in ("grab", "read", "pyav", "pipe", "grab_paced", "pyav_paced",
                                                      "pipe_paced", "full", "key")}
+    walls: dict[str, list[float]] = {"pyav": [], "pipe": []}  # free-running, wall-clock seconds
     for _ in range(repeats):
         c, frames = _decode_alone(still)
         runs["grab"].append(c)
         runs["read"].append(_decode_alone(still, convert=True)[0])
-        runs["pyav"].append(_pyav_decode_alone(still))
-        runs["pipe"].append(_runtime_on_file(still, tmp, street, [])[0])
+        runs["pyav"].append(_pyav_decode_alone(still, walls=walls["pyav"]))
+        runs["pipe"].append(_runtime_on_file(still, tmp, street, [], walls=walls["pipe"])[0])
         runs["grab_paced"].append(_decode_alone(still, paced_fps=25)[0])
         runs["pyav_paced"].append(_pyav_decode_alone(still, paced_fps=25))
         c, rt_p = _runtime_on_file(still, tmp, street, [], realtime=True)
@@ -187,6 +196,10 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
     out["still_frames_analysed"] = rt_p.frames_analysed
     out["still_frames_gated"] = rt_p.frames_gated
     out["still_cpu_s_runs"] = runs
+    out["still_wall_s_runs"] = walls
+    out["still_frames"] = frames
+    r_wall = [p / a for p, a in zip(walls["pipe"], walls["pyav"])] if len(walls["pipe"]) == repeats else []
+    out["still_wall_ratio_vs_pyav"] = float(np.median(r_wall)) if r_wall else float("nan")
     rng = lambda r: f"{r[0]:.2f}x (range {r[1]:.2f}-{r[2]:.2f})"  # noqa: E731
     ms = lambda k: f"{med[k] / per_s * 1000:.1f} ms"  # noqa: E731
     met = lambda r: "met" if r[0] <= 1.15 else "NOT met"  # noqa: E731
@@ -200,6 +213,12 @@ def bench_decode_and_analysis(tmp: Path, seconds: float, out: dict, repeats: int
           f"gate on {rt_p.frames_gated + rt_p.frames_analysed} frames, rules on {rt_p.frames_analysed} (the others never "
           f"converted to BGR)")
     print(f"  decoder='opencv' (BGR for every kept frame, one run): {cpu_cv / dec_cpu:.2f}x grab()")
+    per_f = lambda k: f"{med[k] / frames * 1000:.2f}"  # noqa: E731
+    print(f"  process CPU per decoded frame (ms): pipeline {per_f('pipe')} vs PyAV alone {per_f('pyav')} free-running, "
+          f"{per_f('pipe_paced')} vs {per_f('pyav_paced')} paced"
+          + (f"; wall-clock free-running (start to end of file, the box's other load included): pipeline "
+             f"{np.median(walls['pipe']) * 1000:.0f} ms vs PyAV alone {np.median(walls['pyav']) * 1000:.0f} ms, "
+             f"{np.median(r_wall):.2f}x (range {min(r_wall):.2f}-{max(r_wall):.2f})" if r_wall else ""))
 
     # keyframe-only vs full decode (measured in the rounds above)
     full_per_s, key_per_s = med["full"] / per_s, med["key"] / per_s

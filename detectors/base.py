@@ -272,7 +272,9 @@ class VideoDetector(ABC):
 
     def busy(self) -> bool:
         """Whether the rule needs every analysed frame even when nothing moves (evidence building
-        up, a warning to clear). When no rule of a camera is busy, a still frame skips the rules."""
+        up, a warning to clear). When no rule of a camera is busy, a still frame skips the rules.
+        Asked on the analysis thread right after :meth:`update` and :meth:`reset` only (the gate
+        uses that answer until the next), so it must depend on nothing else."""
         return True
 
     def reset(self, ts_ms: int) -> None:

@@ -270,6 +270,38 @@ def test_the_capture_gate_asks_for_a_due_recheck_once_while_analysis_is_behind(t
     assert handed == [10, 20, 30, 40]
 
 
+def test_a_still_frame_does_not_ask_the_rules_whether_they_are_busy(tmp_path):
+    """A rule's busy state changes only when it sees a frame or is reset, so the gate reads it as
+    of then instead of asking every rule (its evidence arrays) on every still frame; a rule that
+    is busy after a re-check gets every frame until it is not."""
+    from gridwatch.streams.video import _capture_gate
+
+    rt = _still_cameras(tmp_path, 1)
+    cam = rt.cameras[0]
+    asked: Counter = Counter()
+    forced: dict[str, bool | None] = {}
+    for r in cam.rules:
+        def spy(real=r.detector.busy, name=r.info.name):
+            asked[name] += 1
+            return real() if forced.get(name) is None else forced[name]
+        r.detector.busy = spy
+    imgs = list(testscenes.empty_scene(50, 640, 360))
+    rt.analyse([_luma_frame("c0", 0, imgs[0])])
+    gate = _capture_gate(cam)
+    asked.clear()
+    handed = [i for i in range(1, 30) if not gate(_luma_frame("c0", i, imgs[i]))]
+    assert handed == [10, 20]
+    assert not asked  # 29 frames through the gate, no rule asked
+    forced["smoke"] = True  # the re-check leaves smoke building up evidence
+    rt.analyse([_luma_frame("c0", 30, imgs[30])])
+    assert rt.frames_analysed == 2 and asked["smoke"] == 1
+    assert [i for i in range(31, 35) if not gate(_luma_frame("c0", i, imgs[i]))] == [31, 32, 33, 34]
+    forced["smoke"] = None  # the next frame the rules see: nothing building up any more
+    rt.analyse([_luma_frame("c0", 35, imgs[35])])
+    assert rt.frames_analysed == 3
+    assert [i for i in range(36, 40) if not gate(_luma_frame("c0", i, imgs[i]))] == []
+
+
 def test_cameras_started_together_recheck_a_still_scene_out_of_step(tmp_path):
     """Each camera's first re-check comes a phase of its own sooner, so cameras started together
     do not hand analysis their re-check frames all at once, every still_recheck_s, for ever."""
