@@ -98,8 +98,10 @@ def test_motion_only_inside_a_mask_does_not_wake_the_rules(blob_mp4, tmp_path):
     assert rt.error is None
     kept = {n: v["gated"] + v["analysed"] + v["dropped"] for n, v in c.items()}
     assert kept["masked"] == kept["open"] >= 20, c
-    assert c["masked"]["analysed"] + c["masked"]["dropped"] <= 2, c  # the rules' first frame (their background)
-    assert c["masked"]["gated"] >= kept["masked"] - 2, c
+    # the rules' first frame (their background), and the few frames the capture thread keeps
+    # before analysis has run the rules once (the file plays unpaced; seen: 4 on a loaded box)
+    assert c["masked"]["analysed"] + c["masked"]["dropped"] <= 6, c
+    assert c["masked"]["gated"] >= kept["masked"] - 6, c
     assert c["open"]["gated"] <= 2, c
 
 
