@@ -110,7 +110,7 @@ class SmokeParams(DetectorParams):
                               "this add only this much.")
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
     classifier_class: str = Field("smoke", description="Class name of the optional classifier that means smoke.")
-    classifier_min: float = Field(0.5, ge=0, le=1, description="Classifier probability a region needs.")
+    classifier_min: float = Field(0.55, ge=0, le=1, description="Classifier probability a region needs (calibrated: smoke-cls CARD.md).")
 
 
 class SmokeDetector(VideoDetector):

@@ -72,3 +72,106 @@ def blend(frame: np.ndarray, alpha: np.ndarray, colour: tuple[float, float, floa
     a = alpha[..., None]
     behind = f * (1 - np.minimum(a * 2, 1)) + veiled * np.minimum(a * 2, 1)
     return np.clip(behind * (1 - a) + np.asarray(colour, np.float32) * a, 0, 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- hard negatives for smoke-cls
+# Changes the smoke rule's candidate stage can mistake for smoke: light changing over a whole
+# region (exposure / gain ramps, a sky dimming under a cloud) and foliage moving in the wind.
+# Used only as training and calibration negatives of ``smoke-cls``; no other generator changes.
+
+def gain_ramp(n: int, rng: np.random.Generator, fps: float = 5.0) -> np.ndarray:
+    """float32 [n] brightness gain per frame: the camera's exposure or gain hunting — ramps of
+    1-4 s to a level 0.55-1.5 and back, or a step and a slow recovery."""
+    g = np.ones(n, np.float32)
+    t = 0
+    while t < n:
+        t += int(rng.uniform(1, 6) * fps)
+        level = float(rng.choice([rng.uniform(0.55, 0.85), rng.uniform(1.15, 1.5)]))
+        ramp = max(1, int(rng.uniform(0.2, 4.0) * fps))
+        hold = int(rng.uniform(0.5, 5.0) * fps)
+        back = max(1, int(rng.uniform(0.5, 4.0) * fps))
+        seg = np.concatenate([np.linspace(1, level, ramp), np.full(hold, level), np.linspace(level, 1, back)])
+        g[t:t + len(seg)] = seg[:max(0, n - t)]
+        t += len(seg)
+    return g
+
+
+def dim_top(frame: np.ndarray, part: float, amount: float, front: float, soft: float = 0.15) -> np.ndarray:
+    """The top ``part`` of the picture darkened by ``amount`` (0..1) down to ``front`` (0..1 of
+    that part), with a soft edge: a cloud's shadow or a dimming sky coming down from the top."""
+    h = frame.shape[0]
+    rows = np.arange(h, dtype=np.float32) / max(1.0, h * part)
+    g = 1.0 - amount * np.clip((front - rows) / soft + 1.0, 0.0, 1.0)
+    g[rows > 1.0] = 1.0
+    return np.clip(frame.astype(np.float32) * g[:, None, None], 0, 255).astype(np.uint8)
+
+
+def sky_dimming_video(n: int, width: int = 320, height: int = 240, seed: int = 0, fps: float = 5.0,
+                      noise: float = 2.0) -> list[np.ndarray]:
+    """A street under a bright (often nearly saturated) sky that dims by 10-35 % from the top
+    down over 2-8 s, sometimes with the whole picture's exposure following: no smoke."""
+    from . import scene_backgrounds as bgs
+    rng = np.random.default_rng([seed, 31])
+    img, horizon, _ = bgs.background(width, height, seed, "street")
+    img = img.astype(np.float32)
+    if rng.random() < 0.6:  # a bright, washed-out sky
+        img[:horizon] = rng.uniform(215, 252) + rng.normal(0, 1.5, (horizon, width, 1))
+    amount, secs, start = rng.uniform(0.1, 0.35), rng.uniform(2.0, 8.0), rng.uniform(0.5, 3.0)
+    global_gain = rng.random() < 0.3
+    part = horizon / height * rng.uniform(0.8, 1.1)
+    out = []
+    for i in range(n):
+        t = i / fps
+        front = float(np.clip((t - start) / secs, 0, 1)) * 1.2
+        f = dim_top(np.clip(img, 0, 255).astype(np.uint8), part, amount, front)
+        if global_gain:
+            f = np.clip(f * (1 - 0.5 * amount * min(1.0, max(0.0, (t - start) / secs))), 0, 255).astype(np.uint8)
+        out.append(np.clip(f + rng.normal(0, noise, f.shape), 0, 255).astype(np.uint8))
+    return out
+
+
+def tree_video(n: int, width: int = 320, height: int = 240, seed: int = 0, fps: float = 5.0,
+               noise: float = 2.0) -> list[np.ndarray]:
+    """A tree (trunk and a leafy crown: thresholded noise, green, olive or grey-green) swaying in
+    the wind in front of a street, its leaves flickering; sometimes the light changes too."""
+    from . import scene_backgrounds as bgs
+    rng = np.random.default_rng([seed, 32])
+    bg, horizon, _ = bgs.background(width, height, seed, "street")
+    bg = bg.astype(np.float32)
+    cw, ch = int(width * rng.uniform(0.25, 0.6)), int(height * rng.uniform(0.3, 0.6))
+    cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.45) * height
+    r = rng.random()
+    if r < 0.5:
+        leaf = np.array([rng.uniform(30, 80), rng.uniform(80, 150), rng.uniform(30, 90)], np.float32)  # BGR green
+    elif r < 0.8:
+        leaf = np.array([rng.uniform(40, 70), rng.uniform(90, 130), rng.uniform(80, 120)], np.float32)  # olive
+    else:
+        g = rng.uniform(50, 140)
+        leaf = np.array([g - 5, g + 8, g - 3], np.float32)  # grey-green (dim light)
+    tex = _fbm(rng, 2 * ch, 2 * cw)
+    ys, xs = np.mgrid[0:ch, 0:cw].astype(np.float32)
+    env = ((xs - cw / 2) / (cw / 2)) ** 2 + ((ys - ch / 2) / (ch / 2)) ** 2
+    amp, period = rng.uniform(1.0, 6.0), rng.uniform(0.8, 3.0)
+    trunk_w = max(2, int(cw * 0.08))
+    tx = int(cx - trunk_w / 2)
+    base = bg.copy()
+    base[int(cy):, max(0, tx):tx + trunk_w] = rng.uniform(30, 80)
+    gains = gain_ramp(n, rng, fps) if rng.random() < 0.3 else np.ones(n, np.float32)
+    out = []
+    for i in range(n):
+        t = i / fps
+        sway = amp * np.sin(2 * np.pi * t / period + rng.uniform(-0.2, 0.2)) * (1 - ys / ch)
+        mx = (xs + sway + cw / 2).astype(np.float32)
+        my = (ys + ch / 2 + 0.5 * np.sin(t * 3.1)).astype(np.float32)
+        leaves = cv2.remap(tex, mx, my, cv2.INTER_LINEAR)
+        a = np.clip((leaves - 0.45) * 6, 0, 1) * np.clip(1.2 - env, 0, 1)
+        shade = (0.6 + 0.8 * leaves)[..., None]
+        f = base.copy()
+        x0, y0 = int(cx - cw / 2), int(cy - ch / 2)
+        xa, ya, xb, yb = max(0, x0), max(0, y0), min(width, x0 + cw), min(height, y0 + ch)
+        sub_a = a[ya - y0:yb - y0, xa - x0:xb - x0, None]
+        sub_c = (leaf * shade)[ya - y0:yb - y0, xa - x0:xb - x0]
+        f[ya:yb, xa:xb] = f[ya:yb, xa:xb] * (1 - sub_a) + sub_c * sub_a
+        f = f * gains[i] + rng.normal(0, noise, f.shape)
+        out.append(np.clip(f, 0, 255).astype(np.uint8))
+    return out

@@ -130,3 +130,13 @@ def test_evaluation_reproduces_the_card(name):
     got = evaluate.evaluate(name, ci=True)
     assert got["heldout_seeds"] == recorded["heldout_seeds"]
     _close(got["heldout"], recorded["heldout"])
+
+
+def test_smoke_cls_threshold_is_the_calibrated_one():
+    """The smoke rule's classifier_min default and smoke-cls-int8's rule_params are the thresholds the
+    training recipe calibrated (train_log.json), not defaults left over from another model."""
+    from gridwatch.detectors.smoke import SmokeParams
+    cal = json.loads((MODELS / "smoke-cls" / "train_log.json").read_text())["threshold_calibration"]
+    assert SmokeParams().classifier_min == cal["fp32"]["threshold"]
+    assert registry.info("smoke-cls-int8").extra["rule_params"]["smoke"]["classifier_min"] == cal["int8"]["threshold"]
+    assert "rule_params" not in registry.info("smoke-cls").extra  # the rule's default is fp32's threshold

@@ -4,8 +4,8 @@ registry name through the hash-checked registry, on generated scenes and on real
 What is asserted is what the shipped models actually do (docs/video.md, "Shipped models"):
 
 * smoke-cls confirms the smoke detector's region on a generated plume; on the empty scene the
-  candidate stage finds nothing for it to judge (and on that scene's bare background crop it is a
-  weak judge: it scores it lower than the plume, but still above 0.5);
+  candidate stage finds nothing for it to judge (and on that scene's bare background crop it scores
+  lower than the plume, below classifier_min, but for one scene not by much: 0.46);
 * objects-det finds the generated e-bikes, and the e-bike rule's zone and k-of-n logic work with
   it; with the thresholds documented for it (conf 0.35, min_score 0.6, chosen on generated
   validation scenes) it tells generated e-bikes from generated ordinary bicycles: a bicycle
@@ -110,9 +110,10 @@ def test_shipped_models_load_by_name_hash_checked_and_shared(tmp_path):
 
 # --- smoke: the classifier stage with smoke-cls -----------------------------------------------------
 def test_smoke_classifier_stage_runs_with_smoke_cls(smoke_cls):
-    """On the model zoo's own plumes (models.scenes.smoke_video; seeds the classifier was not trained
-    on: it saw single crops with seeds 0..3999 of smoke_sample, not these videos)."""
-    for seed, measured in ((0, 0.998), (2, 0.805)):
+    """On the model zoo's own plumes (models.scenes.smoke_video seeds 0 and 2: tuning plumes, which
+    chose its threshold; it was trained on single crops of smoke_sample seeds 0..3999 and on the rule's
+    crops of smoke_video seeds 20000..20239, not on these videos)."""
+    for seed, measured in ((0, 1.0), (2, 0.977)):
         det = create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls)
         hits, updates, _ = run(det, (f for f, _ in scenes.smoke_video(150, seed=seed)))
         assert [h.kind for h in hits] == ["raise"], seed
@@ -124,8 +125,8 @@ def test_smoke_classifier_stage_runs_with_smoke_cls(smoke_cls):
         det = create("smoke", "smoke", {"duration_s": 3.0}, model=smoke_cls)
         assert run(det, scenes.empty_video(90, seed=seed))[0] == [] and det.classifier_runs == 0
         # the classifier alone on the same crop of that background: it ranks the plume higher, but it
-        # is a weak judge of these scenes (measured: 0.53 "smoke" for seed 0's empty crop, 0.23 for
-        # seed 2's): the candidate stage does most of the work
+        # is no strong judge of these scenes (measured with version 2: 0.46 "smoke" for seed 0's empty
+        # crop, 0.21 for seed 2's; version 1: 0.53 and 0.23): the candidate stage does most of the work
         x1, y1, x2, y2 = (int(v) for v in hits[0].boxes[0])
         empty = next(scenes.empty_video(1, seed=seed))
         p_empty = float(smoke_cls.classify([empty[y1:y2, x1:x2]])[0][1])
