@@ -22,12 +22,22 @@ not leave it out of date):
   taken off first, or a faint veil would be called sharp because of the noise.
 
 A tile over a colourful background passes the grey test also when smoke has taken its chroma down
-to ``desaturation`` × the background's (thin smoke over a red wall is still pinkish).
+to ``desaturation`` × the background's (thin smoke over a red wall is still pinkish), or when it lost
+at least as large a share of its colour as of its texture (chroma ≤ (edge ratio + ``veil_chroma``)
+× the background's): a veil of opacity a scales both by about 1 − a, so thin smoke over a strongly
+coloured wall, which keeps most of its colour, still passes, while something opaque in front of
+the wall brings colour and texture of its own, not the wall's in proportion.
 
 Smoke keeps moving: a candidate also needs ``min_flicker`` of recent frame-to-frame change. That
 memory is wiped in a tile whenever something opaque and sharp-edged covers it (a passer-by), so a
 person walking through a tile whose background is out of date does not lend it the movement
-that only smoke should supply.
+that only smoke should supply. A tile already in the smoke region needs only ``keep_flicker`` ×
+``min_flicker`` to stay in it (hysteresis: a plume's texture drifts slowly once it has thickened;
+entering still takes the full movement, so a region cannot form or grow on less).
+
+A tile whose change is soft (it passes the sharpness test) and at least ``hold_diff`` × ``min_diff``
+is learnt into the background only over ``foreground_tau_s``, as one something opaque covers: a
+slowly thickening plume would otherwise be learnt away before its change reached ``min_diff``.
 
 Evidence per tile accumulates in seconds while it is a candidate and decays otherwise; tiles with
 ``persist_s`` of evidence form the smoke region (someone walking through a tile never builds it
@@ -78,10 +88,28 @@ class SmokeParams(DetectorParams):
                                  "Chosen on the tuning plumes (seeds 0-29, 100-159: 0.45 raised 38 of 59 visible ones with "
                                  "smoke-cls, 0.55 42, 0.6 43) and the tuning clip vtest (largest region, analysed at half "
                                  "rate: 0.45 2 tiles, 0.55 4 = half of min_blocks, 0.6 5, 0.8 10).")
+    veil_chroma: float = Field(0.06, ge=-1, le=0.5, description="…or its chroma is at most (its edge ratio, frame / "
+                               "background gradient energy, + this) × the background's: a veil takes colour and texture "
+                               "away alike, so thin smoke over a strongly coloured background passes (negative = off). "
+                               "Chosen on the tuning plumes (seeds 0-29, 100-159, with keep_flicker 0.8 and hold_diff 0.5; "
+                               "rule alone: off 53 of 59 visible ones raised, 0 / 0.03 53, 0.06 54, 0.1 55; with smoke-cls "
+                               "0.06 and 0.1 both 45, and 0.1 one fewer of the 40 s plumes in full decode, so the smaller "
+                               "loosening was taken); the largest region on vtest stays as it was.")
     sharpness_slack: float = Field(0.5, ge=0, description="Absolute allowance added to the sharpness test (what is left "
                                    "of the sensor noise after its floor is taken off).")
     min_flicker: float = Field(1.0, ge=0, description="Smoke keeps moving: a candidate tile's mean frame-to-frame luma "
                                "change (averaged over about a second) must reach this. Stops ghosts of things that left.")
+    keep_flicker: float = Field(0.8, ge=0, le=1, description="A tile already in the smoke region stays a candidate "
+                                "with this fraction of min_flicker (hysteresis; 1 = off). Chosen on the tuning plumes "
+                                "(seeds 0-29, 100-159, rule alone, with veil_chroma and hold_diff): 1 51 of 59 visible ones "
+                                "raised, 0.9 53, 0.8 / 0.7 54; and the tuning clip vtest (largest region analysed at half "
+                                "rate: 2 tiles with hold_diff; without it 0.8 gave 5, beyond half of min_blocks, 0.9 4).")
+    hold_diff: float = Field(0.5, ge=0, le=1, description="A tile whose change is soft and at least this × min_diff is "
+                             "learnt into the background only over foreground_tau_s (0 = off): a slow plume's thin start "
+                             "is not learnt away before it thickens. Chosen on the 40 s tuning plumes (seeds 0-29, full "
+                             "decode, rule alone, keep_flicker 0.9 when it was chosen): off 16 of 19 raised, 0.35 / 0.5 / "
+                             "0.75 18 (with keep_flicker 0.8: 19; no change on 10 s plumes); on vtest it shrinks the "
+                             "largest region (4 to 2 tiles).")
     persist_s: float = Field(1.0, gt=0, description="Seconds of evidence before a tile belongs to the smoke region.")
     decay: float = Field(2.0, ge=0, description="Evidence lost per second when a tile is not a candidate, per second gained.")
     duration_s: float = Field(3.0, gt=0, description="The region must exist this long (T) before a warning.")
@@ -197,7 +225,11 @@ class SmokeDetector(VideoDetector):
         noise = float(np.median(s[..., 5][quiet])) if int(quiet.sum()) >= 8 else 0.0
         soft = s[..., 5] - noise <= p.max_sharpness * s[..., 4] + p.sharpness_slack
         self.sharp = changed & ~soft
+        # a soft change, not yet a candidate, is not learnt away quickly (see hold_diff)
+        self.soft_change = (s[..., 4] >= p.hold_diff * p.min_diff) & soft if p.hold_diff > 0 else None
         grey = (s[..., 0] <= p.max_chroma) | (s[..., 0] <= p.desaturation * s[..., 1])
+        if p.veil_chroma >= 0:  # a veil takes colour and texture away alike
+            grey |= s[..., 0] <= (s[..., 2] / np.maximum(s[..., 3], 1e-3) + p.veil_chroma) * s[..., 1]
         return (changed & soft & grey & (s[..., 0] <= s[..., 1] + p.chroma_slack)
                 & (s[..., 2] <= p.max_edge_ratio * s[..., 3] + p.edge_slack)
                 & (s[..., 2] >= p.min_edge_ratio * s[..., 3] - p.edge_slack))
@@ -231,7 +263,10 @@ class SmokeDetector(VideoDetector):
         self.flicker += np.float32(1.0 - np.exp(-dt / 1.0)) * (change - self.flicker)
         cand = self.candidates(work, luma) & self.watched
         self.flicker[self.sharp] = 0.0  # a passer-by's movement is not smoke's
-        cand &= self.flicker >= p.min_flicker
+        need = p.min_flicker
+        if self.region is not None and p.keep_flicker < 1:  # hysteresis: staying in the region takes less
+            need = np.where(self.region, np.float32(p.min_flicker * p.keep_flicker), np.float32(p.min_flicker))
+        cand &= self.flicker >= need
         ev = self.evidence
         ev[cand] = np.minimum(ev[cand] + step, p.duration_s + p.persist_s)
         ev[~cand] = np.maximum(ev[~cand] - p.decay * step, 0.0)
@@ -245,8 +280,9 @@ class SmokeDetector(VideoDetector):
         # (passers-by would drag the background towards their clothes, and the empty scene's
         # lighting would then drift away from it; a car that parks is learnt in minutes)
         building = ev > 0
-        k.update_background_blocks(work, self.bg, (building | self.sharp).astype(np.uint8), p.block, alpha)
-        slow = self.sharp & ~building
+        opaque = self.sharp if self.soft_change is None else (self.sharp | self.soft_change)
+        k.update_background_blocks(work, self.bg, (building | opaque).astype(np.uint8), p.block, alpha)
+        slow = opaque & ~building
         if slow.any():
             a_fg = np.float32(1.0 - np.exp(-dt / p.foreground_tau_s))
             k.update_background_blocks(work, self.bg, (~slow).astype(np.uint8), p.block, a_fg)
@@ -297,6 +333,7 @@ class SmokeDetector(VideoDetector):
         self.active = True
         return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image, detail=detail)]
 
+    soft_change: np.ndarray | None = None  # tiles with a soft change learnt only slowly (hold_diff)
     gains: np.ndarray | None = None  # the last frame's regional gain per tile (None: none taken off)
 
     @staticmethod

@@ -114,10 +114,12 @@ def test_scope_hides_other_regions_everywhere(db):
 
 def test_two_users_acting_at_once_resolve_to_one_consistent_state(tmp_path):
     path = tmp_path / "gridwatch.db"
-    ws = [make_warning(f"c-{i}", EAST, NOW - i * 1000) for i in range(20)]
+    # minor: the town's desk, so both the town and the county above it may work them
+    ws = [make_warning(f"c-{i}", EAST, NOW - i * 1000, severity="minor") for i in range(20)]
     seed(path, ws)
     a, b = CaseStore(path), CaseStore(path)  # two console processes' connections
     results: dict[str, list] = {w.id: [] for w in ws}
+    errors: list = []
     barrier = threading.Barrier(2)
 
     def work(cs, user, action, kw):
@@ -128,10 +130,13 @@ def test_two_users_acting_at_once_resolve_to_one_consistent_state(tmp_path):
                 results[w.id].append(action)
             except Conflict:
                 pass
+            except Exception as e:  # noqa: BLE001 - a thread's error must fail the test, not vanish
+                errors.append(e)
 
     t1 = threading.Thread(target=work, args=(a, COUNTY, "acknowledge", {}))
     t2 = threading.Thread(target=work, args=(b, EAST_TOWN, "reject", {"note": "test button pressed"}))
     t1.start(); t2.start(); t1.join(30); t2.join(30)
+    assert errors == []
     for w in ws:
         assert len(results[w.id]) == 1, results[w.id]  # exactly one of the two won
         audit = a.audit(Scope(""), w.id)
