@@ -191,14 +191,22 @@ def test_from_published_reading_to_closed_case(stack, browser, tmp_path):
     shot(county, tmp_path, "03-warning")
     county.keyboard.press("a")
     county.wait_for_selector("#case-state:text('acknowledged')")
+
+    # the town desk sees the county's case in its town, but only the county (or above) works it
+    town_ctx, town = login(browser, base, "town")
+    town.goto(base + f"/w/{wid}")
+    assert "Jiangcheng/Riverside District" in town.inner_text("p.not-your-desk")
+    assert town.locator("form[data-action=dispatch]").count() == 0 and town.locator("form[data-action=reject]").count() == 0
+    assert town.locator("form[data-action=comment]").count() == 1
+    shot(town, tmp_path, "04a-town-sees-the-county-case")
+
     county.select_option("form[data-action=dispatch] select[name=desk]", TOWN_DESK)
     county.click("form[data-action=dispatch] button")
     county.wait_for_selector("#case-state:text('dispatched')")
     assert TOWN_DESK in county.inner_text("section.head")
     shot(county, tmp_path, "04-warning-dispatched")
 
-    # the town desk (another browser context) sees it dispatched, works it and reports back
-    town_ctx, town = login(browser, base, "town")
+    # the town desk (another browser context) sees it dispatched to it, works it and reports back
     town.goto(base + "/?case_state=dispatched")
     town.wait_for_selector(f"tr[data-id='{wid}']")
     town.click(f"tr[data-id='{wid}'] td.msg a")
