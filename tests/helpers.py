@@ -98,3 +98,22 @@ def wait_until(pred, timeout: float = 30.0, interval: float = 0.05, what: str = 
             return v
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def encode_dumping_scene(path, codec: str, options: dict[str, str], fps: int = 15):
+    """The generated dumping scene (10 s at ``fps``, 320x240, a waste pile appears at 2 s and
+    stays) encoded through PyAV with ``codec`` and its ``options``; returns ``path``."""
+    import av
+
+    from gridwatch.models import scenes
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+        s.codec_context.options = options
+        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path

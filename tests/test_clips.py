@@ -24,7 +24,7 @@ from gridwatch.servers.rtsp import FileStream, RtspServer, encode_h264
 from gridwatch.streams.clips import ClipWriter
 from gridwatch.streams.store import Store
 from gridwatch.streams.video import VideoRuntime
-from tests.helpers import wait_until
+from tests.helpers import encode_dumping_scene, wait_until
 
 PRE, POST = 2.0, 2.0
 FPS = 15
@@ -172,17 +172,9 @@ def dumping_hevc(tmp_path_factory) -> Path:
     """The same scene in H.265 (many cameras send it): libx265, closed GOPs, a keyframe every 5
     frames, crf 18. (At x265's default crf 28 this small 320x240 scene's pile did not raise the
     dumping rule before the 10 s file ended: compression detail, not a clip matter.)"""
-    out = tmp_path_factory.mktemp("clip-hevc") / "dump-hevc.mp4"
-    with av.open(str(out), "w") as c:
-        s = c.add_stream("libx265", rate=FPS)
-        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
-        s.codec_context.options = {"x265-params": "keyint=5:min-keyint=5:scenecut=0:bframes=0:open-gop=0:crf=18:log-level=error"}
-        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return out
+    return encode_dumping_scene(tmp_path_factory.mktemp("clip-hevc") / "dump-hevc.mp4", "libx265",
+                                {"x265-params": "keyint=5:min-keyint=5:scenecut=0:bframes=0:open-gop=0:crf=18:log-level=error"},
+                                fps=FPS)
 
 
 @pytest.mark.parametrize("decode", ["all", "keyframes"])

@@ -20,7 +20,7 @@ import pytest
 from gridwatch.benchmarks.mqtt_load import publish_qos1
 from gridwatch.streams.store import Store
 from tests.conftest import in_ci
-from tests.helpers import RuntimeThread, mosquitto_pub, wait_until
+from tests.helpers import RuntimeThread, encode_dumping_scene, mosquitto_pub, wait_until
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -148,24 +148,6 @@ params = {{ above = 5.0, clear_at = 4.0 }}
 
 # --- the config and the stored directory merge in any order ------------------------------------
 
-def _dumping_mp4(path: Path) -> Path:
-    """10 s at 15 fps (libx264 through PyAV): a waste pile appears at 2 s and stays."""
-    import av
-
-    from gridwatch.models import scenes
-
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=15)
-        s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
-        s.codec_context.options = {"g": "15", "bf": "0", "crf": "18"}
-        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
-            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
-                c.mux(pkt)
-        for pkt in s.encode():
-            c.mux(pkt)
-    return path
-
-
 @pytest.mark.timeout(120)
 def test_a_full_disk_holds_video_warnings_and_analysis_goes_on(small_tmpfs, tmp_path):
     """Was: the store's refusal (disk full) was raised on the video analysis thread, which died:
@@ -176,7 +158,7 @@ def test_a_full_disk_holds_video_warnings_and_analysis_goes_on(small_tmpfs, tmp_
     from gridwatch.config import parse
     from gridwatch.streams.video import VideoRuntime
 
-    mp4 = _dumping_mp4(tmp_path / "dump.mp4")
+    mp4 = encode_dumping_scene(tmp_path / "dump.mp4", "libx264", {"g": "15", "bf": "0", "crf": "18"})
     cfg = parse({"site": {"name": "vfull", "data_dir": str(tmp_path / "var")},
                  "regions": {"default": "Jiangcheng/Riverside District/East Town/E-02"},
                  "video": {"rules": [{"name": "dumping", "kind": "dumping", "params": {"duration_s": 2.0}}]},
