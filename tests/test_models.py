@@ -140,3 +140,30 @@ def test_smoke_cls_threshold_is_the_calibrated_one():
     assert SmokeParams().classifier_min == cal["fp32"]["threshold"]
     assert registry.info("smoke-cls-int8").extra["rule_params"]["smoke"]["classifier_min"] == cal["int8"]["threshold"]
     assert "rule_params" not in registry.info("smoke-cls").extra  # the rule's default is fp32's threshold
+
+
+def test_cards_and_manifest_are_what_the_builder_writes(tmp_path, monkeypatch):
+    """``python -m gridwatch.models.cards`` writes every CARD.md whole — smoke-cls's version-2 sections
+    (the data added, the threshold calibration and its table) from train_log.json, the figures from
+    eval.json — and the manifest: rebuilt from the stored evaluation on any machine, they equal the
+    shipped files, so a builder edit that drops a section, or a hand edit of a card, fails here."""
+    import difflib
+
+    from gridwatch.models import cards
+    # the machine building the cards must not show on them (eval.json records where speed was measured)
+    monkeypatch.setattr(cards, "_machine", lambda: {"onnxruntime": "0.0", "cpu": "elsewhere", "cores": 0})
+    assert cards.manifest_text() == (MODELS / "manifest.json").read_text()
+    cards.write_cards(cards.stored_evals(), tmp_path)
+    for fam in cards.FAMILIES:
+        built, shipped = (tmp_path / fam / "CARD.md").read_text(), (MODELS / fam / "CARD.md").read_text()
+        assert built == shipped, f"{fam}/CARD.md is not what models/cards.py writes:\n" + "".join(
+            difflib.unified_diff(shipped.splitlines(True), built.splitlines(True), "shipped", "built", n=1))
+    card = (MODELS / "smoke-cls" / "CARD.md").read_text()
+    log = json.loads((MODELS / "smoke-cls" / "train_log.json").read_text())
+    cal = log["threshold_calibration"]["fp32"]
+    assert f"## Threshold: the smoke rule's `classifier_min` = **{cal['threshold']}**" in card
+    assert sum(f"| {r['threshold']:.2f} | {r['negatives_fp']:.3f} | {r['plumes_confirmed']} |" in card
+               for r in cal["grid"]) >= 5
+    assert "**version 2 adds**" in card and f"{log['train_crops']} training crops in all" in card
+    assert "**never used for training or calibration**" in card
+    assert f"training took **{log['train_seconds']} s**" in card and "by hand" not in card
