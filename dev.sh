@@ -15,7 +15,7 @@ VENV=.venv
 
 DEBS_RUNTIME=(mosquitto mosquitto-clients openssl)
 DEBS_TEST=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good
-           gstreamer1.0-plugins-ugly ffmpeg opencv-doc chromium)
+           gstreamer1.0-plugins-ugly gstreamer1.0-plugins-bad ffmpeg opencv-doc chromium)
 
 log() { printf '\033[1m[gridwatch]\033[0m %s\n' "$*" >&2; }
 

@@ -24,8 +24,8 @@ A clip that could not be written leaves no file (the console then shows the snap
   (``clip_kind = "keyframes"``), one picture per keyframe interval.
 * OpenCV (``decoder = "opencv"``): no packets, no clip (``clip_unavailable`` says why).
 
-H.264 and H.265 are both copied as they come (tested on files, every packet and keyframes only;
-RTSP with H.264).
+H.264 and H.265 are both copied as they come (tested on files and over RTSP, every packet and
+keyframes only; H.265 with IDR and with CRA keyframes).
 
 Retention: clips older than ``max_age_days`` are deleted, then the oldest until the folder fits
 ``max_mb`` (at start, then every minute, on the writer thread). Counters (``video`` source):

@@ -98,18 +98,55 @@ def _avcc_params(extradata: bytes) -> list[bytes]:
     return [x.rstrip(b"\0") for x in out]
 
 
-def _slices(packets: list[bytes]) -> list[bytes]:
-    """The coded slices (NAL types 1 and 5) of avcC packets, in order."""
-    return [n.rstrip(b"\0") for p in packets for n in _nals(p) if n and n[0] & 0x1F in (1, 5)]
+def _hvcc_params(extradata: bytes) -> list[bytes]:
+    """VPS, SPS and PPS of an hvcC record (ISO/IEC 14496-15: 22 bytes, then arrays of NAL units
+    by type), in that order; other arrays (SEI) left out, trailing zero bytes too."""
+    assert extradata[0] == 1, "not an hvcC record (Annex B extradata?)"
+    by_type: dict[int, list[bytes]] = {}
+    count, i = extradata[22], 23
+    for _ in range(count):
+        t, n_units = extradata[i] & 0x3F, struct.unpack(">H", extradata[i + 1:i + 3])[0]
+        i += 3
+        for _ in range(n_units):
+            n = struct.unpack(">H", extradata[i:i + 2])[0]
+            by_type.setdefault(t, []).append(extradata[i + 2:i + 2 + n].rstrip(b"\0"))
+            i += 2 + n
+    return [x for t in (32, 33, 34) for x in by_type.get(t, [])]
 
 
-def _check_clip(w, path: Path, source: Path, kind: str) -> list[bytes]:
-    """The clip decodes, copies the source's packets (same slices, same parameter sets: no
-    re-encode), and covers about [t - PRE, t + POST] around the warning's frame."""
+def _params(codec: str, extradata: bytes) -> list[bytes]:
+    return _hvcc_params(extradata) if codec == "hevc" else _avcc_params(extradata)
+
+
+def _nal_type(codec: str, nal: bytes) -> int:
+    return (nal[0] >> 1) & 0x3F if codec == "hevc" else nal[0] & 0x1F
+
+
+def _is_slice(codec: str, nal: bytes) -> bool:
+    """A coded slice: H.264 types 1 and 5; H.265 the VCL types 0-31."""
+    t = _nal_type(codec, nal)
+    return t < 32 if codec == "hevc" else t in (1, 5)
+
+
+def _is_key_slice(codec: str, nal: bytes) -> bool:
+    """A keyframe's slice: H.264 IDR (5); H.265 IRAP (16-21: BLA, IDR, CRA)."""
+    t = _nal_type(codec, nal)
+    return 16 <= t <= 21 if codec == "hevc" else t == 5
+
+
+def _slices(packets: list[bytes], codec: str = "h264") -> list[bytes]:
+    """The coded slices of length-prefixed (MP4) packets, in order."""
+    return [n.rstrip(b"\0") for p in packets for n in _nals(p) if n and _is_slice(codec, n)]
+
+
+def _check_clip(w, path: Path, source: Path, kind: str, codec: str = "h264") -> list[bytes]:
+    """The clip decodes, copies the source's packets (same codec, same slices, same parameter
+    sets: no re-encode), and covers about [t - PRE, t + POST] around the warning's frame."""
     with av.open(str(path)) as c, av.open(str(source)) as s:
         cs, ss = c.streams.video[0], s.streams.video[0]
-        assert cs.codec_context.name == ss.codec_context.name == "h264"
-        assert _avcc_params(bytes(cs.codec_context.extradata)) == _avcc_params(bytes(ss.codec_context.extradata))
+        assert cs.codec_context.name == ss.codec_context.name == codec
+        clip_params = _params(codec, bytes(cs.codec_context.extradata))
+        assert clip_params and clip_params == _params(codec, bytes(ss.codec_context.extradata))
         meta = json.loads(c.metadata["comment"])
         clip_packets = [bytes(p) for p in c.demux(cs) if p.size]
         src_packets = [bytes(p) for p in s.demux(ss) if p.size]
@@ -123,14 +160,16 @@ def _check_clip(w, path: Path, source: Path, kind: str) -> list[bytes]:
     assert meta["end_ms"] >= t + POST * 1000 - 100, (meta, t)
     assert duration <= PRE + POST + 1.5, duration
     # the clip's slices are a run of the source's, byte for byte
-    clip_slices, src_slices = _slices(clip_packets), _slices(src_packets)
+    clip_slices, src_slices = _slices(clip_packets, codec), _slices(src_packets, codec)
+    assert clip_slices
     if kind == "full":
         i = src_slices.index(clip_slices[0])
         assert src_slices[i:i + len(clip_slices)] == clip_slices
     else:
-        assert set(clip_slices) <= set(src_slices)
-        src_key = {n for n in src_slices if n[0] & 0x1F == 5}
-        assert all(n[0] & 0x1F == 5 for n in clip_slices) and set(clip_slices) <= src_key
+        src_key = [n for n in src_slices if _is_key_slice(codec, n)]
+        assert all(_is_key_slice(codec, n) for n in clip_slices)
+        i = src_key.index(clip_slices[0])
+        assert src_key[i:i + len(clip_slices)] == clip_slices  # every keyframe of the span, none lost
     return clip_packets
 
 
@@ -201,6 +240,39 @@ def test_an_h265_file_cameras_warning_gets_a_clip_of_its_own_packets(dumping_hev
         keys = [p for p in src if p[1]]
         i = keys.index(clip[0])
         assert keys[i:i + len(clip)] == clip
+
+
+@pytest.fixture(scope="module")
+def dumping_hevc_cra(tmp_path_factory) -> Path:
+    """As ``dumping_hevc`` but with open GOPs: its keyframes after the first are CRA pictures
+    (NAL type 21), not IDR (no B-frames, so no leading pictures to skip)."""
+    return encode_dumping_scene(tmp_path_factory.mktemp("clip-hevc-cra") / "dump-hevc-cra.mp4", "libx265",
+                                {"x265-params": "keyint=5:min-keyint=5:scenecut=0:bframes=0:open-gop=1:crf=18:log-level=error"},
+                                fps=FPS)
+
+
+@pytest.fixture(scope="module")
+def rtsp_dumping_hevc(gstreamer, dumping_hevc, dumping_hevc_cra):
+    """Both H.265 files payloaded as they are (rtph265pay, RFC 7798), each once per client."""
+    mounts = [FileStream("idr", dumping_hevc, loop=False, codec="h265"),
+              FileStream("cra", dumping_hevc_cra, loop=False, codec="h265")]
+    with RtspServer(mounts) as srv:
+        yield srv, {"idr": dumping_hevc, "cra": dumping_hevc_cra}
+
+
+@pytest.mark.parametrize("gop", ["idr", "cra"])
+@pytest.mark.parametrize("decode", ["all", "keyframes"])
+def test_an_h265_rtsp_cameras_warning_gets_a_clip(rtsp_dumping_hevc, tmp_path, decode, gop):
+    """H.265 over RTSP: decode='all' through FFmpeg's RTSP client (every packet, parameter sets
+    from the SDP's sprop-vps/sps/pps); decode='keyframes' through gridwatch's own client, which
+    reads H.265 (RFC 7798 single NAL, AP, FU) and copies IRAP access units with VPS/SPS/PPS in
+    front. Keyframes that are IDR pictures (closed GOPs) and CRA pictures (open GOPs) alike."""
+    srv, sources = rtsp_dumping_hevc
+    w, path, _ = _raise_and_clip(tmp_path, {"url": srv.url(gop), "decode": decode})
+    assert w.evidence["clip_span_s"] == [PRE, POST]
+    packets = _check_clip(w, path, sources[gop], "full" if decode == "all" else "keyframes", codec="hevc")
+    if gop == "cra":  # (only the file's first picture is an IDR one)
+        assert _nal_type("hevc", _slices(packets, "hevc")[0]) == 21, "the clip starts at a CRA picture"
 
 
 def test_an_opencv_camera_says_why_it_has_no_clip(dumping_mp4, tmp_path):

@@ -13,7 +13,8 @@ Two sub-commands:
     * ``{"kind": "test", "path": ..., "width", "height", "fps", "pattern", "keyint", "codec"}``:
       a live ``videotestsrc`` camera encoded with x264 (or JPEG with ``"codec": "jpeg"``),
       shared by all clients.
-    * ``{"kind": "file", "path": ..., "file": ..., "loop": bool}``: an H.264 mp4 file.
+    * ``{"kind": "file", "path": ..., "file": ..., "loop": bool, "codec": "h264"|"h265"}``: an
+      H.264 (default) or H.265 mp4 file.
       ``loop=false`` plays it once per client (``filesrc ! qtdemux``). ``loop=true`` reads the
       file's access units into memory once and feeds them through an ``appsrc`` forever with
       ever-increasing timestamps, so the loop is gapless and needs no re-encode and no seek.
@@ -39,6 +40,11 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
 
 PAYLOADER = "rtph264pay name=pay0 pt=96 config-interval=1"
+# a file's video track and what payloads it, by codec. H.265 (RFC 7798) goes through h265parse:
+# rtph265pay takes "hvc1" or Annex B but not "hev1" (FFmpeg's mp4 muxer writes hev1), and the
+# parser only repackages the access units (parameter sets and slices unchanged)
+FILE_TRACKS = {"h264": ("video/x-h264", PAYLOADER),
+               "h265": ("video/x-h265", "h265parse ! rtph265pay name=pay0 pt=96 config-interval=1")}
 
 
 def x264(fps: int, keyint: int) -> str:
@@ -46,10 +52,10 @@ def x264(fps: int, keyint: int) -> str:
             f"bitrate={max(256, 64 * fps)}")
 
 
-def read_access_units(path: str) -> tuple[Gst.Caps, list[tuple[bytes, int, int, bool]]]:
+def read_access_units(path: str, caps_filter: str = "video/x-h264") -> tuple[Gst.Caps, list[tuple[bytes, int, int, bool]]]:
     """Demux an mp4 into (caps, [(data, pts_ns, duration_ns, keyframe), ...])."""
     pipe = Gst.parse_launch(
-        f'filesrc location="{path}" ! qtdemux ! video/x-h264 ! appsink name=sink sync=false')
+        f'filesrc location="{path}" ! qtdemux ! {caps_filter} ! appsink name=sink sync=false')
     sink = pipe.get_by_name("sink")
     pipe.set_state(Gst.State.PLAYING)
     units: list[tuple[bytes, int, int, bool]] = []
@@ -69,7 +75,7 @@ def read_access_units(path: str) -> tuple[Gst.Caps, list[tuple[bytes, int, int, 
     if err is not None:
         raise RuntimeError(f"{path}: {err.parse_error()[0].message}")
     if not units or caps is None:
-        raise RuntimeError(f"{path}: no H.264 video track")
+        raise RuntimeError(f"{path}: no {caps_filter} video track")
     return caps, units
 
 
@@ -120,10 +126,12 @@ def make_factory(mount: dict) -> GstRtspServer.RTSPMediaFactory:
             f"! {encode} )")
         factory.set_shared(True)
     elif kind == "file" and not mount.get("loop", True):
-        factory.set_launch(f'( filesrc location="{mount["file"]}" ! qtdemux ! video/x-h264 ! {PAYLOADER} )')
+        track, pay = FILE_TRACKS[mount.get("codec", "h264")]
+        factory.set_launch(f'( filesrc location="{mount["file"]}" ! qtdemux ! {track} ! {pay} )')
     elif kind == "file":
-        caps, units = read_access_units(mount["file"])
-        factory.set_launch(f"( appsrc name=src is-live=false format=time ! {PAYLOADER} )")
+        track, pay = FILE_TRACKS[mount.get("codec", "h264")]
+        caps, units = read_access_units(mount["file"], track)
+        factory.set_launch(f"( appsrc name=src is-live=false format=time ! {pay} )")
         factory.set_shared(True)
         factory.connect("media-configure", lambda _f, media: LoopedFile(caps, units).attach(media))
     else:

@@ -1,8 +1,8 @@
 """A real RTSP server for tests, demos and benchmarks: GStreamer's rtsp-server on loopback.
 
 GStreamer's Python bindings live in the system Python (Debian: ``python3-gi``,
-``gir1.2-gst-rtsp-server-1.0``, ``gstreamer1.0-plugins-{base,good,ugly}``), not in the project's
-environment, so :class:`RtspServer` runs :mod:`gridwatch.servers.gst_rtsp` as a child process of
+``gir1.2-gst-rtsp-server-1.0``, ``gstreamer1.0-plugins-{base,good,ugly,bad}``, ``bad`` for the
+``h265parse`` of H.265 files), not in the project's environment, so :class:`RtspServer` runs :mod:`gridwatch.servers.gst_rtsp` as a child process of
 that interpreter and waits until the port answers an RTSP ``OPTIONS`` request.
 
     with RtspServer([TestCamera("cam1"), FileStream("smoke", Path("smoke.mp4"))]) as srv:
@@ -58,14 +58,17 @@ class TestCamera:
 
 @dataclass(frozen=True, slots=True)
 class FileStream:
-    """An H.264 mp4 file served as a camera: looped forever, or played once per client."""
+    """An mp4 file served as a camera: looped forever, or played once per client. ``codec``: its
+    video track's, ``"h264"`` or ``"h265"`` (payloaded as it is, never re-encoded)."""
 
     path: str
     file: Path
     loop: bool = True
+    codec: str = "h264"
 
     def spec(self) -> dict:
-        return {"kind": "file", "path": self.path, "file": str(Path(self.file).resolve()), "loop": self.loop}
+        return {"kind": "file", "path": self.path, "file": str(Path(self.file).resolve()), "loop": self.loop,
+                "codec": self.codec}
 
 
 Mount = TestCamera | FileStream
@@ -77,7 +80,8 @@ def gstreamer_missing() -> str | None:
         return f"{SYSTEM_PYTHON} not found"
     probe = ("import gi; gi.require_version('Gst','1.0'); gi.require_version('GstRtspServer','1.0');"
              "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
-             "missing=[e for e in ('videotestsrc','x264enc','rtph264pay','qtdemux','mp4mux','rawvideoparse')"
+             "missing=[e for e in ('videotestsrc','x264enc','rtph264pay','qtdemux','mp4mux','rawvideoparse',"
+             "'rtph265pay','h265parse')"
              " if Gst.ElementFactory.find(e) is None]; print(' '.join(missing))")
     try:
         r = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
