@@ -44,13 +44,17 @@ Evidence per tile accumulates in seconds while it is a candidate and decays othe
 up). The region is followed from frame to frame: a largest patch farther than ``link_tiles`` tiles
 from the previous one is a new region (scattered patches appearing in turn are not one growing
 plume; a plume's texture leaves holes, so its largest patch hops between neighbouring pieces). A warning is
-raised when the region has existed for ``duration_s`` and has grown (area × ``growth`` or its top
-risen by a tile) since it first appeared, with at least ``min_blocks`` tiles.
+raised when the region has existed for ``duration_s`` (and ``min_frames`` observations) and is
+still growing — area × ``growth`` or its top risen by a tile against ``growth_window_s`` ago, or
+against its smallest size within ``growth_lookback_s`` — with at least ``min_blocks`` tiles.
 With a classifier model (``model_kind = "classifier"``; by default the shipped ``smoke-cls``, a
 64×64 background/smoke classifier), the crop of the region's candidate tiles (their bounding box)
 must also score ``classifier_min`` for the class named ``classifier_class`` when the temporal rule
-is satisfied; otherwise the evidence is reset and the region has to build up again. The classifier
-is a veto: it can only remove warnings, and it costs one small inference per satisfied rule.
+is satisfied. After a veto the region is asked about again only once it has new evidence to show:
+grown to ``reask_growth`` × its size at the veto, or its top risen by a tile (with
+``reask_growth`` 0, as before, a veto wipes the region's evidence and it has to build up again).
+The classifier is a veto: it can only remove warnings, and it costs one small inference per
+satisfied rule and per growth step after a veto.
 The warning clears after ``clear_s`` without a region.
 """
 from __future__ import annotations
@@ -116,7 +120,18 @@ class SmokeParams(DetectorParams):
     growth: float = Field(1.5, ge=1, description="…and still be growing: area × this factor, or its top risen by a tile, "
                           "within the last growth_window_s (a ghost of something that left stops changing).")
     growth_window_s: float = Field(2.0, gt=0, description="Window of the growth test (seconds).")
-    min_blocks: int = Field(8, ge=1, description="Smallest region (tiles) that can raise a warning.")
+    growth_lookback_s: float = Field(10.0, ge=0, description="…or, when longer than growth_window_s, grown from its "
+                                     "smallest size within this many seconds (at least growth_window_s and growth_frames "
+                                     "back; 0 = only the window). With keyframes every 2 s the region needs min_frames "
+                                     "(16 s) and a plume may have stopped spreading by then, though it grew from a few "
+                                     "tiles in the last 10 s. Chosen on the 40 s tuning plumes with keyframes (seeds 0-29, "
+                                     "100-159, with smoke-cls and min_blocks 6: off 41 of 59 visible ones, 10 s 43, 20 s "
+                                     "43; full decode unchanged, 55 of 59).")
+    min_blocks: int = Field(6, ge=1, description="Smallest region (tiles) that can raise a warning. Chosen on the tuning "
+                            "plumes (seeds 0-29 and 100-159, with smoke-cls, reask_growth and growth_lookback_s; 40 s "
+                            "clips, full decode: 8 raised 51 of 59 visible ones, 7 53, 6 55; keyframes 39 / 42 / 43; 10 s "
+                            "clips: 48 / 49 / 50): three tuning plumes peaked at 7 tiles; the largest region on the real clips stays at most 5 "
+                            "(vtest at 640 px) and never reaches the temporal rule.")
     link_tiles: int = Field(2, ge=1, le=4, description="A largest patch within this many tiles of the previous "
                             "frame's region is the same region grown (a plume's texture leaves holes in it, so its "
                             "largest patch hops between neighbouring pieces); farther away it is a new region.")
@@ -139,6 +154,14 @@ class SmokeParams(DetectorParams):
     clear_s: float = Field(10.0, gt=0, description="Clear the warning after this long without a region.")
     classifier_class: str = Field("smoke", description="Class name of the optional classifier that means smoke.")
     classifier_min: float = Field(0.55, ge=0, le=1, description="Classifier probability a region needs (calibrated: smoke-cls CARD.md).")
+    reask_growth: float = Field(1.25, ge=0, description="After a veto the region keeps its evidence and the classifier "
+                                "is asked again only about new evidence: once the region has grown to this × its size at "
+                                "the last veto, or its top has risen by a tile (0 = off: a veto wipes the region's "
+                                "evidence, and it has to build up again before the next ask). A plume's first crop is "
+                                "often its thin start; a region that stops growing is not asked again. Chosen on the "
+                                "tuning plumes (seeds 0-29, 100-159, with min_blocks 6 and growth_lookback_s; 10 s, full "
+                                "decode: off 49 of 59 visible ones, 1.25 50, 1.5 50; 40 s: 54 / 55 / 53; 40 s with "
+                                "keyframes: 42 / 43 / 43).")
 
 
 class SmokeDetector(VideoDetector):
@@ -299,18 +322,26 @@ class SmokeDetector(VideoDetector):
         top = int(ys.min())
         if self.region_since is None:
             self.region_since, self.start_area, self.start_top = f.ts_ms, n, top
+            self.vetoed = None
             self.shape_history.clear()
             self.region_frames = 0
         self.region_frames += 1
         self.shape_history.append((f.ts_ms, n, top))
-        while (len(self.shape_history) > p.growth_frames
-               and f.ts_ms - self.shape_history[1][0] >= p.growth_window_s * 1000):
+        keep_ms = max(p.growth_window_s, p.growth_lookback_s) * 1000
+        while len(self.shape_history) > p.growth_frames and f.ts_ms - self.shape_history[1][0] >= keep_ms:
             self.shape_history.popleft()
         if self.active:  # still smoke: the warning's "updated" (region size; the classifier is not re-run)
             return [Hit(UPDATE, 0, f.ts_ms, float("nan") if self.model is not None else float(n), label="smoke")]
         t_then, n_then, top_then = self.shape_history[0]
-        grown = (f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and len(self.shape_history) >= p.growth_frames
-                 and (n >= p.growth * n_then or top < top_then))
+        if p.growth_lookback_s > p.growth_window_s:  # grown from its smallest within the look-back
+            hist = list(self.shape_history)[: len(self.shape_history) - (p.growth_frames - 1)]
+            old = [e for e in hist if f.ts_ms - e[0] >= p.growth_window_s * 1000 * 0.9]
+            grown = bool(old) and (n >= p.growth * min(e[1] for e in old) or top < max(e[2] for e in old))
+            if old:
+                t_then, n_then, top_then = min(old, key=lambda e: e[1])
+        else:
+            grown = (f.ts_ms - t_then >= p.growth_window_s * 1000 * 0.9 and len(self.shape_history) >= p.growth_frames
+                     and (n >= p.growth * n_then or top < top_then))
         if (f.ts_ms - self.region_since < p.duration_s * 1000 or self.region_frames < p.min_frames or not grown
                 or n < p.min_blocks):
             return []
@@ -322,8 +353,15 @@ class SmokeDetector(VideoDetector):
                   "frames": self.region_frames,
                   "seconds": round((f.ts_ms - self.region_since) / 1000, 2)}
         if self.model is not None:
+            if self.vetoed is not None:  # asked before: only new evidence (the region grew) is asked about
+                v_n, v_top = self.vetoed
+                if n < p.reask_growth * v_n and top >= v_top:
+                    return []
             prob = self._classify(f.image, box)
             if prob < p.classifier_min:
+                if p.reask_growth > 0:
+                    self.vetoed = (n, top)
+                    return []
                 ev[region] = 0.0  # the classifier says no: start over
                 obs[region] = 0.0
                 self.region_since = None
@@ -333,6 +371,7 @@ class SmokeDetector(VideoDetector):
         self.active = True
         return [Hit(RAISE, 0, f.ts_ms, score, [box], "smoke", f.image, detail=detail)]
 
+    vetoed: tuple[int, int] | None = None  # (tiles, top row) of the current region when the classifier last said no
     soft_change: np.ndarray | None = None  # tiles with a soft change learnt only slowly (hold_diff)
     gains: np.ndarray | None = None  # the last frame's regional gain per tile (None: none taken off)
 

@@ -143,9 +143,10 @@ def test_smoke_rule_on_held_out_generated_plumes():
 
 
 def test_smoke_classifier_veto_resets_the_region(smoke_cls):
-    """A region the classifier calls background raises nothing: its evidence starts over, and the
-    classifier is asked again once the region has built up again."""
-    det = create("smoke", "smoke", {"duration_s": 3.0, "classifier_min": 0.999}, model=smoke_cls)
+    """With ``reask_growth`` 0, a region the classifier calls background raises nothing: its evidence
+    starts over, and the classifier is asked again once the region has built up again (the default
+    keeps the evidence and asks again once the region has grown: tests/test_video_smoke_recall.py)."""
+    det = create("smoke", "smoke", {"duration_s": 3.0, "classifier_min": 0.999, "reask_growth": 0}, model=smoke_cls)
     hits, _, _ = run(det, testscenes.smoke_scene(150, seed=1))
     assert hits == [] and det.classifier_runs >= 2
     assert all(p < 0.999 for p in det.classifier_probs)
