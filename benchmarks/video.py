@@ -15,6 +15,9 @@
    runs and time per mode). Each run also reports the frames decoded and the kept frames dropped
    unanalysed, so a failing count shows whether it degrades gently; ``--capture-nice 0`` runs the
    capture threads at the analysis thread's priority (the behaviour before ``video.capture_nice``).
+   With ``--clip-memory N_FULL N_KEYFRAMES``: the evidence clips' packet rings with many cameras
+   (the same multi-camera runs, clips off then on, each in a process of its own): the per-camera
+   ``clip_ring_bytes`` / ``clip_ring_peak_bytes`` gauges summed, and the resident memory.
    **RTSP cameras** (``rtsp``): the same keyframes-vs-full comparison with the clip served by a
    real RTSP server, keyframes through gridwatch's own RTSP client and through FFmpeg's.
 4. **Detector throughput**: ``OnnxDetector.detect`` (letterbox + run + decode) vs a bare
@@ -319,7 +322,7 @@ def bench_clips(tmp: Path, seconds: float, out: dict, repeats: int = 5, still: P
 
 def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: float, warmup_s: float | None = None,
                       fps: float = 5.0, lag_limit_s: float = 1.0, capture_nice: int | None = None,
-                      start_rate: float | None = None) -> dict:
+                      start_rate: float | None = None, clips: bool | None = None) -> dict:
     """``n`` file cameras looping ``clip``, paced like live cameras, through one :class:`VideoRuntime`
     (smoke + dumping, ``fps`` analysis): do they all keep up for ``window_s`` after ``warmup_s``?
 
@@ -347,6 +350,8 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         video["capture_nice"] = capture_nice
     if start_rate is not None:
         video["start_rate"] = start_rate
+    if clips is not None:
+        video["clips"] = {"enabled": clips}
     cfg = parse({"site": {"name": "bench", "data_dir": str(tmp)}, "video": video, "cameras": cams}, base_dir=tmp)
     rt = VideoRuntime(cfg)
     for i, name in enumerate(rt.collector.cameras):  # and spread over one GOP
@@ -387,8 +392,11 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
                 seen(f, time.time() * 1000, [lags])
             return done
         cam.prepare = gated
+    rss_start_mb = _rss_mb()
     w0 = time.monotonic()
     rt.start()
+    ring_sums: list[float] = []  # the rings' bytes summed over the cameras, once a second in the window
+    rss_max_mb = 0.0
     try:
         time.sleep(warmup_s)
         counters = rt.collector.counters()
@@ -396,12 +404,20 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         dec_before = {k: c["decoded"] for k, c in counters.items()}
         measuring.set()
         c1, t1 = _cpu(), time.monotonic()
-        time.sleep(window_s)
+        while (left := t1 + window_s - time.monotonic()) > 0:  # sampled once a second, as the runtime exports
+            time.sleep(min(1.0, left))
+            rss_max_mb = max(rss_max_mb, _rss_mb())
+            ring_sums.append(sum(v.get("clip_ring_bytes", 0.0) for v in rt.counters.snapshot().values()))
         measured.set()
         measuring.clear()
         after = rt.collector.counters()
         window, cpu = time.monotonic() - t1, _cpu() - c1
         rss_mb = _rss_mb()
+        snap = rt.counters.snapshot()
+        ring_peaks = [v["clip_ring_peak_bytes"] for k, v in snap.items()
+                      if k.startswith("camera/") and "clip_ring_peak_bytes" in v]
+        ring_bytes = [v["clip_ring_bytes"] for k, v in snap.items() if k.startswith("camera/") and "clip_ring_bytes" in v]
+        ring_dropped = sum(v.get("clip_ring_dropped", 0.0) for k, v in snap.items() if k.startswith("camera/"))
         states = [st for st, _ in rt.status.values()]
     finally:
         rt.stop()
@@ -419,7 +435,11 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
             "analysis_thread_lag_p95_s": float(np.percentile(rule_lags, 95)) if rule_lags else float("nan"),
             "startup_lag_p95_s": float(np.percentile(startup_lags, 95)) if startup_lags else float("nan"),
             "warmup_s": warmup_s, "start_rate": rt.cfg.video.start_rate, "cpu_cores_busy": cpu / window,
-            "rss_mb": rss_mb, "stale": stale, "dropped": sum(c["dropped"] for c in after.values()),
+            "rss_mb": rss_mb, "rss_max_mb": rss_max_mb, "rss_start_mb": rss_start_mb, "stale": stale,
+            "clip_ring_cameras": len(ring_peaks), "clip_ring_bytes_sum": float(sum(ring_bytes)),
+            "clip_ring_bytes_sum_max": max(ring_sums, default=0.0),
+            "clip_ring_peak_bytes_sum": float(sum(ring_peaks)),
+            "clip_ring_peak_bytes_max": float(max(ring_peaks, default=0.0)), "clip_ring_dropped": ring_dropped, "dropped": sum(c["dropped"] for c in after.values()),
             "decoded_per_s": float(np.median(decoded)) / window,
             "wall_s": time.monotonic() - w0}
 
@@ -523,6 +543,75 @@ def bench_max_cameras(tmp: Path, out: dict, clip: Path | None, window_s: float =
         bound = f"fails at {hi}" if hi is not None else "no failing count found within the step budget"
         print(f"[max cameras, {mode} decode, 720p25 GOP 2 s, paced, looping, smoke+dumping at 5 fps] "
               f"{lo} cameras keep up on this {cores}-core box ({bound}; {len(runs)} runs of {window_s:.0f} s)", flush=True)
+
+
+def _clip_memory_child(clip: str, tmp: str, n: int, decode: str, clips: bool, window_s: float,
+                       warmup_s: float | None) -> dict:
+    """One multi-camera run in a process of its own (a fresh process: resident memory not left over
+    from earlier runs)."""
+    return _multi_camera_run(Path(clip), Path(tmp), n, decode, window_s, warmup_s=warmup_s, clips=clips)
+
+
+def bench_clip_memory(tmp: Path, out: dict, clip: Path | None, n_full: int, n_key: int, window_s: float = 20.0,
+                      warmup_s: float | None = None, rounds: int = 1) -> None:
+    """The packet rings' memory with many cameras: ``n_full`` cameras decoding every frame (5 fps
+    analysis), then ``n_key`` keyframe-only ones, each run a :func:`_multi_camera_run` (file cameras
+    looping the still 720p25 clip, GOP 2 s, paced like live cameras) in a fresh process, clips off
+    then on (``rounds`` times). Reported: the sum over the cameras of their ``clip_ring_bytes``
+    (at the end of the window, and its largest once-a-second sample) and ``clip_ring_peak_bytes``
+    gauges, per camera, and the process's resident memory at the end of the window, clips on vs off."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from gridwatch.servers.rtsp import encode_h264
+
+    if clip is None:
+        clip = encode_h264(_frames_720p(250, "still"), tmp / "still720.mp4", fps=25, keyint=50)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx) as ex:  # warm-up, not counted: compiled kernels cached, FFmpeg opened
+        ex.submit(_clip_memory_child, str(clip), str(tmp), 1, "all", True, 2.0, 2.0).result()
+    res: dict = {}
+    for mode, n in (("all", n_full), ("keyframes", n_key)):
+        if n <= 0:
+            continue
+        for r in range(rounds):
+            for clips in (False, True):
+                with ProcessPoolExecutor(1, mp_context=ctx) as ex:
+                    run = ex.submit(_clip_memory_child, str(clip), str(tmp), n, mode, clips, window_s,
+                                    warmup_s).result()
+                res.setdefault(f"{mode}_{'on' if clips else 'off'}", []).append(run)
+                per = run["clip_ring_peak_bytes_sum"] / n / 1024
+                print(f"  [clip memory, {mode}, {n} cameras, clips {'on' if clips else 'off'}, round {r + 1}] "
+                      f"{'keeps up' if run['ok'] else 'FALLS BEHIND'} ({run['cpu_cores_busy']:.2f} cores busy, "
+                      f"frames per camera min {run['min_frames']} of {run['expected']:.1f}); rings: "
+                      f"{run['clip_ring_cameras']} cameras, now {run['clip_ring_bytes_sum'] / 2**20:.1f} MiB in all "
+                      f"(largest sample {run['clip_ring_bytes_sum_max'] / 2**20:.1f} MiB), peaks summed "
+                      f"{run['clip_ring_peak_bytes_sum'] / 2**20:.1f} MiB ({per:.0f} KiB per camera, largest "
+                      f"{run['clip_ring_peak_bytes_max'] / 1024:.0f} KiB), {run['clip_ring_dropped']:.0f} packets "
+                      f"dropped for the bound; resident memory {run['rss_start_mb']:.0f} MB before the cameras "
+                      f"started, {run['rss_mb']:.0f} MB at the end of the window (largest sample "
+                      f"{run['rss_max_mb']:.0f} MB)", flush=True)
+    out["clip_memory_runs"] = res
+    print(f"[clip memory: still 720p25 GOP 2 s, file cameras looping, paced, smoke+dumping at 5 fps, one process "
+          f"per run, {window_s:.0f} s window; medians of {rounds} round(s)]")
+    for mode in ("all", "keyframes"):
+        if f"{mode}_on" not in res:
+            continue
+        on, off = res[f"{mode}_on"], res[f"{mode}_off"]
+        n = on[0]["n"]
+        med = lambda rs, k: float(np.median([x[k] for x in rs]))  # noqa: E731
+        peak, now, most = med(on, "clip_ring_peak_bytes_sum"), med(on, "clip_ring_bytes_sum"), \
+            med(on, "clip_ring_bytes_sum_max")
+        rss_on, rss_off = med(on, "rss_mb"), med(off, "rss_mb")
+        out[f"clip_memory_{mode}"] = {"cameras": n, "ring_peak_bytes_sum": peak, "ring_bytes_sum": now,
+                                      "ring_bytes_sum_max": most,
+                                      "ring_peak_bytes_per_camera": peak / n, "rss_mb_on": rss_on,
+                                      "rss_mb_off": rss_off, "rss_mb_on_minus_off": rss_on - rss_off,
+                                      "all_kept_up": all(x["ok"] for x in on + off)}
+        print(f"  {'full decode' if mode == 'all' else 'keyframes only'}, {n} cameras: rings {now / 2**20:.1f} MiB "
+              f"at the end of the window (largest once-a-second sample {most / 2**20:.1f} MiB), peaks summed {peak / 2**20:.1f} MiB ({peak / n / 1024:.0f} KiB per camera); "
+              f"resident memory clips on {rss_on:.0f} MB vs off {rss_off:.0f} MB: {rss_on - rss_off:+.0f} MB "
+              f"({(rss_on - rss_off) / n * 1024:+.0f} KiB per camera)", flush=True)
 
 
 def bench_detector(out: dict, seconds: float) -> None:
@@ -642,6 +731,13 @@ def main(argv: list[str] | None = None) -> int:
                     "config default; 0 = capture threads at the analysis thread's priority, the old behaviour)")
     ap.add_argument("--rtsp-rounds", type=int, default=3, help="interleaved rounds of the RTSP comparison "
                     "(each ~1 min: keyframes through both clients and full decode)")
+    ap.add_argument("--clip-memory", nargs=2, type=int, metavar=("N_FULL", "N_KEYFRAMES"), help="also measure the "
+                    "clip rings' memory with N_FULL full-decode cameras and then N_KEYFRAMES keyframe-only ones (each "
+                    "run in a process of its own, clips off then on; 0 skips a mode)")
+    ap.add_argument("--clip-memory-window", type=float, default=20.0, help="seconds measured per clip-memory run")
+    ap.add_argument("--clip-memory-warmup", type=float, help="seconds each clip-memory run warms up before its window "
+                    "(default: until the last camera has started, plus 10 s)")
+    ap.add_argument("--clip-memory-rounds", type=int, default=1, help="clips off/on rounds per mode (medians)")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args(argv or [])
     out: dict = {"cpu_cores": os.cpu_count()}
@@ -654,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_clips(tmp, a.seconds, out, a.repeats, still)
         if "rtsp" not in a.skip:
             bench_rtsp(tmp, out, rounds=a.rtsp_rounds)
+        if a.clip_memory:
+            bench_clip_memory(tmp, out, still, *a.clip_memory, window_s=a.clip_memory_window,
+                              warmup_s=a.clip_memory_warmup, rounds=a.clip_memory_rounds)
         if a.max_cameras:
             bench_max_cameras(tmp, out, still, a.max_cameras_window, a.max_cameras_steps,
                               modes=tuple(a.max_cameras_modes), capture_nice=a.capture_nice, start=a.max_cameras_start,
