@@ -117,3 +117,30 @@ def encode_dumping_scene(path, codec: str, options: dict[str, str], fps: int = 1
         for pkt in s.encode():
             c.mux(pkt)
     return path
+
+
+def encode_numbered_bframes(path, frames: int = 60, fps: int = 10, gop: int = 10):
+    """An H.264 High-profile clip with B-frames (the decoder holds pictures back to reorder them),
+    320x240, whose frame i is flat grey at level ``3 * i + 20`` (i < 75): a decoded picture tells
+    which frame it is, give or take one or two (colour conversions round). A keyframe every ``gop`` frames; returns ``path``."""
+    import av
+    import numpy as np
+
+    out = av.open(str(path), "w")
+    st = out.add_stream("libx264", rate=fps)
+    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
+    st.options = {"bf": "3", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "profile": "high",
+                  "crf": "10"}
+    for i in range(frames):
+        img = np.full((240, 320, 3), 3 * i + 20, np.uint8)
+        for p in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+            out.mux(p)
+    for p in st.encode():
+        out.mux(p)
+    out.close()
+    return path
+
+
+def frame_number(img) -> int:
+    """Which frame of :func:`encode_numbered_bframes` a decoded BGR picture is."""
+    return round((float(img.mean()) - 20) / 3)

@@ -11,8 +11,10 @@ import pytest
 from gridwatch.ingest.rtsp import (
     START_CODE, KeyframeAssembler, RtspError, RtspSession, UnsupportedStream, _Auth, parse_sdp,
 )
-from gridwatch.ingest.video import CameraConfig, CameraState, RtpKeyframeSource, VideoCollector, open_source
-from gridwatch.servers.rtsp import RtspServer, TestCamera
+from gridwatch.ingest.video import (CameraConfig, CameraState, PyAvSource, RtpKeyframeSource, VideoCollector,
+                                    open_source)
+from gridwatch.servers.rtsp import FileStream, RtspServer, TestCamera
+from tests.helpers import encode_numbered_bframes, frame_number
 
 
 def rtp(seq: int, ts: int, payload: bytes, marker: bool = False, csrc: int = 0, ext: bytes | None = None,
@@ -370,3 +372,49 @@ def test_any_answer_is_a_response_or_an_rtsp_error_never_another_exception():
                 s.close()
 
         check()
+
+
+def _bframes_keyframes(src, n: int) -> list[tuple[float, int]]:
+    out = []
+    for _ in range(n):
+        pts = src.next()
+        assert pts is not None
+        out.append((round(pts), frame_number(src.image(None))))
+    return out
+
+
+def test_keyframes_of_a_stream_with_b_frames_come_with_their_own_picture_at_once(gstreamer, tmp_path):
+    """A High-profile stream with B-frames: its decoder holds pictures back to reorder them, so in
+    the keyframe path of files and FFmpeg-demuxed streams a keyframe came out only once two more
+    keyframes had gone in — two GOPs late (the first picture after 3 packets). Each keyframe is now
+    decoded on its own and drained at once: its picture, at its time. gridwatch's RTSP client gave
+    the right pictures before too (it decodes the same way now): checked here alike."""
+    clip = encode_numbered_bframes(tmp_path / "bf.mp4")  # 6 s at 10 fps, a keyframe every second
+    src = PyAvSource(CameraConfig(name="f", url=str(clip), decode="keyframes"), keyframes_only=True)
+    demuxed = 0
+    packets = src._packets
+
+    def counted():
+        nonlocal demuxed
+        for p in packets:
+            demuxed += 1
+            yield p
+
+    src._packets = counted()
+    try:
+        first = src.next()
+        assert demuxed == 1 and first == 0.0 and abs(frame_number(src.image(None))) <= 2  # at once
+        got = [(0, 0)] + _bframes_keyframes(src, 4)
+    finally:
+        src.close()
+    assert [abs(n - 10 * i) <= 2 for i, (_, n) in enumerate(got)] == [True] * 5, got
+    with RtspServer([FileStream("bf", clip, loop=False)]) as srv:
+        src = open_source(CameraConfig(name="c", url=srv.url("bf"), decode="keyframes"))
+        try:
+            assert isinstance(src, RtpKeyframeSource)
+            got = _bframes_keyframes(src, 4)
+        finally:
+            src.close()
+    # each picture is the keyframe its time says (a keyframe every 1000 ms = 10 frames)
+    assert [abs(n - 10 * i) <= 2 for i, (_, n) in enumerate(got)] == [True] * 4, got
+    assert [abs(ms - 1000 * i) <= 40 for i, (ms, _) in enumerate(got)] == [True] * 4, got
