@@ -27,7 +27,7 @@ STATUS: dict[str, tuple[str, str]] = {
     "smoke": ("experimental",
               "0 false alarms in 10 camera-hours per decode mode on 4 real clips with these settings (95 % upper "
               "bound 7.2 per camera-day; 24 with earlier ones, 3.0); detects 17 of 20 held-out generated 40 s plumes "
-              "with full decode (target 80 %), but only 13 of 20 10 s plumes and 8 of 20 40 s plumes with keyframes, "
+              "with full decode (target 80 %), but only 13 of 20 10 s plumes and 10 of 20 40 s plumes with keyframes, "
               "and smoke-cls calls 5 % of held-out real background crops smoke; never validated on real smoke"),
     "dumping": ("generated scenes only",
                 "0 false alarms in 24 camera-hours per decode mode on 4 real clips (95 % upper bound 3.0 per "

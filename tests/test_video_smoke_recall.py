@@ -16,6 +16,10 @@ With all three turned off (the rule as it was), none of these plumes raises. The
 * seed 128 in a 40 s clip read by keyframes (one frame every 2 s): by the time its region has been
   seen in ``min_frames`` keyframes the plume has stopped spreading, though it grew from 2 to 14
   tiles in the 10 s before — growth against its smallest size within ``growth_lookback_s``;
+* seed 127 in a 40 s clip read by keyframes: its tiles pass the tests in some keyframes, not in
+  runs as at 5 fps, and a missed keyframe cost twice what a passed one gave (``decay`` 2), so no
+  region of more than 4 tiles formed; a missed observation now costs ``sparse_decay`` 1 when
+  frames come more than ``max_step_s`` apart;
 * seed 157 with ``smoke-cls``: the crop of its thin start scores 0.37, the larger region's 0.40,
   then 0.72 — after a veto the region keeps its evidence and is asked again once it has grown
   (``reask_growth``), where it used to start over and never got a second ask in the clip.
@@ -35,7 +39,7 @@ from gridwatch.detectors.registry import create
 from gridwatch.detectors.smoke import SmokeDetector
 from gridwatch.models import scenes
 
-PREV = {"min_blocks": 8, "growth_lookback_s": 0.0, "reask_growth": 0.0}  # the round after, turned off
+PREV = {"min_blocks": 8, "growth_lookback_s": 0.0, "reask_growth": 0.0, "sparse_decay": -1.0}  # the round after, off
 OFF = {"keep_flicker": 1.0, "veil_chroma": -1.0, "hold_diff": 0.0, **PREV}  # the rule before either round
 
 
@@ -76,6 +80,12 @@ def test_a_keyframe_plume_that_grew_before_its_region_had_enough_observations_is
     assert raised_at(128, 600, {"growth_lookback_s": 0}, every=30) is None
     at = raised_at(128, 600, every=30)
     assert at is not None and at >= 16.0, at  # min_frames keyframes still hold it back 16 s
+
+
+def test_a_keyframe_plume_whose_tiles_pass_in_some_keyframes_only_is_raised():
+    assert raised_at(127, 600, {"sparse_decay": -1.0}, every=30) is None  # a miss decays as at 5 fps
+    at = raised_at(127, 600, every=30)
+    assert at is not None and at >= 16.0, at
 
 
 def test_after_a_veto_the_grown_region_is_asked_again():
