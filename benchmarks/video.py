@@ -407,7 +407,8 @@ def _multi_camera_run(clip: Path, tmp: Path, n: int, decode: str, window_s: floa
         while (left := t1 + window_s - time.monotonic()) > 0:  # sampled once a second, as the runtime exports
             time.sleep(min(1.0, left))
             rss_max_mb = max(rss_max_mb, _rss_mb())
-            ring_sums.append(sum(v.get("clip_ring_bytes", 0.0) for v in rt.counters.snapshot().values()))
+            if clips is not None:  # clip-memory runs only: the max-cameras runs measure CPU in this window
+                ring_sums.append(sum(v.get("clip_ring_bytes", 0.0) for v in rt.counters.snapshot().values()))
         measured.set()
         measuring.clear()
         after = rt.collector.counters()

@@ -100,18 +100,16 @@ def wait_until(pred, timeout: float = 30.0, interval: float = 0.05, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def encode_dumping_scene(path, codec: str, options: dict[str, str], fps: int = 15):
-    """The generated dumping scene (10 s at ``fps``, 320x240, a waste pile appears at 2 s and
-    stays) encoded through PyAV with ``codec`` and its ``options``; returns ``path``."""
+def encode_frames(path, frames, codec: str, options: dict[str, str], fps: int):
+    """BGR uint8 ``frames`` (320x240) encoded through PyAV with ``codec`` and its ``options`` into
+    ``path``; returns ``path``."""
     import av
-
-    from gridwatch.models import scenes
 
     with av.open(str(path), "w") as c:
         s = c.add_stream(codec, rate=fps)
         s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
         s.codec_context.options = options
-        for f, _ in scenes.dumping_video(150, appear_at=30, seed=1):
+        for f in frames:
             for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="bgr24")):
                 c.mux(pkt)
         for pkt in s.encode():
@@ -119,26 +117,24 @@ def encode_dumping_scene(path, codec: str, options: dict[str, str], fps: int = 1
     return path
 
 
+def encode_dumping_scene(path, codec: str, options: dict[str, str], fps: int = 15):
+    """The generated dumping scene (10 s at ``fps``, 320x240, a waste pile appears at 2 s and
+    stays) encoded through PyAV with ``codec`` and its ``options``; returns ``path``."""
+    from gridwatch.models import scenes
+
+    return encode_frames(path, (f for f, _ in scenes.dumping_video(150, appear_at=30, seed=1)), codec, options, fps)
+
+
 def encode_numbered_bframes(path, frames: int = 60, fps: int = 10, gop: int = 10):
     """An H.264 High-profile clip with B-frames (the decoder holds pictures back to reorder them),
     320x240, whose frame i is flat grey at level ``3 * i + 20`` (i < 75): a decoded picture tells
-    which frame it is, give or take one or two (colour conversions round). A keyframe every ``gop`` frames; returns ``path``."""
-    import av
+    which frame it is, give or take one or two (colour conversions round). A keyframe every ``gop``
+    frames; returns ``path``."""
     import numpy as np
 
-    out = av.open(str(path), "w")
-    st = out.add_stream("libx264", rate=fps)
-    st.width, st.height, st.pix_fmt = 320, 240, "yuv420p"
-    st.options = {"bf": "3", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "profile": "high",
-                  "crf": "10"}
-    for i in range(frames):
-        img = np.full((240, 320, 3), 3 * i + 20, np.uint8)
-        for p in st.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
-            out.mux(p)
-    for p in st.encode():
-        out.mux(p)
-    out.close()
-    return path
+    options = {"bf": "3", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "profile": "high", "crf": "10"}
+    return encode_frames(path, (np.full((240, 320, 3), 3 * i + 20, np.uint8) for i in range(frames)), "libx264",
+                         options, fps)
 
 
 def frame_number(img) -> int:
